@@ -1,0 +1,1 @@
+"""mana-llm: one OpenAI-compatible endpoint in front of Ollama and OpenAI-compatible clouds."""

@@ -1,0 +1,1 @@
+"""The Quart-Trio app: thin routes, OpenAI wire parsing and rendering, SSE, error rendering."""

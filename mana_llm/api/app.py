@@ -1,0 +1,163 @@
+"""The HTTP surface: thin routes over the Gateway, OpenAI-shaped errors for everything."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from mana_llm import errors
+from mana_llm.api import wire
+from mana_llm.api.cleanup import add_cleanup
+from mana_llm.api.render import dumps, error_headers, error_object
+from mana_llm.api.sse import SSEBody
+from mana_llm.gateway import Gateway
+from mana_llm.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RESOLVED = "x-mana-llm-resolved"
+ATTEMPTS = "x-mana-llm-attempts"
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+EXPOSED = "X-Mana-LLM-Resolved, X-Mana-LLM-Attempts, X-Request-Id"
+
+_HTTP_ERRORS: dict[int, type[errors.GatewayError]] = {
+    400: errors.InvalidRequest,
+    404: errors.NotFound,
+    405: errors.MethodNotAllowed,
+    413: errors.PayloadTooLarge,
+}
+
+
+def json_response(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(dumps(payload), status=status, headers=headers, content_type="application/json")
+
+
+def error_response(error: errors.GatewayError) -> Response:
+    return Response(dumps(error_object(error)), status=error.status, headers=error_headers(error))
+
+
+def create_app(gateway: Gateway, settings: Settings, registry: CollectorRegistry) -> QuartTrio:
+    app = QuartTrio("mana_llm")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.config["RESPONSE_TIMEOUT"] = None  # our own deadlines bound every stream
+    api_keys = tuple(key.encode() for key in settings.api_keys)
+    origins = frozenset(settings.cors_origins)
+
+    async def read_json() -> dict[str, Any]:
+        return wire.parse_json_object(
+            await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        )
+
+    @app.before_request
+    async def authenticate() -> None:
+        if not api_keys or request.method == "OPTIONS" or not request.path.startswith("/v1/"):
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = token.strip().encode()
+        ok = scheme.lower() == "bearer" and any(hmac.compare_digest(given, k) for k in api_keys)
+        if not ok:
+            raise errors.Unauthorized("a valid API key is required: Authorization: Bearer <key>")
+
+    if origins:
+
+        @app.after_request
+        async def cors(response: Response) -> Response:
+            origin = request.headers.get("origin")
+            if origin and ("*" in origins or origin in origins):
+                response.headers["access-control-allow-origin"] = "*" if "*" in origins else origin
+                response.headers["vary"] = "Origin"
+                response.headers["access-control-allow-headers"] = (
+                    "Authorization, Content-Type, X-Request-Id"
+                )
+                response.headers["access-control-allow-methods"] = "GET, POST, OPTIONS"
+                response.headers["access-control-expose-headers"] = EXPOSED
+            return response
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions() -> Response:
+        chat = wire.parse_chat_request(await read_json())
+        if chat.stream:
+            stream = await gateway.chat_stream(chat)
+            add_cleanup(request.scope, stream.aclose)  # type: ignore[arg-type]
+            headers = {
+                RESOLVED: stream.target.resolved,
+                ATTEMPTS: str(stream.attempts),
+                **SSE_HEADERS,
+            }
+            response = Response(
+                SSEBody(stream, chat.include_usage),
+                headers=headers,
+                content_type="text/event-stream",
+            )
+            response.timeout = None
+            return response
+        answered = await gateway.chat(chat)
+        headers = {RESOLVED: answered.target.resolved, ATTEMPTS: str(answered.attempts)}
+        return json_response(answered.result.payload, headers=headers)
+
+    @app.post("/v1/embeddings")
+    async def embeddings() -> Response:
+        answered = await gateway.embed(wire.parse_embedding_request(await read_json()))
+        headers = {RESOLVED: answered.target.resolved, ATTEMPTS: str(answered.attempts)}
+        return json_response(answered.result.payload, headers=headers)
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        models = await gateway.list_models()
+        return json_response({"object": "list", "data": [m.to_json() for m in models]})
+
+    @app.get("/v1/models/<path:model_id>")
+    async def get_model(model_id: str) -> Response:
+        return json_response((await gateway.get_model(model_id)).to_json())
+
+    @app.get("/health")
+    async def health() -> Response:
+        providers = gateway.health_summary()
+        states = [s for s in providers.values() if s != "unconfigured"]
+        status = "ok" if all(s == "healthy" for s in states) else "degraded"
+        if states and not any(s == "healthy" for s in states):
+            status = "down"
+        return json_response({"status": status, "providers": providers})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(registry), content_type=content_type)
+
+    @app.errorhandler(errors.GatewayError)
+    async def gateway_error(error: errors.GatewayError) -> Response:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        kind = _HTTP_ERRORS.get(status)
+        if status == 404:
+            message = f"no route {request.method} {request.path}"
+        elif status == 405:
+            message = f"method {request.method} is not allowed on {request.path}"
+        elif status == 413:
+            message = f"the request body is larger than {settings.max_request_bytes} bytes"
+        else:
+            message = error.description or error.name
+        gateway_error = (kind or errors.GatewayError)(message, status=None if kind else status)
+        response = error_response(gateway_error)
+        if status == 405 and error.get_headers():
+            response.headers.update({k: v for k, v in error.get_headers() if k.lower() == "allow"})
+        return response
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        log.error("unhandled error on %s %s", request.method, request.path, exc_info=error)
+        return error_response(errors.InternalError("internal gateway error"))
+
+    return app

@@ -1,0 +1,58 @@
+"""The SSE body of a committed stream: chunks re-framed as `data:` events, `[DONE]` only after a
+complete answer, a final error event (and no `[DONE]`) when the upstream fails after commit."""
+
+from __future__ import annotations
+
+import logging
+
+from mana_llm import errors
+from mana_llm.api.render import dumps, error_object
+from mana_llm.gateway import CommittedStream
+
+log = logging.getLogger(__name__)
+
+DONE = b"data: [DONE]\n\n"
+
+
+class SSEBody:
+    """An async iterator of bytes (not a generator: it owns the upstream and closes it in
+    `aclose`, which Quart calls when the body ends, fails or is cancelled)."""
+
+    def __init__(self, stream: CommittedStream, include_usage: bool) -> None:
+        self._stream = stream
+        self._include_usage = include_usage
+        self._done = False
+
+    def __aiter__(self) -> SSEBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._done:
+            try:
+                chunks = await self._stream.receive()
+            except errors.GatewayError as error:
+                return self._end(dumps(error_object(error)))
+            except Exception:  # the root of this stream's relay: a bug must not look like an answer
+                log.exception("stream relay failed")
+                internal = errors.InternalError("the gateway failed while relaying the stream")
+                return self._end(dumps(error_object(internal)))
+            if not chunks:
+                self._done = True
+                return DONE
+            keep = self._include_usage
+            events = [
+                b"data: " + dumps(chunk.payload) + b"\n\n"
+                for chunk in chunks
+                if keep or not chunk.usage_only
+            ]
+            if events:
+                return b"".join(events)
+        raise StopAsyncIteration
+
+    def _end(self, error_json: bytes) -> bytes:
+        self._done = True
+        return b"data: " + error_json + b"\n\n"
+
+    async def aclose(self) -> None:
+        self._done = True
+        await self._stream.aclose()

@@ -1,0 +1,216 @@
+"""OpenAI request JSON -> domain, validated at the edge. Every rejection is a 400 whose `param`
+names the offending field; nothing malformed reaches a provider."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from mana_llm import errors
+from mana_llm.domain import JSON, ChatRequest, EmbeddingRequest, Message, ToolCall
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def _bad(message: str, param: str | None) -> errors.InvalidRequest:
+    return errors.InvalidRequest(message, param=param)
+
+
+def parse_json_object(raw: bytes) -> JSON:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise _bad("the request body is not valid JSON", None) from None
+    if not isinstance(data, dict):
+        raise _bad("the request body must be a JSON object", None)
+    return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _number(body: JSON, key: str, low: float, high: float) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not _is_number(value) or not low <= value <= high:
+        raise _bad(f"'{key}' must be a number from {low:g} to {high:g}", key)
+    return float(value)
+
+
+def _integer(body: JSON, key: str, low: int | None = None) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or (low is not None and value < low):
+        floor = "" if low is None else f" >= {low}"
+        raise _bad(f"'{key}' must be an integer{floor}", key)
+    return value
+
+
+def _boolean(body: JSON, key: str) -> bool:
+    value = body.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _bad(f"'{key}' must be a boolean", key)
+    return value
+
+
+def _model(body: JSON) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise _bad("'model' is required and must be a non-empty string", "model")
+    return model.strip()
+
+
+def _stop(body: JSON) -> tuple[str, ...]:
+    stop = body.get("stop")
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (stop,)
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return tuple(stop)
+    raise _bad("'stop' must be a string or a list of strings", "stop")
+
+
+def _content(
+    raw: Any, where: str, role: str
+) -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:
+    """(text, data-URI images as base64, http(s) image URLs) of one message's content."""
+    if raw is None:
+        if role in ("assistant", "function"):
+            return None, (), ()
+        raise _bad(f"{where}.content is required for role '{role}'", f"{where}.content")
+    if isinstance(raw, str):
+        return raw, (), ()
+    if not isinstance(raw, list) or not raw:
+        raise _bad(
+            f"{where}.content must be a string or a non-empty list of parts", f"{where}.content"
+        )
+    texts: list[str] = []
+    images: list[str] = []
+    urls: list[str] = []
+    for i, part in enumerate(raw):
+        at = f"{where}.content[{i}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "image_url":
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            if not isinstance(url, str) or not url:
+                raise _bad(f"{at}.image_url.url must be a string", f"{at}.image_url")
+            if url.startswith("data:"):
+                images.append(url)
+            else:
+                urls.append(url)
+        elif kind == "refusal" and isinstance(part.get("refusal"), str):
+            texts.append(part["refusal"])
+        elif not isinstance(kind, str):
+            raise _bad(f"{at} must be an object with a string 'type'", at)
+        elif kind not in ("input_audio", "file"):
+            raise _bad(f"{at} has an unknown part type {kind!r}", f"{at}.type")
+    return "\n".join(texts) if texts else None, tuple(images), tuple(urls)
+
+
+def _tool_calls(raw: Any, where: str) -> tuple[ToolCall, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise _bad(f"{where}.tool_calls must be a list", f"{where}.tool_calls")
+    calls: list[ToolCall] = []
+    for i, call in enumerate(raw):
+        at = f"{where}.tool_calls[{i}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise _bad(f"{at}.function.name is required", f"{at}.function")
+        arguments = function.get("arguments", "")
+        if not isinstance(arguments, str):
+            raise _bad(f"{at}.function.arguments must be a JSON string", f"{at}.function.arguments")
+        call_id = call.get("id")
+        calls.append(
+            ToolCall(call_id if isinstance(call_id, str) else "", function["name"], arguments)
+        )
+    return tuple(calls)
+
+
+def _message(raw: Any, index: int) -> Message:
+    where = f"messages[{index}]"
+    if not isinstance(raw, dict):
+        raise _bad(f"{where} must be an object", where)
+    role = raw.get("role")
+    if role not in ROLES:
+        raise _bad(f"{where}.role must be one of {', '.join(sorted(ROLES))}", f"{where}.role")
+    text, images, urls = _content(raw.get("content"), where, role)
+    name = raw.get("name")
+    if name is not None and not isinstance(name, str):
+        raise _bad(f"{where}.name must be a string", f"{where}.name")
+    tool_call_id = raw.get("tool_call_id")
+    if role == "tool" and not isinstance(tool_call_id, str):
+        raise _bad(f"{where}.tool_call_id is required for role 'tool'", f"{where}.tool_call_id")
+    reasoning = raw.get("reasoning_content", raw.get("reasoning"))
+    return Message(
+        role=role,
+        content=text,
+        name=name,
+        images=images,
+        image_urls=urls,
+        tool_calls=_tool_calls(raw.get("tool_calls"), where) if role == "assistant" else (),
+        tool_call_id=tool_call_id if isinstance(tool_call_id, str) else None,
+        reasoning=reasoning if isinstance(reasoning, str) else None,
+    )
+
+
+def parse_chat_request(body: JSON) -> ChatRequest:
+    model = _model(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("'messages' is required and must be a non-empty list", "messages")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _bad("'stream_options' must be an object", "stream_options")
+    include_usage = _boolean(options, "include_usage") if options else False
+    max_tokens = _integer(body, "max_completion_tokens", 1)
+    legacy_max = _integer(body, "max_tokens", 1)
+    _integer(body, "n", 1)
+    _number(body, "presence_penalty", -2, 2)
+    _number(body, "frequency_penalty", -2, 2)
+    return ChatRequest(
+        model=model,
+        messages=tuple(_message(m, i) for i, m in enumerate(messages)),
+        stream=_boolean(body, "stream"),
+        include_usage=include_usage,
+        temperature=_number(body, "temperature", 0, 2),
+        top_p=_number(body, "top_p", 0, 1),
+        max_tokens=max_tokens if max_tokens is not None else legacy_max,
+        stop=_stop(body),
+        seed=_integer(body, "seed"),
+        body=body,
+    )
+
+
+def parse_embedding_request(body: JSON) -> EmbeddingRequest:
+    model = _model(body)
+    raw = body.get("input")
+    if isinstance(raw, str):
+        inputs: tuple[str, ...] = (raw,)
+    elif isinstance(raw, list) and raw and all(isinstance(s, str) for s in raw):
+        inputs = tuple(raw)
+    elif isinstance(raw, list) and raw and all(_is_token_list(t) for t in raw):
+        inputs = ()  # token arrays: passed through to clouds, refused by Ollama
+    elif isinstance(raw, list) and raw and all(isinstance(t, int) for t in raw):
+        inputs = ()
+    else:
+        raise _bad("'input' must be a string or a non-empty list of strings or tokens", "input")
+    encoding = body.get("encoding_format", "float") or "float"
+    if encoding not in ("float", "base64"):
+        raise _bad("'encoding_format' must be 'float' or 'base64'", "encoding_format")
+    fmt: Literal["float", "base64"] = "base64" if encoding == "base64" else "float"
+    return EmbeddingRequest(model, inputs, fmt, _integer(body, "dimensions", 1), body)
+
+
+def _is_token_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(t, int) for t in value)

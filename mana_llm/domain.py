@@ -1,0 +1,131 @@
+"""Frozen value objects that cross the layers.
+
+Requests are parsed once at the edge into typed fields (which the Ollama translator reads) and
+keep the caller's JSON object as `body` so OpenAI-compatible upstreams receive every field,
+including ones this gateway does not know yet. Responses and stream chunks carry the
+OpenAI-shaped `payload` the caller will receive (built by the provider that answered, with
+`model` already set to the resolved `provider/model`) plus the facts the gateway acts on:
+whether a chunk commits a stream, the finish reason, the usage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+
+JSON = dict[str, Any]
+
+
+@attrs.frozen
+class Target:
+    """One concrete `provider/model` a request can be sent to."""
+
+    provider: str
+    model: str
+    resolved: str = attrs.field(init=False)
+
+    @resolved.default
+    def _resolved(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+
+@attrs.frozen
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # the JSON text, as OpenAI sends it
+
+
+@attrs.frozen
+class Message:
+    role: str  # system | developer | user | assistant | tool
+    content: str | None
+    name: str | None = None
+    images: tuple[str, ...] = ()  # base64 data, no data: prefix
+    image_urls: tuple[str, ...] = ()  # http(s) URLs still to fetch
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    reasoning: str | None = None
+
+
+@attrs.frozen
+class ChatRequest:
+    model: str
+    messages: tuple[Message, ...]
+    stream: bool = False
+    include_usage: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None  # max_completion_tokens, else max_tokens
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    body: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+
+
+@attrs.frozen
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_json(self) -> JSON:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@attrs.frozen
+class ChatResponse:
+    payload: JSON = attrs.field(repr=False)  # a full `chat.completion` object
+    finish_reason: str
+    usage: Usage | None
+
+
+@attrs.frozen
+class StreamChunk:
+    payload: JSON = attrs.field(repr=False)  # a full `chat.completion.chunk` object
+    commits: bool = False  # carries content, reasoning or a tool call
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+    @property
+    def usage_only(self) -> bool:
+        """The `include_usage` chunk: empty choices, usage set."""
+        return self.usage is not None and not self.payload.get("choices")
+
+
+@attrs.frozen
+class EmbeddingRequest:
+    model: str
+    inputs: tuple[str, ...]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    body: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+
+
+@attrs.frozen
+class EmbeddingResponse:
+    payload: JSON = attrs.field(repr=False)  # a full embeddings `list` object
+    usage: Usage | None
+
+
+@attrs.frozen
+class ModelInfo:
+    id: str  # provider/model
+    created: int
+    owned_by: str
+
+    def to_json(self) -> JSON:
+        return {
+            "id": self.id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": self.owned_by,
+        }

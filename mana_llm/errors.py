@@ -1,0 +1,206 @@
+"""The GatewayError tree: each class declares its HTTP status, OpenAI error type and code,
+whether a fallback chain may continue after it, and whether it counts against the provider.
+
+No framework imports: providers raise these, the gateway walks on them, the api renders them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import attrs
+
+
+@attrs.frozen
+class AttemptRecord:
+    """What one chain entry did: the `provider/model` it named and why it did not answer."""
+
+    model: str
+    reason: str
+
+
+class GatewayError(Exception):
+    status: int = 500  # a class default; an instance may carry the upstream's own 4xx
+    type: ClassVar[str] = "api_error"
+    default_code: ClassVar[str | None] = None
+    # May the walk go on to the next entry of a chain after this failure?
+    retryable: ClassVar[bool] = False
+    # Does this failure say something about the provider's health (key, reachability, load)?
+    counts_against_provider: ClassVar[bool] = False
+    # Would resending the same request to the gateway soon plausibly succeed? (x-should-retry)
+    transient: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        provider: str | None = None,
+        retry_after_s: float | None = None,
+        attempts: Sequence[AttemptRecord] = (),
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.provider = provider
+        self.retry_after_s = retry_after_s
+        self.attempts = tuple(attempts)
+
+    @property
+    def reason(self) -> str:
+        """A short, secret-free label for attempt lists and logs."""
+        return f"{type(self).__name__}: {self.message}"
+
+
+# --- the caller's own faults -------------------------------------------------------------
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    default_code = "invalid_request"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    default_code = "model_not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    default_code = "payload_too_large"
+
+
+# --- the gateway's own state -----------------------------------------------------------
+
+
+class ProviderNotConfigured(GatewayError):
+    """The named provider has no API key on this gateway; another chain entry may serve."""
+
+    status = 503
+    type = "server_error"
+    default_code = "provider_not_configured"
+    retryable = True
+
+
+class AllProvidersFailed(GatewayError):
+    status = 503
+    type = "server_error"
+    default_code = "all_providers_failed"
+
+
+class InternalError(GatewayError):
+    status = 500
+    type = "server_error"
+    default_code = "internal_error"
+
+
+# --- upstream failures -----------------------------------------------------------------
+
+
+class ProviderError(GatewayError):
+    """A failure reported by, or in talking to, an upstream provider."""
+
+    status = 502
+    type = "api_error"
+    default_code = "upstream_error"
+    retryable = True
+    counts_against_provider = True
+    transient = True
+
+
+class UpstreamUnavailable(ProviderError):
+    """Connection refused or reset, 5xx, an in-band error before content, an empty answer."""
+
+
+class UpstreamTimeout(ProviderError):
+    status = 504
+    default_code = "upstream_timeout"
+
+
+class UpstreamRateLimited(ProviderError):
+    status = 429
+    type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class UpstreamAuthFailed(ProviderError):
+    """The provider refused the gateway's own key or has no credits left (401/402/403)."""
+
+    default_code = "upstream_auth_failed"
+    transient = False
+
+
+class UpstreamProtocolError(ProviderError):
+    """The upstream answered with something that is not its documented wire format."""
+
+    default_code = "upstream_protocol_error"
+
+
+class ModelScopedError(ProviderError):
+    """The provider is fine but this model cannot serve this request; a later entry may."""
+
+    counts_against_provider = False
+    transient = False
+
+
+class UpstreamModelNotFound(ModelScopedError):
+    status = 404
+    type = "invalid_request_error"
+    default_code = "model_not_found"
+
+
+class UnsupportedCapability(ModelScopedError):
+    status = 400
+    type = "invalid_request_error"
+    default_code = "unsupported_capability"
+
+
+class ContextLengthExceeded(ModelScopedError):
+    status = 400
+    type = "invalid_request_error"
+    default_code = "context_length_exceeded"
+
+
+class UpstreamBadRequest(ProviderError):
+    """The caller's request was refused by the upstream (400/413/422): not worth shopping around."""
+
+    status = 400
+    type = "invalid_request_error"
+    default_code = "invalid_request"
+    retryable = False
+    counts_against_provider = False
+    transient = False
+
+
+class ContentPolicy(UpstreamBadRequest):
+    default_code = "content_policy_violation"
+
+
+def is_caller_fixable(error: GatewayError) -> bool:
+    """Failures the caller can fix by changing the request (reported with their 4xx status)."""
+    return isinstance(error, ContextLengthExceeded | UnsupportedCapability | UpstreamBadRequest)

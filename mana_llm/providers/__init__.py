@@ -1,0 +1,1 @@
+"""One module per upstream wire protocol, behind the Provider protocol."""

@@ -1,0 +1,140 @@
+"""The httpx boundary: upstream HTTP statuses, error bodies and httpx exceptions become
+ProviderError subclasses here, once, by status code, structured error code and exception type.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from mana_llm import errors
+
+MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_MESSAGE_CHARS = 500
+
+_MODEL_CODES = frozenset({"model_not_found", "model_decommissioned", "model_not_available"})
+_CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
+_POLICY_CODES = frozenset({"content_filter", "content_policy_violation", "moderation_blocked"})
+
+
+class Redactor:
+    """Removes a provider's secret from any text that may reach a caller or a log."""
+
+    def __init__(self, secret: str | None) -> None:
+        self._secret = secret or None
+
+    def __call__(self, text: str) -> str:
+        if self._secret and self._secret in text:
+            text = text.replace(self._secret, "***")
+        return text[:MAX_MESSAGE_CHARS]
+
+
+def parse_error_body(body: bytes | Mapping[str, Any]) -> tuple[str, str | None, Mapping[str, Any]]:
+    """(message, code, the error object) from an OpenAI-, OpenRouter- or Ollama-style body."""
+    data: Any = body
+    if isinstance(body, bytes):
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return body.decode("utf-8", "replace").strip(), None, {}
+    if not isinstance(data, Mapping):
+        return str(data), None, {}
+    err = data.get("error", data)
+    if isinstance(err, str):  # Ollama: {"error": "..."}
+        return err, None, {}
+    if not isinstance(err, Mapping):
+        return json.dumps(data)[:MAX_MESSAGE_CHARS], None, {}
+    message = err.get("message") or err.get("detail") or json.dumps(err)
+    code = err.get("code")
+    # OpenRouter sends the HTTP status as a numeric code; only string codes carry meaning.
+    return str(message), code if isinstance(code, str) else None, err
+
+
+def _retry_after_s(headers: Mapping[str, str]) -> float | None:
+    raw = headers.get("retry-after-ms")
+    scale = 1000.0
+    if raw is None:
+        raw, scale = headers.get("retry-after"), 1.0
+    if raw is None:
+        return None
+    try:
+        value = float(raw) / scale
+    except ValueError:
+        return None  # an HTTP date: rare from these providers, and not worth a clock here
+    return value if value >= 0 else None
+
+
+def error_from_status(
+    provider: str,
+    status: int,
+    body: bytes | Mapping[str, Any],
+    headers: Mapping[str, str],
+    redact: Redactor,
+) -> errors.ProviderError:
+    """Classify an upstream error response (DESIGN.md section 6)."""
+    message, code, err = parse_error_body(body)
+    text = redact(f"{provider} answered {status}: {message}")
+    kind = _classify(status, code, err)
+    retry_after = _retry_after_s(headers) if kind is errors.UpstreamRateLimited else None
+    keep_status = status if kind is errors.UpstreamBadRequest and status in (413, 422) else None
+    return kind(text, provider=provider, retry_after_s=retry_after, status=keep_status)
+
+
+def _classify(status: int, code: str | None, err: Mapping[str, Any]) -> type[errors.ProviderError]:
+    if code in _CONTEXT_CODES:
+        return errors.ContextLengthExceeded
+    if code in _MODEL_CODES or status == 404:
+        return errors.UpstreamModelNotFound
+    if code in _POLICY_CODES:
+        return errors.ContentPolicy
+    if status in (429, 498):
+        return errors.UpstreamRateLimited
+    if status in (408, 504, 524):
+        return errors.UpstreamTimeout
+    if status == 403 and isinstance(err.get("metadata"), Mapping) and "reasons" in err["metadata"]:
+        return errors.ContentPolicy  # OpenRouter's moderation flag
+    if status in (401, 402, 403):
+        return errors.UpstreamAuthFailed
+    if status >= 500 or status == 499:
+        return errors.UpstreamUnavailable
+    if 400 <= status < 500:
+        return errors.UpstreamBadRequest
+    return errors.UpstreamProtocolError  # 1xx/3xx where a final answer was due
+
+
+def error_from_exception(provider: str, exc: httpx.HTTPError) -> errors.ProviderError:
+    """Classify an httpx exception by its type; the message never carries request headers."""
+    if isinstance(exc, httpx.TimeoutException):
+        return errors.UpstreamTimeout(
+            f"{provider} timed out ({type(exc).__name__})", provider=provider
+        )
+    if isinstance(exc, httpx.DecodingError):
+        return errors.UpstreamProtocolError(
+            f"{provider} sent an undecodable body", provider=provider
+        )
+    if isinstance(exc, httpx.ConnectError):
+        return errors.UpstreamUnavailable(
+            f"{provider} is unreachable (connect failed)", provider=provider
+        )
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return errors.UpstreamUnavailable(
+            f"{provider} closed the connection mid-response", provider=provider
+        )
+    return errors.UpstreamUnavailable(
+        f"{provider} connection failed ({type(exc).__name__})", provider=provider
+    )
+
+
+async def read_error_body(response: httpx.Response) -> bytes:
+    """Read at most MAX_ERROR_BODY_BYTES of a streamed error response."""
+    parts: list[bytes] = []
+    size = 0
+    async for part in response.aiter_bytes():
+        parts.append(part)
+        size += len(part)
+        if size >= MAX_ERROR_BODY_BYTES:
+            break
+    return b"".join(parts)[:MAX_ERROR_BODY_BYTES]

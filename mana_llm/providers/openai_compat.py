@@ -1,0 +1,198 @@
+"""OpenAI-compatible clouds (OpenRouter, Groq, Together, any base URL): the caller's body passes
+through with only `model` replaced; responses and SSE chunks come back with `model` rewritten
+to the resolved `provider/model`. Streams always ask the upstream for usage (for accounting) and
+hand it to the caller only when the caller asked."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+
+from mana_llm import errors
+from mana_llm.domain import (
+    JSON,
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelInfo,
+    StreamChunk,
+    Target,
+    Usage,
+)
+from mana_llm.providers.framing import SSEDecoder
+from mana_llm.providers.upstream import RawStream, Upstream
+
+_COMMIT_KEYS = ("content", "tool_calls", "reasoning_content", "reasoning", "refusal")
+
+
+def usage_from_json(data: Any) -> Usage | None:
+    if not isinstance(data, dict):
+        return None
+    prompt, completion = data.get("prompt_tokens"), data.get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return Usage(prompt, completion)
+
+
+def in_band_error(upstream: Upstream, data: JSON) -> errors.ProviderError:
+    """An `{"error": ...}` object inside a 200: classify by the status it names, else 502."""
+    err = data.get("error")
+    code = err.get("code") if isinstance(err, dict) else None
+    status = code if isinstance(code, int) and 400 <= code <= 599 else 502
+    return upstream.error(status, data, {})
+
+
+@attrs.define(eq=False)
+class OpenAICompatProvider:
+    upstream: Upstream
+
+    @property
+    def name(self) -> str:
+        return self.upstream.name
+
+    @property
+    def configured(self) -> bool:
+        return self.upstream.settings.configured
+
+    @property
+    def timeout_s(self) -> float:
+        return self.upstream.settings.timeout_s
+
+    @property
+    def key_env(self) -> str | None:
+        return self.upstream.settings.key_env
+
+    async def chat(self, target: Target, request: ChatRequest) -> ChatResponse:
+        body = dict(request.body)
+        body["model"] = target.model
+        body["stream"] = False
+        body.pop("stream_options", None)
+        data = await self.upstream.post_json("/chat/completions", body)
+        return self._completion(data, target)
+
+    def _completion(self, data: Any, target: Target) -> ChatResponse:
+        if not isinstance(data, dict):
+            raise self.upstream.protocol_error("a completion that is not an object")
+        if "error" in data:
+            raise in_band_error(self.upstream, data)
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise self.upstream.protocol_error("a completion without choices")
+        for choice in choices:
+            if choice.get("finish_reason") == "error":
+                raise errors.UpstreamUnavailable(
+                    f"{self.name} reported an error while generating", provider=self.name
+                )
+            if not choice.get("finish_reason"):
+                choice["finish_reason"] = "stop"
+            choice.setdefault("logprobs", None)
+        data["model"] = target.resolved
+        return ChatResponse(data, choices[0]["finish_reason"], usage_from_json(data.get("usage")))
+
+    async def open_stream(self, target: Target, request: ChatRequest) -> SSEChunkStream:
+        body = dict(request.body)
+        body["model"] = target.model
+        body["stream"] = True
+        options = body.get("stream_options")
+        body["stream_options"] = {
+            **(options if isinstance(options, dict) else {}),
+            "include_usage": True,
+        }
+        response = await self.upstream.open_stream("/chat/completions", body)
+        return SSEChunkStream(RawStream(self.upstream, response), target)
+
+    async def embed(self, target: Target, request: EmbeddingRequest) -> EmbeddingResponse:
+        body = dict(request.body)
+        body["model"] = target.model
+        data = await self.upstream.post_json("/embeddings", body)
+        if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+            raise self.upstream.protocol_error("an embeddings answer without data")
+        data["model"] = target.resolved
+        data.setdefault("object", "list")
+        usage = data.get("usage")
+        if not isinstance(usage, dict):
+            data["usage"] = {"prompt_tokens": 0, "total_tokens": 0}
+        prompt = data["usage"].get("prompt_tokens")
+        return EmbeddingResponse(data, Usage(prompt, 0) if isinstance(prompt, int) else None)
+
+    async def list_models(self) -> tuple[ModelInfo, ...]:
+        data = await self.upstream.get_json("/models")
+        items = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise self.upstream.protocol_error("a model list without data")
+        return tuple(
+            ModelInfo(
+                id=f"{self.name}/{item['id']}",
+                created=item["created"] if isinstance(item.get("created"), int) else 0,
+                owned_by=str(item.get("owned_by") or self.name),
+            )
+            for item in items
+            if isinstance(item, dict) and isinstance(item.get("id"), str)
+        )
+
+
+@attrs.define(eq=False)
+class SSEChunkStream:
+    raw: RawStream
+    target: Target
+    _decoder: SSEDecoder = attrs.field(factory=SSEDecoder)
+    _ended: bool = False
+
+    async def receive(self) -> list[StreamChunk]:
+        while not self._ended:
+            data = await self.raw.read()
+            if data:
+                events = self._decoder.feed(data)
+            else:
+                events = self._decoder.close()
+                self._ended = True
+            chunks: list[StreamChunk] = []
+            for event in events:
+                if event == b"[DONE]":
+                    self._ended = True
+                    break
+                chunks.extend(self._chunks(event))
+            if chunks:
+                return chunks
+        return []
+
+    async def aclose(self) -> None:
+        await self.raw.aclose()
+
+    def _chunks(self, event: bytes) -> list[StreamChunk]:
+        upstream = self.raw.upstream
+        try:
+            data = json.loads(event)
+        except ValueError:
+            raise upstream.protocol_error("a stream event that is not JSON") from None
+        if not isinstance(data, dict):
+            raise upstream.protocol_error("a stream event that is not an object")
+        if "error" in data:
+            raise in_band_error(upstream, data)
+        choices = data.get("choices")
+        if not isinstance(choices, list):
+            raise upstream.protocol_error("a stream chunk without choices")
+        data["model"] = self.target.resolved
+        commits, finish = False, None
+        for choice in choices:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict):
+                raise upstream.protocol_error("a stream choice without a delta")
+            if not commits:
+                commits = any(delta.get(key) for key in _COMMIT_KEYS)
+            finish = choice.get("finish_reason") or finish
+        if finish == "error":
+            raise errors.UpstreamUnavailable(
+                f"{upstream.name} reported an error while generating", provider=upstream.name
+            )
+        usage = usage_from_json(data.get("usage"))
+        if usage is None or not choices:
+            return [StreamChunk(data, commits, finish, usage)]
+        # Some clouds put usage on the finish chunk; the caller wants it on a chunk of its own.
+        usage_chunk = {k: v for k, v in data.items() if k != "choices"}
+        usage_chunk["choices"] = []
+        data["usage"] = None
+        return [StreamChunk(data, commits, finish), StreamChunk(usage_chunk, usage=usage)]

@@ -1,0 +1,46 @@
+"""What the gateway and the walk need from a provider; nothing about wire formats."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from mana_llm.domain import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelInfo,
+    StreamChunk,
+    Target,
+)
+
+
+class ChunkStream(Protocol):
+    """An open upstream stream. `receive` returns the next chunks (possibly none that commit),
+    or an empty list once the upstream has ended; upstream failures raise ProviderError."""
+
+    async def receive(self) -> list[StreamChunk]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Provider(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def configured(self) -> bool: ...
+
+    @property
+    def key_env(self) -> str | None: ...
+
+    @property
+    def timeout_s(self) -> float: ...
+
+    async def chat(self, target: Target, request: ChatRequest) -> ChatResponse: ...
+
+    async def open_stream(self, target: Target, request: ChatRequest) -> ChunkStream: ...
+
+    async def embed(self, target: Target, request: EmbeddingRequest) -> EmbeddingResponse: ...
+
+    async def list_models(self) -> tuple[ModelInfo, ...]: ...

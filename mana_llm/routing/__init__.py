@@ -1,0 +1,1 @@
+"""Resolution of model strings, the fallback walk, the commit point and provider health."""

@@ -1,0 +1,147 @@
+"""The walk over a chain of targets.
+
+A plain loop: skip entries whose provider is not configured or whose circuit is open, run each
+remaining attempt inside its own cancel scope with its deadline, fall through on retryable
+failures, return on the first answer. The whole walk runs under one overall deadline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Generic, TypeVar
+
+import attrs
+import trio
+
+from mana_llm import errors
+from mana_llm.domain import Target
+from mana_llm.errors import AttemptRecord, GatewayError
+from mana_llm.providers.protocol import Provider
+from mana_llm.routing.health import ProviderHealthCache
+
+T = TypeVar("T")
+
+# The Retry-After an all-failed 503 advertises when some circuit reopens within this long.
+RETRY_AFTER_HORIZON_S = 120.0
+
+
+@attrs.frozen
+class Answered(Generic[T]):
+    result: T
+    target: Target
+    failed: tuple[AttemptRecord, ...]  # the entries tried or skipped before the one that answered
+
+    @property
+    def attempts(self) -> int:
+        return len(self.failed) + 1
+
+
+Attempt = Callable[[Provider, Target], Awaitable[T]]
+
+
+@attrs.define(eq=False)
+class Walker:
+    providers: Mapping[str, Provider]
+    health: ProviderHealthCache
+    request_timeout_s: float
+    clock: Callable[[], float] = trio.current_time
+
+    def report(self, provider: str, error: GatewayError | None) -> None:
+        """Feed one outcome to the health cache: success, or a failure that says something about
+        the provider. A provider that answered with a model-scoped or caller error is alive."""
+        now = self.clock()
+        if error is None or not error.counts_against_provider:
+            if error is None or isinstance(error, errors.ProviderError):
+                self.health.record_success(provider, now)
+            return
+        self.health.record_failure(provider, now, error.reason, retry_after_s=error.retry_after_s)
+
+    async def walk(
+        self,
+        targets: Sequence[Target],
+        attempt: Attempt[T],
+        deadline_s: Callable[[Provider], float],
+        waiting_for: str,
+    ) -> Answered[T]:
+        failures: list[tuple[Target, GatewayError]] = []
+        current: Target | None = None
+        with trio.move_on_after(self.request_timeout_s) as overall:
+            for target in targets:
+                current = target
+                provider = self.providers.get(target.provider)
+                skipped = self._skip_reason(target, provider)
+                if skipped is not None or provider is None:
+                    failures.append((target, skipped or errors.InternalError("no provider")))
+                    continue
+                error: GatewayError
+                seconds = deadline_s(provider)
+                try:
+                    with trio.move_on_after(seconds) as scope:
+                        result = await attempt(provider, target)
+                    if not scope.cancelled_caught:
+                        self.report(target.provider, None)
+                        return Answered(result, target, _records(failures))
+                    error = errors.UpstreamTimeout(
+                        f"{target.resolved} sent no {waiting_for} within {seconds:g}s",
+                        provider=target.provider,
+                    )
+                except errors.ProviderError as exc:
+                    error = exc
+                failures.append((target, error))
+                self.report(target.provider, error)
+                if not error.retryable:
+                    error.attempts = _records(failures)
+                    raise error
+        if overall.cancelled_caught and current is not None:
+            error = errors.UpstreamTimeout(
+                f"the request deadline of {self.request_timeout_s:g}s passed",
+                provider=current.provider,
+            )
+            failures.append((current, error))
+            self.report(current.provider, error)
+        raise self._exhausted(targets, failures)
+
+    def _skip_reason(self, target: Target, provider: Provider | None) -> GatewayError | None:
+        if provider is None:
+            return errors.InvalidRequest(f"unknown provider {target.provider!r}", param="model")
+        if not provider.configured:
+            return errors.ProviderNotConfigured(
+                f"provider {provider.name!r} is not configured: set {provider.key_env}",
+                provider=provider.name,
+            )
+        if not self.health.try_acquire(provider.name, self.clock()):
+            reopens = self.health.reopens_at(provider.name)
+            retry = None if reopens is None else max(1.0, math.ceil(reopens - self.clock()))
+            when = f", retry in {retry:g}s" if retry else ""
+            return errors.UpstreamUnavailable(
+                f"provider {provider.name!r} is unhealthy (circuit open{when})",
+                provider=provider.name,
+                retry_after_s=retry,
+            )
+        return None
+
+    def _exhausted(
+        self, targets: Sequence[Target], failures: list[tuple[Target, GatewayError]]
+    ) -> GatewayError:
+        records = _records(failures)
+        errs = [error for _, error in failures]
+        if len(targets) == 1 and errs:
+            errs[-1].attempts = records
+            return errs[-1]  # a direct provider/model request reports its own failure
+        kinds = {(type(e), e.code) for e in errs}
+        if len(kinds) == 1 and errors.is_caller_fixable(errs[0]):
+            errs[0].attempts = records
+            return errs[0]
+        retry_after = min((e.retry_after_s for e in errs if e.retry_after_s), default=None)
+        if retry_after is not None and retry_after > RETRY_AFTER_HORIZON_S:
+            retry_after = None
+        return errors.AllProvidersFailed(
+            f"all {len(targets)} entries of the chain failed",
+            attempts=records,
+            retry_after_s=retry_after,
+        )
+
+
+def _records(failures: list[tuple[Target, GatewayError]]) -> tuple[AttemptRecord, ...]:
+    return tuple(AttemptRecord(target.resolved, error.reason) for target, error in failures)

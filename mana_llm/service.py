@@ -1,0 +1,134 @@
+"""The composition root: builds every concrete part and owns the root nursery.
+
+trio.run(service.run, settings)
+└── root nursery
+    ├── hypercorn.trio.serve(app, config, shutdown_trigger=shutdown.wait)
+    └── run_signal_listener(...)   SIGTERM/SIGINT -> shutdown.set(); SIGHUP -> reload
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from functools import partial
+
+import httpx
+import trio
+from hypercorn.config import Config, Sockets
+from hypercorn.trio import serve
+from prometheus_client import CollectorRegistry
+
+from mana_llm.api.app import create_app
+from mana_llm.api.cleanup import with_request_cleanup
+from mana_llm.gateway import Gateway
+from mana_llm.metrics import Metrics
+from mana_llm.providers.ollama import OllamaProvider
+from mana_llm.providers.openai_compat import OpenAICompatProvider
+from mana_llm.providers.protocol import Provider
+from mana_llm.providers.upstream import Upstream
+from mana_llm.routing.health import CircuitState, ProviderHealthCache, Transition
+from mana_llm.settings import Settings
+from mana_llm.signals import run_signal_listener
+
+log = logging.getLogger(__name__)
+
+# A client that stops reading must not pin a stream forever (hypercorn shields its sends).
+CLIENT_SEND_TIMEOUT_MS = 30_000
+
+
+class _Config(Config):
+    def create_sockets(self) -> Sockets:
+        sockets = super().create_sockets()
+        for sock in sockets.insecure_sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and hasattr(
+                socket, "TCP_USER_TIMEOUT"
+            ):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, CLIENT_SEND_TIMEOUT_MS)
+        return sockets
+
+
+def hypercorn_config(settings: Settings, config_path: str | None = None) -> Config:
+    config = _Config.from_toml(config_path) if config_path else _Config()
+    config.bind = [
+        f"[{settings.host}]:{settings.port}"
+        if ":" in settings.host
+        else f"{settings.host}:{settings.port}"
+    ]
+    config.graceful_timeout = settings.graceful_timeout_s
+    config.accesslog = None
+    return config
+
+
+def build_providers(settings: Settings, client: httpx.AsyncClient) -> dict[str, Provider]:
+    providers: dict[str, Provider] = {}
+    for ps in settings.providers:
+        upstream = Upstream(ps, client)
+        providers[ps.name] = (
+            OllamaProvider(upstream) if ps.kind == "ollama" else OpenAICompatProvider(upstream)
+        )
+    return providers
+
+
+def http_client(settings: Settings) -> httpx.AsyncClient:
+    limits = httpx.Limits(
+        max_connections=settings.max_connections,
+        max_keepalive_connections=settings.max_connections,  # else httpcore evicts and reopens
+    )
+    return httpx.AsyncClient(
+        limits=limits, timeout=httpx.Timeout(None, connect=settings.connect_timeout_s)
+    )
+
+
+async def run(
+    settings: Settings,
+    *,
+    config_path: str | None = None,
+    registry: CollectorRegistry | None = None,
+    shutdown: trio.Event | None = None,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until `shutdown` is set (by a signal or the caller), then drain and return."""
+    shutdown = trio.Event() if shutdown is None else shutdown
+    metrics = Metrics(registry or CollectorRegistry())
+    health = ProviderHealthCache()
+    health.add_listener(partial(_export_health, metrics))
+    async with http_client(settings) as client:
+        providers = build_providers(settings, client)
+        for name, provider in providers.items():
+            if provider.configured:
+                metrics.provider_healthy.labels(name).set(1)
+        gateway = Gateway(settings, providers, health)
+        app = with_request_cleanup(create_app(gateway, settings, metrics.registry))
+        config = hypercorn_config(settings, config_path)
+        async with trio.open_nursery() as nursery:
+            if handle_signals:
+                await nursery.start(
+                    run_signal_listener, shutdown, nursery.cancel_scope.cancel, _reload_unsupported
+                )
+
+            async def serve_then_stop(*, task_status: trio.TaskStatus[list[str]]) -> None:
+                # serve() returns once shutdown is set and in-flight requests have drained
+                # (up to graceful_timeout); then the rest of the root nursery goes too.
+                await serve(
+                    app,
+                    config,
+                    shutdown_trigger=shutdown.wait,
+                    task_status=task_status,
+                    mode="asgi",
+                )
+                nursery.cancel_scope.cancel()
+
+            binds: list[str] = await nursery.start(serve_then_stop)
+            log.info("mana-llm listening on %s", ", ".join(binds))
+            task_status.started(binds)
+
+
+def _export_health(metrics: Metrics, transition: Transition) -> None:
+    metrics.provider_healthy.labels(transition.provider).set(
+        1 if transition.new is CircuitState.CLOSED else 0
+    )
+
+
+def _reload_unsupported() -> None:
+    log.info("SIGHUP: nothing to reload yet")

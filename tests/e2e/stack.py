@@ -1,0 +1,68 @@
+"""The real service under hypercorn on 127.0.0.1:0, in front of a fake Ollama and a fake
+OpenAI-compatible cloud (configured as both `groq` and `openrouter`)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import attrs
+import httpx
+import openai
+import trio
+from prometheus_client import CollectorRegistry
+
+from mana_llm import service
+from mana_llm.settings import Settings
+from tests.fakes.server import FakeServer
+from tests.fakes.upstreams import FakeOllama, FakeOpenAI
+
+GATEWAY_KEY = "gw-test-key"
+UPSTREAM_KEY = "sk-upstream-secret"
+
+
+@attrs.define
+class Stack:
+    ollama: FakeServer
+    cloud: FakeServer
+    base_url: str
+    settings: Settings
+    registry: CollectorRegistry
+    shutdown: trio.Event
+
+    def client(self, **kwargs: object) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base_url, timeout=10, **kwargs)  # type: ignore[arg-type]
+
+    def sdk(self, key: str = "unused") -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=self.base_url + "/v1", api_key=key, max_retries=0, http_client=httpx.AsyncClient(timeout=10)
+        )
+
+
+def stack_env(ollama: FakeServer, cloud: FakeServer, **overrides: str) -> dict[str, str]:
+    env = {
+        "HOST": "127.0.0.1",
+        "PORT": "0",
+        "OLLAMA_URL": ollama.url,
+        "GROQ_API_KEY": UPSTREAM_KEY,
+        "GROQ_BASE_URL": cloud.url + "/v1",
+        "OPENROUTER_API_KEY": UPSTREAM_KEY,
+        "OPENROUTER_BASE_URL": cloud.url + "/v1",
+        "TOGETHER_BASE_URL": cloud.url + "/v1",  # no key: "not configured"
+        "FIRST_TOKEN_TIMEOUT": "2",
+        "STREAM_IDLE_TIMEOUT": "1",
+        "MODELS_TIMEOUT": "1",
+        "GRACEFUL_TIMEOUT": "2",
+    }
+    env.update(overrides)
+    return env
+
+
+async def start_stack(nursery: trio.Nursery, **overrides: str) -> Stack:
+    ollama: FakeServer = await nursery.start(FakeServer(FakeOllama()).serve)
+    cloud: FakeServer = await nursery.start(FakeServer(FakeOpenAI(key=UPSTREAM_KEY)).serve)
+    settings = Settings.from_env(stack_env(ollama, cloud, **overrides))
+    registry = CollectorRegistry()
+    shutdown = trio.Event()
+    run = partial(service.run, settings, registry=registry, shutdown=shutdown, handle_signals=False)
+    binds: list[str] = await nursery.start(run)
+    return Stack(ollama, cloud, binds[0], settings, registry, shutdown)

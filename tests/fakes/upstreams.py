@@ -1,0 +1,192 @@
+"""Fake Ollama and OpenAI-compatible upstreams speaking the real wire formats.
+
+Ollama: /api/chat (NDJSON stream by default, one object with stream:false), /api/embed,
+/api/tags; errors as {"error": "..."}. OpenAI: /v1/chat/completions (SSE with a role chunk,
+content chunks, a finish chunk, the usage chunk when asked, [DONE]), /v1/embeddings (float or
+base64), /v1/models; bearer-key check; errors in the OpenAI shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from typing import Any
+
+import attrs
+
+from tests.fakes.server import Part, Reply, Request
+
+CREATED_AT = "2026-11-26T10:00:00.123456789+00:00"
+CREATED = 1795687200
+WORDS = ("Hello", " from", " the", " fake", ".")
+
+
+def vector(text: str, dims: int = 4) -> list[float]:
+    return [float(len(text) + i) / 8 for i in range(dims)]  # exact in float32
+
+
+# --- Ollama ------------------------------------------------------------------------------
+
+
+def ollama_line(content: str = "", *, done: bool = False, **extra: Any) -> bytes:
+    line: dict[str, Any] = {
+        "model": "gemma3:4b",
+        "created_at": CREATED_AT,
+        "message": {"role": "assistant", "content": content},
+        "done": done,
+    }
+    if done:
+        line.update(done_reason="stop", total_duration=5000, prompt_eval_count=7, eval_count=len(WORDS))
+    line.update(extra)
+    return json.dumps(line).encode() + b"\n"
+
+
+def ollama_stream(*parts: Part) -> Reply:
+    return Reply(200, list(parts), {"content-type": "application/x-ndjson"}, chunked=True)
+
+
+@attrs.define
+class FakeOllama:
+    models: tuple[str, ...] = ("gemma3:4b", "nomic-embed-text:latest")
+
+    def __call__(self, request: Request) -> Reply:
+        if request.path == "/api/tags":
+            return Reply.json({"models": [_tag(name) for name in self.models]})
+        if request.method != "POST":
+            return Reply.json({"error": "method not allowed"}, 405)
+        body = request.json()
+        if body.get("model") not in self.models:
+            return Reply.json({"error": f"model '{body.get('model')}' not found"}, 404)
+        if request.path == "/api/chat":
+            if body.get("stream", True):
+                return ollama_stream(*(ollama_line(w) for w in WORDS), ollama_line(done=True))
+            whole = json.loads(ollama_line("".join(WORDS), done=True))
+            return Reply.json(whole)
+        if request.path == "/api/embed":
+            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            dims = body.get("dimensions", 4)
+            return Reply.json(
+                {"model": body["model"], "embeddings": [vector(t, dims) for t in inputs], "prompt_eval_count": 3}
+            )
+        return Reply.json({"error": "not found"}, 404)
+
+
+def _tag(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": CREATED_AT,
+        "size": 1,
+        "digest": "0" * 64,
+        "details": {"format": "gguf", "family": "gemma3"},
+    }
+
+
+# --- OpenAI-compatible -------------------------------------------------------------------
+
+
+def sse(payload: Any) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload)
+    return f"data: {data}\n\n".encode()
+
+
+def openai_chunk(content: str | None = None, finish: str | None = None, *, role: bool = False) -> bytes:
+    delta: dict[str, Any] = {}
+    if role:
+        delta["role"] = "assistant"
+    if content is not None:
+        delta["content"] = content
+    return sse(
+        {
+            "id": "chatcmpl-up",
+            "object": "chat.completion.chunk",
+            "created": CREATED,
+            "model": "upstream-model",
+            "system_fingerprint": "fp_fake",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
+    )
+
+
+def openai_usage_chunk() -> bytes:
+    return sse(
+        {
+            "id": "chatcmpl-up",
+            "object": "chat.completion.chunk",
+            "created": CREATED,
+            "model": "upstream-model",
+            "choices": [],
+            "usage": {"prompt_tokens": 7, "completion_tokens": len(WORDS), "total_tokens": 7 + len(WORDS)},
+        }
+    )
+
+
+def openai_stream(*parts: Part) -> Reply:
+    return Reply(200, list(parts), {"content-type": "text/event-stream"}, chunked=True)
+
+
+def openai_error(status: int, message: str, code: str | None = None, **headers: str) -> Reply:
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+    return Reply.json({"error": error}, status, headers)
+
+
+@attrs.define
+class FakeOpenAI:
+    key: str = "sk-upstream-secret"
+    models: tuple[str, ...] = ("llama-3.1-8b-instant", "meta-llama/llama-3.1-8b-instruct", "embed-small")
+
+    def __call__(self, request: Request) -> Reply:
+        if request.headers.get("authorization") != f"Bearer {self.key}":
+            return openai_error(401, f"Invalid API key provided: {request.headers.get('authorization')}")
+        if request.path == "/v1/models":
+            data = [{"id": m, "object": "model", "created": CREATED, "owned_by": "fake"} for m in self.models]
+            return Reply.json({"object": "list", "data": data})
+        body = request.json()
+        if body.get("model") not in self.models:
+            return openai_error(404, f"The model `{body.get('model')}` does not exist", "model_not_found")
+        if request.path == "/v1/chat/completions":
+            return self._chat(body)
+        if request.path == "/v1/embeddings":
+            return self._embeddings(body)
+        return openai_error(404, "no such route")
+
+    def _chat(self, body: dict[str, Any]) -> Reply:
+        if body.get("stream"):
+            parts: list[Part] = [b": OPENROUTER PROCESSING\n\n", openai_chunk("", role=True)]
+            parts += [openai_chunk(w) for w in WORDS]
+            parts.append(openai_chunk(finish="stop"))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                parts.append(openai_usage_chunk())
+            parts.append(sse("[DONE]"))
+            return openai_stream(*parts)
+        return Reply.json(
+            {
+                "id": "chatcmpl-up",
+                "object": "chat.completion",
+                "created": CREATED,
+                "model": body["model"],
+                "system_fingerprint": "fp_fake",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(WORDS), "refusal": None},
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {"prompt_tokens": 7, "completion_tokens": len(WORDS), "total_tokens": 7 + len(WORDS)},
+            }
+        )
+
+    def _embeddings(self, body: dict[str, Any]) -> Reply:
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        items = []
+        for i, text in enumerate(inputs):
+            vec = vector(str(text))
+            value: Any = vec
+            if body.get("encoding_format") == "base64":
+                value = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+            items.append({"object": "embedding", "index": i, "embedding": value})
+        usage = {"prompt_tokens": 3, "total_tokens": 3}
+        return Reply.json({"object": "list", "data": items, "model": body["model"], "usage": usage})
