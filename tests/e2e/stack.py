@@ -34,7 +34,10 @@ class Stack:
 
     def sdk(self, key: str = "unused") -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(
-            base_url=self.base_url + "/v1", api_key=key, max_retries=0, http_client=httpx.AsyncClient(timeout=10)
+            base_url=self.base_url + "/v1",
+            api_key=key,
+            max_retries=0,
+            timeout=10,
         )
 
 

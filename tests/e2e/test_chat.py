@@ -22,7 +22,10 @@ async def test_ollama_non_streaming_translates_both_ways(nursery: trio.Nursery) 
         "model": "gemma3:4b",
         "messages": [
             {"role": "developer", "content": "be brief"},
-            {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "there"}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "there"}],
+            },
         ],
         "temperature": 0.2,
         "max_completion_tokens": 50,
@@ -88,7 +91,9 @@ async def test_ollama_stream_through_sdk_with_usage(nursery: trio.Nursery) -> No
     assert len({c.id for c in chunks}) == 1 and len({c.created for c in chunks}) == 1
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ANSWER
     assert chunks[0].choices[0].delta.role == "assistant"
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finishes == ["stop"]
     assert chunks[-1].choices == []
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 12
@@ -96,13 +101,19 @@ async def test_ollama_stream_through_sdk_with_usage(nursery: trio.Nursery) -> No
     assert stack.ollama.requests[-1].json()["stream"] is True
 
 
-async def test_stream_without_include_usage_has_no_usage_and_ends_with_done(nursery: trio.Nursery) -> None:
+async def test_stream_without_include_usage_has_no_usage_and_ends_with_done(
+    nursery: trio.Nursery,
+) -> None:
     stack = await start_stack(nursery)
     with trio.fail_after(10):
         async with stack.client() as client:
             r = await client.post(
                 "/v1/chat/completions",
-                json={"model": "groq/llama-3.1-8b-instant", "messages": [{"role": "user", "content": "x"}], "stream": True},
+                json={
+                    "model": "groq/llama-3.1-8b-instant",
+                    "messages": [{"role": "user", "content": "x"}],
+                    "stream": True,
+                },
             )
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/event-stream")
@@ -113,12 +124,16 @@ async def test_stream_without_include_usage_has_no_usage_and_ends_with_done(nurs
     assert all(c["model"] == "groq/llama-3.1-8b-instant" for c in chunks)
     assert all(c.get("usage") is None for c in chunks)
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == ANSWER
-    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]] == ["stop"]
+    assert [
+        c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]
+    ] == ["stop"]
     # the gateway asks the upstream for usage anyway (accounting), and says so only upstream
     assert stack.cloud.requests[-1].json()["stream_options"] == {"include_usage": True}
 
 
-async def test_cloud_passthrough_keeps_unknown_fields_and_rewrites_model(nursery: trio.Nursery) -> None:
+async def test_cloud_passthrough_keeps_unknown_fields_and_rewrites_model(
+    nursery: trio.Nursery,
+) -> None:
     stack = await start_stack(nursery)
     body = {
         "model": "openrouter/meta-llama/llama-3.1-8b-instruct",

@@ -53,7 +53,11 @@ class Reply:
 
     @classmethod
     def json(cls, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
-        return cls(status, [json.dumps(payload).encode()], {"content-type": "application/json", **(headers or {})})
+        return cls(
+            status,
+            [json.dumps(payload).encode()],
+            {"content-type": "application/json", **(headers or {})},
+        )
 
 
 @attrs.define
@@ -70,7 +74,13 @@ class Request:
 
 Handler = Callable[[Request], Reply]
 
-REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests"}
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    429: "Too Many Requests",
+}
 
 
 @attrs.define(eq=False)
@@ -79,16 +89,24 @@ class FakeServer:
     requests: list[Request] = attrs.field(factory=list)
     scripts: dict[str, deque[Reply]] = attrs.field(factory=dict)
     port: int = 0
+    _arrival: trio.Event = attrs.field(factory=trio.Event)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    async def wait_requests(self, count: int = 1) -> None:
+        """Until at least `count` requests have arrived."""
+        while len(self.requests) < count:
+            await self._arrival.wait()
+
     def script(self, path: str, *replies: Reply) -> None:
         """The next requests to `path` get these replies, in order, before the handler's."""
         self.scripts.setdefault(path, deque()).extend(replies)
 
-    async def serve(self, *, task_status: trio.TaskStatus[FakeServer] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: trio.TaskStatus[FakeServer] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
@@ -105,6 +123,8 @@ class FakeServer:
                     return
                 current = request
                 self.requests.append(request)
+                self._arrival.set()
+                self._arrival = trio.Event()
                 queue = self.scripts.get(request.path)
                 reply = queue.popleft() if queue else self.handler(request)
                 if not await _send(stream, reply):
@@ -141,7 +161,11 @@ async def _read_request(stream: trio.SocketStream, buffer: bytes) -> tuple[Reque
 
 
 async def _send(stream: trio.SocketStream, reply: Reply) -> bool:
-    """Write one response; False when the connection must end (cut, reset, stall, peer gone)."""
+    """Write one response; False when the connection must end (cut, reset, stall, peer gone).
+    An action as the first part happens before the status line: a reset or a stall before
+    any headers."""
+    if reply.parts and isinstance(reply.parts[0], Stall | Cut | Reset):
+        return await _act(stream, reply.parts[0])
     headers = {"content-type": "application/json", **reply.headers}
     if reply.chunked:
         headers["transfer-encoding"] = "chunked"
@@ -157,18 +181,22 @@ async def _send(stream: trio.SocketStream, reply: Reply) -> bool:
     for part in reply.parts:
         if isinstance(part, bytes):
             if part:
-                await stream.send_all(b"%x\r\n%b\r\n" % (len(part), part) if reply.chunked else part)
+                await stream.send_all(
+                    b"%x\r\n%b\r\n" % (len(part), part) if reply.chunked else part
+                )
         elif isinstance(part, WaitFor):
             await part.event.wait()
-        elif isinstance(part, Stall):
-            while await stream.receive_some(65536):
-                pass
-            return False
-        elif isinstance(part, Cut):
-            return False
-        elif isinstance(part, Reset):
-            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            return False
+        else:
+            return await _act(stream, part)
     if reply.chunked:
         await stream.send_all(b"0\r\n\r\n")
     return True
+
+
+async def _act(stream: trio.SocketStream, action: Stall | Cut | Reset) -> bool:
+    if isinstance(action, Stall):
+        while await stream.receive_some(65536):
+            pass
+    elif isinstance(action, Reset):
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    return False

@@ -37,7 +37,9 @@ def ollama_line(content: str = "", *, done: bool = False, **extra: Any) -> bytes
         "done": done,
     }
     if done:
-        line.update(done_reason="stop", total_duration=5000, prompt_eval_count=7, eval_count=len(WORDS))
+        line.update(
+            done_reason="stop", total_duration=5000, prompt_eval_count=7, eval_count=len(WORDS)
+        )
     line.update(extra)
     return json.dumps(line).encode() + b"\n"
 
@@ -56,8 +58,11 @@ class FakeOllama:
         if request.method != "POST":
             return Reply.json({"error": "method not allowed"}, 405)
         body = request.json()
-        if body.get("model") not in self.models:
-            return Reply.json({"error": f"model '{body.get('model')}' not found"}, 404)
+        name = str(body.get("model"))
+        if (
+            name if ":" in name else f"{name}:latest"
+        ) not in self.models and name not in self.models:
+            return Reply.json({"error": f"model '{name}' not found"}, 404)
         if request.path == "/api/chat":
             if body.get("stream", True):
                 return ollama_stream(*(ollama_line(w) for w in WORDS), ollama_line(done=True))
@@ -67,7 +72,11 @@ class FakeOllama:
             inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
             dims = body.get("dimensions", 4)
             return Reply.json(
-                {"model": body["model"], "embeddings": [vector(t, dims) for t in inputs], "prompt_eval_count": 3}
+                {
+                    "model": body["model"],
+                    "embeddings": [vector(t, dims) for t in inputs],
+                    "prompt_eval_count": 3,
+                }
             )
         return Reply.json({"error": "not found"}, 404)
 
@@ -91,7 +100,9 @@ def sse(payload: Any) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
-def openai_chunk(content: str | None = None, finish: str | None = None, *, role: bool = False) -> bytes:
+def openai_chunk(
+    content: str | None = None, finish: str | None = None, *, role: bool = False
+) -> bytes:
     delta: dict[str, Any] = {}
     if role:
         delta["role"] = "assistant"
@@ -117,7 +128,11 @@ def openai_usage_chunk() -> bytes:
             "created": CREATED,
             "model": "upstream-model",
             "choices": [],
-            "usage": {"prompt_tokens": 7, "completion_tokens": len(WORDS), "total_tokens": 7 + len(WORDS)},
+            "usage": {
+                "prompt_tokens": 7,
+                "completion_tokens": len(WORDS),
+                "total_tokens": 7 + len(WORDS),
+            },
         }
     )
 
@@ -134,17 +149,28 @@ def openai_error(status: int, message: str, code: str | None = None, **headers: 
 @attrs.define
 class FakeOpenAI:
     key: str = "sk-upstream-secret"
-    models: tuple[str, ...] = ("llama-3.1-8b-instant", "meta-llama/llama-3.1-8b-instruct", "embed-small")
+    models: tuple[str, ...] = (
+        "llama-3.1-8b-instant",
+        "meta-llama/llama-3.1-8b-instruct",
+        "embed-small",
+    )
 
     def __call__(self, request: Request) -> Reply:
         if request.headers.get("authorization") != f"Bearer {self.key}":
-            return openai_error(401, f"Invalid API key provided: {request.headers.get('authorization')}")
+            return openai_error(
+                401, f"Invalid API key provided: {request.headers.get('authorization')}"
+            )
         if request.path == "/v1/models":
-            data = [{"id": m, "object": "model", "created": CREATED, "owned_by": "fake"} for m in self.models]
+            data = [
+                {"id": m, "object": "model", "created": CREATED, "owned_by": "fake"}
+                for m in self.models
+            ]
             return Reply.json({"object": "list", "data": data})
         body = request.json()
         if body.get("model") not in self.models:
-            return openai_error(404, f"The model `{body.get('model')}` does not exist", "model_not_found")
+            return openai_error(
+                404, f"The model `{body.get('model')}` does not exist", "model_not_found"
+            )
         if request.path == "/v1/chat/completions":
             return self._chat(body)
         if request.path == "/v1/embeddings":
@@ -170,12 +196,20 @@ class FakeOpenAI:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": "".join(WORDS), "refusal": None},
+                        "message": {
+                            "role": "assistant",
+                            "content": "".join(WORDS),
+                            "refusal": None,
+                        },
                         "finish_reason": "stop",
                         "logprobs": None,
                     }
                 ],
-                "usage": {"prompt_tokens": 7, "completion_tokens": len(WORDS), "total_tokens": 7 + len(WORDS)},
+                "usage": {
+                    "prompt_tokens": 7,
+                    "completion_tokens": len(WORDS),
+                    "total_tokens": 7 + len(WORDS),
+                },
             }
         )
 

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import pytest
+
+from mana_llm import errors
+from mana_llm.domain import Target
+from mana_llm.routing.targets import parse_target
+from mana_llm.settings import Settings, SettingsError
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings.port == 3025
+    ollama = settings.provider("ollama")
+    assert (
+        ollama is not None
+        and ollama.base_url == "http://localhost:11434"
+        and ollama.timeout_s == 120
+    )
+    groq = settings.provider("groq")
+    assert (
+        groq is not None
+        and not groq.configured
+        and groq.base_url == "https://api.groq.com/openai/v1"
+    )
+    assert settings.max_request_bytes == 20 * 1024 * 1024
+
+
+def test_keys_are_configuration_not_repr() -> None:
+    settings = Settings.from_env(
+        {"GROQ_API_KEY": "sk-abc", "MANA_LLM_API_KEYS": "a, b,,", "GROQ_BASE_URL": "http://x/v1/"}
+    )
+    groq = settings.provider("groq")
+    assert groq is not None and groq.configured and groq.base_url == "http://x/v1"
+    assert settings.api_keys == ("a", "b")
+    assert "sk-abc" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"PORT": "x"}, "PORT"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"OLLAMA_TIMEOUT": "0"}, "OLLAMA_TIMEOUT"),
+        ({"OLLAMA_TIMEOUT": "nan"}, "OLLAMA_TIMEOUT"),
+        ({"OLLAMA_URL": "ftp://x"}, "OLLAMA_URL"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"MAX_REQUEST_BYTES": "12"}, "MAX_REQUEST_BYTES"),
+    ],
+)
+def test_malformed_settings_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env(env)
+
+
+PROVIDERS = ("ollama", "groq", "openrouter", "together")
+
+
+@pytest.mark.parametrize(
+    ("model", "target"),
+    [
+        ("gemma3:4b", Target("ollama", "gemma3:4b")),
+        ("ollama/gemma3:4b", Target("ollama", "gemma3:4b")),
+        ("ollama", Target("ollama", "default:1b")),
+        ("hf.co/org/model:q4", Target("ollama", "hf.co/org/model:q4")),
+        ("groq/llama-3.1-8b-instant", Target("groq", "llama-3.1-8b-instant")),
+        (
+            "openrouter/meta-llama/llama-3.1-8b-instruct",
+            Target("openrouter", "meta-llama/llama-3.1-8b-instruct"),
+        ),
+    ],
+)
+def test_parse_target(model: str, target: Target) -> None:
+    assert parse_target(model, PROVIDERS, "default:1b") == target
+    assert target.resolved == f"{target.provider}/{target.model}"
+
+
+def test_provider_without_model_is_a_400() -> None:
+    with pytest.raises(errors.InvalidRequest) as raised:
+        parse_target("groq/", PROVIDERS, "x")
+    assert raised.value.param == "model"
