@@ -59,24 +59,23 @@ def hypercorn_config(settings: Settings, config_path: str | None = None) -> Conf
     return config
 
 
-def build_providers(settings: Settings, client: httpx.AsyncClient) -> dict[str, Provider]:
+def build_providers(settings: Settings, transport: httpx.AsyncHTTPTransport) -> dict[str, Provider]:
     providers: dict[str, Provider] = {}
     for ps in settings.providers:
-        upstream = Upstream(ps, client)
+        upstream = Upstream(ps, transport, settings.connect_timeout_s)
         providers[ps.name] = (
             OllamaProvider(upstream) if ps.kind == "ollama" else OpenAICompatProvider(upstream)
         )
     return providers
 
 
-def http_client(settings: Settings) -> httpx.AsyncClient:
+def http_transport(settings: Settings) -> httpx.AsyncHTTPTransport:
+    """The one upstream connection pool, shared by every provider."""
     limits = httpx.Limits(
         max_connections=settings.max_connections,
         max_keepalive_connections=settings.max_connections,  # else httpcore evicts and reopens
     )
-    return httpx.AsyncClient(
-        limits=limits, timeout=httpx.Timeout(None, connect=settings.connect_timeout_s)
-    )
+    return httpx.AsyncHTTPTransport(limits=limits, retries=0)
 
 
 async def run(
@@ -93,8 +92,8 @@ async def run(
     metrics = Metrics(registry or CollectorRegistry())
     health = ProviderHealthCache()
     health.add_listener(partial(_export_health, metrics))
-    async with http_client(settings) as client:
-        providers = build_providers(settings, client)
+    async with http_transport(settings) as transport:
+        providers = build_providers(settings, transport)
         for name, provider in providers.items():
             if provider.configured:
                 metrics.provider_healthy.labels(name).set(1)
