@@ -51,7 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    trio.run(partial(service.run, settings, config_path=args.config))
+    try:
+        trio.run(partial(service.run, settings, config_path=args.config))
+    except service.StartupError as error:
+        print(f"mana-llm: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

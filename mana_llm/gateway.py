@@ -6,6 +6,7 @@ resolve -> walk (each attempt under its deadline, health fed as it goes) -> answ
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 import attrs
@@ -21,6 +22,7 @@ from mana_llm.domain import (
     Target,
 )
 from mana_llm.providers.protocol import Provider
+from mana_llm.routing.aliases import Alias, AliasStore
 from mana_llm.routing.commit import CommittedStream, open_committed
 from mana_llm.routing.fallback import Answered, Walker
 from mana_llm.routing.health import CircuitState, ProviderHealthCache
@@ -32,12 +34,36 @@ __all__ = ["Answered", "CommittedStream", "Gateway"]  # the api sees routing typ
 log = logging.getLogger(__name__)
 
 
+@attrs.frozen
+class Route:
+    """What a model string resolved to, against one snapshot of the alias table."""
+
+    targets: tuple[Target, ...]
+    alias: Alias | None = None
+
+    @property
+    def direct(self) -> bool:
+        return self.alias is None
+
+    def attempt_timeout_s(self, provider: Provider) -> float:
+        if self.alias is not None and self.alias.attempt_timeout_s is not None:
+            return self.alias.attempt_timeout_s
+        return provider.timeout_s
+
+    def first_token_timeout_s(self, provider: Provider, default_s: float) -> float:
+        if self.alias is not None and self.alias.first_token_timeout_s is not None:
+            default_s = self.alias.first_token_timeout_s
+        return min(default_s, self.attempt_timeout_s(provider))
+
+
 @attrs.define(eq=False)
 class Gateway:
     settings: Settings
     providers: Mapping[str, Provider]
     health: ProviderHealthCache
+    aliases: AliasStore
     clock: Callable[[], float] = trio.current_time
+    wall_clock: Callable[[], float] = time.time
     _walker: Walker = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -45,17 +71,25 @@ class Gateway:
             self.providers, self.health, self.settings.request_timeout_s, self.clock
         )
 
-    def resolve(self, model: str) -> tuple[Target, ...]:
+    def resolve(self, model: str) -> Route:
+        """An alias resolves to its chain (from the table as it is now); `provider/model` to
+        one target, no fallback."""
         if model.startswith(ALIAS_PREFIX):
-            raise errors.ModelNotFound(f"unknown alias {model!r}", param="model")
-        return (parse_target(model, self.providers, self.settings.ollama_default_model),)
+            alias = self.aliases.table.get(model)
+            if alias is None:
+                raise errors.ModelNotFound(
+                    f"unknown alias {model!r}; GET /v1/aliases lists them", param="model"
+                )
+            return Route(alias.chain, alias)
+        return Route((parse_target(model, self.providers, self.settings.ollama_default_model),))
 
     async def chat(self, request: ChatRequest) -> Answered[ChatResponse]:
         async def attempt(provider: Provider, target: Target) -> ChatResponse:
             return await provider.chat(target, request)
 
+        route = self.resolve(request.model)
         return await self._walker.walk(
-            self.resolve(request.model), attempt, lambda p: p.timeout_s, "answer"
+            route.targets, attempt, route.attempt_timeout_s, "answer", direct=route.direct
         )
 
     async def chat_stream(self, request: ChatRequest) -> CommittedStream:
@@ -65,11 +99,13 @@ class Gateway:
         async def attempt(provider: Provider, target: Target) -> CommittedStream:
             return await open_committed(provider, target, request)
 
+        route = self.resolve(request.model)
         answered = await self._walker.walk(
-            self.resolve(request.model),
+            route.targets,
             attempt,
-            lambda p: min(first_token_s, p.timeout_s),
+            lambda p: route.first_token_timeout_s(p, first_token_s),
             "first token",
+            direct=route.direct,
         )
         stream = answered.result
         stream.attempts = answered.attempts
@@ -83,8 +119,9 @@ class Gateway:
         async def attempt(provider: Provider, target: Target) -> EmbeddingResponse:
             return await provider.embed(target, request)
 
+        route = self.resolve(request.model)
         return await self._walker.walk(
-            self.resolve(request.model), attempt, lambda p: p.timeout_s, "answer"
+            route.targets, attempt, route.attempt_timeout_s, "answer", direct=route.direct
         )
 
     def configured(self) -> list[Provider]:
@@ -132,6 +169,31 @@ class Gateway:
             f"{provider.name} did not list its models within {self.settings.models_timeout_s:g}s",
             provider=provider.name,
         )
+
+    def health_details(self) -> dict[str, dict[str, object]]:
+        """Per provider: circuit state, consecutive failures, last error (secret-free), last
+        success, when the circuit may reopen and the last probe, as unix times."""
+        now, wall = self.clock(), self.wall_clock()
+
+        def at(t: float | None) -> float | None:
+            return None if t is None else round(wall - (now - t), 3)
+
+        out: dict[str, dict[str, object]] = {}
+        for name, provider in self.providers.items():
+            if not provider.configured:
+                out[name] = {"state": "unconfigured", "missing": provider.key_env}
+                continue
+            stats = self.health.statistics(name, now)
+            out[name] = {
+                "state": stats.state.value,
+                "consecutive_failures": stats.consecutive_failures,
+                "last_error": stats.last_error,
+                "last_failure_at": at(stats.last_failure_at),
+                "last_success_at": at(stats.last_success_at),
+                "reopens_at": at(stats.reopens_at),
+                "last_probe_at": at(stats.last_probe_at),
+            }
+        return out
 
     def health_summary(self) -> dict[str, str]:
         now = self.clock()

@@ -9,7 +9,9 @@ trio.run(service.run, settings)
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import time
 from functools import partial
 
 import httpx
@@ -26,7 +28,9 @@ from mana_llm.providers.ollama import OllamaProvider
 from mana_llm.providers.openai_compat import OpenAICompatProvider
 from mana_llm.providers.protocol import Provider
 from mana_llm.providers.upstream import Upstream
-from mana_llm.routing.health import CircuitState, ProviderHealthCache, Transition
+from mana_llm.routing.aliases import AliasFileError, AliasStore
+from mana_llm.routing.health import BreakerPolicy, CircuitState, ProviderHealthCache, Transition
+from mana_llm.routing.probe import run_probe_loop
 from mana_llm.settings import Settings
 from mana_llm.signals import run_signal_listener
 
@@ -90,21 +94,32 @@ async def run(
     """Serve until `shutdown` is set (by a signal or the caller), then drain and return."""
     shutdown = trio.Event() if shutdown is None else shutdown
     metrics = Metrics(registry or CollectorRegistry())
-    health = ProviderHealthCache()
+    aliases = load_aliases(settings)
+    policy = BreakerPolicy(
+        settings.breaker_failures, settings.breaker_backoff_s, settings.breaker_max_backoff_s
+    )
+    health = ProviderHealthCache(policy)
     health.add_listener(partial(_export_health, metrics))
     async with http_transport(settings) as transport:
         providers = build_providers(settings, transport)
         for name, provider in providers.items():
             if provider.configured:
                 metrics.provider_healthy.labels(name).set(1)
-        gateway = Gateway(settings, providers, health)
+        gateway = Gateway(settings, providers, health, aliases)
         app = with_request_cleanup(create_app(gateway, settings, metrics.registry))
         config = hypercorn_config(settings, config_path)
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 await nursery.start(
-                    run_signal_listener, shutdown, nursery.cancel_scope.cancel, _reload_unsupported
+                    run_signal_listener, shutdown, nursery.cancel_scope.cancel, aliases.reload
                 )
+            await nursery.start(
+                run_probe_loop,
+                list(providers.values()),
+                health,
+                settings.probe_interval_s,
+                settings.probe_timeout_s,
+            )
 
             async def serve_then_stop(*, task_status: trio.TaskStatus[list[str]]) -> None:
                 # serve() returns once shutdown is set and in-flight requests have drained
@@ -129,5 +144,25 @@ def _export_health(metrics: Metrics, transition: Transition) -> None:
     )
 
 
-def _reload_unsupported() -> None:
-    log.info("SIGHUP: nothing to reload yet")
+class StartupError(Exception):
+    """Configuration found at start-up that the service cannot run with (exit code 2)."""
+
+
+def load_aliases(settings: Settings) -> AliasStore:
+    """The first alias table. Unlike a reload, a bad file here stops start-up: there is no
+    previous table to keep. A missing default file starts with no aliases."""
+    names = [p.name for p in settings.providers]
+    store = AliasStore(settings.aliases_path, names, time.time, _read_text)
+    if not os.path.exists(settings.aliases_path) and not settings.aliases_required:
+        log.warning("no %s: starting without aliases", settings.aliases_path)
+        return store
+    try:
+        store.load()
+    except (OSError, UnicodeDecodeError, AliasFileError) as exc:
+        raise StartupError(f"aliases: {exc}") from None
+    return store
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()

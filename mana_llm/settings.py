@@ -58,6 +58,12 @@ class Settings:
     graceful_timeout_s: float = 30.0
     max_connections: int = 256
     aliases_path: str = "aliases.yaml"
+    aliases_required: bool = False  # ALIASES_PATH was set: a missing file is an error
+    probe_interval_s: float = 30.0
+    probe_timeout_s: float = 3.0
+    breaker_failures: int = 2
+    breaker_backoff_s: float = 60.0
+    breaker_max_backoff_s: float = 600.0
 
     def provider(self, name: str) -> ProviderSettings | None:
         for p in self.providers:
@@ -106,6 +112,12 @@ class Settings:
             graceful_timeout_s=read.seconds("GRACEFUL_TIMEOUT", 30.0),
             max_connections=read.integer("MAX_UPSTREAM_CONNECTIONS", 256, low=1),
             aliases_path=env.get("ALIASES_PATH", "").strip() or "aliases.yaml",
+            aliases_required=bool(env.get("ALIASES_PATH", "").strip()),
+            probe_interval_s=read.seconds("PROBE_INTERVAL", 30.0),
+            probe_timeout_s=read.seconds("PROBE_TIMEOUT", 3.0),
+            breaker_failures=read.integer("BREAKER_FAILURES", 2, low=1),
+            breaker_backoff_s=read.seconds("BREAKER_BACKOFF", 60.0),
+            breaker_max_backoff_s=read.seconds("BREAKER_MAX_BACKOFF", 600.0),
         )
 
 

@@ -128,6 +128,24 @@ def create_app(gateway: Gateway, settings: Settings, registry: CollectorRegistry
             status = "down"
         return json_response({"status": status, "providers": providers})
 
+    @app.get("/v1/health")
+    async def health_details() -> Response:
+        return json_response({"providers": gateway.health_details()})
+
+    @app.get("/v1/aliases")
+    async def aliases() -> Response:
+        table = gateway.aliases.table
+        return json_response(
+            {
+                "object": "list",
+                "data": [alias.to_json() for alias in table.aliases.values()],
+                "loaded_at": table.loaded_at,
+                "hash": table.content_hash,
+                "source": table.source,
+                "last_reload_error": gateway.aliases.last_error,
+            }
+        )
+
     @app.get("/metrics")
     async def metrics() -> Response:
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))

@@ -63,7 +63,11 @@ class Walker:
         attempt: Attempt[T],
         deadline_s: Callable[[Provider], float],
         waiting_for: str,
+        *,
+        direct: bool = False,
     ) -> Answered[T]:
+        """`direct`: a `provider/model` request, whose one failure is reported as itself;
+        an alias chain where nothing answered is a 503 listing every attempt."""
         failures: list[tuple[Target, GatewayError]] = []
         current: Target | None = None
         with trio.move_on_after(self.request_timeout_s) as overall:
@@ -100,7 +104,7 @@ class Walker:
             )
             failures.append((current, error))
             self.report(current.provider, error)
-        raise self._exhausted(targets, failures)
+        raise self._exhausted(failures, direct)
 
     def _skip_reason(self, target: Target, provider: Provider | None) -> GatewayError | None:
         if provider is None:
@@ -121,14 +125,12 @@ class Walker:
             )
         return None
 
-    def _exhausted(
-        self, targets: Sequence[Target], failures: list[tuple[Target, GatewayError]]
-    ) -> GatewayError:
+    def _exhausted(self, failures: list[tuple[Target, GatewayError]], direct: bool) -> GatewayError:
         records = _records(failures)
         errs = [error for _, error in failures]
-        if len(targets) == 1 and errs:
+        if direct and errs:
             errs[-1].attempts = records
-            return errs[-1]  # a direct provider/model request reports its own failure
+            return errs[-1]
         kinds = {(type(e), e.code) for e in errs}
         if len(kinds) == 1 and errors.is_caller_fixable(errs[0]):
             errs[0].attempts = records
@@ -137,7 +139,7 @@ class Walker:
         if retry_after is not None and retry_after > RETRY_AFTER_HORIZON_S:
             retry_after = None
         return errors.AllProvidersFailed(
-            f"all {len(targets)} entries of the chain failed",
+            f"all {len(failures)} entries of the chain failed",
             attempts=records,
             retry_after_s=retry_after,
         )

@@ -169,9 +169,6 @@ class ProviderHealthCache:
         circuit.trial_since = None
         self._move(provider, circuit, CircuitState.OPEN, now)
 
-    def record_probe(self, provider: str, now: float) -> None:
-        self._circuit(provider).last_probe_at = now
-
     def statistics(self, provider: str, now: float) -> ProviderHealth:
         circuit = self._circuit(provider)
         self._refresh(provider, circuit, now)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import attrs
 import httpx
 import trio
 
@@ -45,6 +49,39 @@ def test_help() -> None:
     assert "--port" in result.stdout and "--config" in result.stdout
 
 
+@attrs.define
+class Gateway:
+    """`python -m mana_llm` as a child process, with its stderr log watched."""
+
+    proc: trio.Process
+    base_url: str = ""
+    log: bytearray = attrs.field(factory=bytearray)
+
+    async def wait_log(self, pattern: bytes, start: int = 0) -> re.Match[bytes]:
+        """The first match of pattern in the log from offset start, waiting for it."""
+        assert self.proc.stderr is not None
+        while (found := re.compile(pattern).search(self.log, start)) is None:
+            data = await self.proc.stderr.receive_some()
+            assert data, self.log.decode()
+            self.log.extend(data)
+        return found
+
+
+@asynccontextmanager
+async def gateway_process(env: dict[str, str], *args: str) -> AsyncIterator[Gateway]:
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "mana_llm", *args], env={**os.environ, **env}, stderr=subprocess.PIPE
+    )
+    try:
+        gateway = Gateway(proc)
+        gateway.base_url = (await gateway.wait_log(rb"listening on (http://\S+)")).group(1).decode()
+        yield gateway
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def test_sigterm_drains_an_in_flight_stream_then_exits_0(nursery: trio.Nursery) -> None:
     ollama: FakeServer = await nursery.start(FakeServer(FakeOllama()).serve)
     cloud: FakeServer = await nursery.start(FakeServer(FakeOpenAI()).serve)
@@ -55,27 +92,10 @@ async def test_sigterm_drains_an_in_flight_stream_then_exits_0(nursery: trio.Nur
             ollama_line("Hi"), WaitFor(release), ollama_line(" there"), ollama_line(done=True)
         ),
     )
-    env = {**os.environ, **stack_env(ollama, cloud, GRACEFUL_TIMEOUT="10")}
+    env = stack_env(ollama, cloud, GRACEFUL_TIMEOUT="10")
     with trio.fail_after(20):
-        proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "mana_llm", "--config", "hypercorn.toml"],
-            env=env,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            assert proc.stderr is not None
-            stderr = proc.stderr
-            log = bytearray()
-
-            async def wait_log(pattern: bytes) -> re.Match[bytes]:
-                while (found := re.search(pattern, log)) is None:
-                    data = await stderr.receive_some()
-                    assert data, log.decode()
-                    log.extend(data)
-                return found
-
-            base = (await wait_log(rb"listening on (http://\S+)")).group(1).decode()
-            async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        async with gateway_process(env, "--config", "hypercorn.toml") as gw:
+            async with httpx.AsyncClient(base_url=gw.base_url, timeout=10) as client:
                 body = {
                     "model": "gemma3:4b",
                     "messages": [{"role": "user", "content": "x"}],
@@ -83,17 +103,65 @@ async def test_sigterm_drains_an_in_flight_stream_then_exits_0(nursery: trio.Nur
                 }
                 async with client.stream("POST", "/v1/chat/completions", json=body) as r:
                     lines = r.aiter_lines()
-                    first = await anext(lines)
-                    assert "Hi" in first
-                    proc.send_signal(signal.SIGTERM)
-                    await wait_log(rb"SIGTERM: draining")
-                    assert proc.poll() is None, "exited with a stream still in flight"
+                    assert "Hi" in await anext(lines)
+                    gw.proc.send_signal(signal.SIGTERM)
+                    await gw.wait_log(rb"SIGTERM: draining")
+                    assert gw.proc.poll() is None, "exited with a stream still in flight"
                     release.set()
                     rest = [line async for line in lines if line.startswith("data: ")]
             assert rest[-1] == "data: [DONE]"
             assert json.loads(rest[0][6:])["choices"][0]["delta"]["content"] == " there"
-            assert await proc.wait() == 0
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            assert await gw.proc.wait() == 0
+
+
+GOOD = "aliases:\n  mana/a:\n    chain: [ollama/gemma3:4b]\n"
+BETTER = "aliases:\n  mana/a:\n    chain: [ollama/gemma3:4b]\n  mana/b:\n    chain: [groq/x]\n"
+BAD = "aliases:\n  mana/a:\n    chain: [nowhere/x]\n"
+
+
+async def test_sighup_swaps_the_alias_table_and_a_bad_file_keeps_it(
+    nursery: trio.Nursery, tmp_path: pathlib.Path
+) -> None:
+    ollama: FakeServer = await nursery.start(FakeServer(FakeOllama()).serve)
+    cloud: FakeServer = await nursery.start(FakeServer(FakeOpenAI()).serve)
+    path = tmp_path / "aliases.yaml"
+    path.write_text(GOOD)
+    with trio.fail_after(20):
+        async with gateway_process(stack_env(ollama, cloud, ALIASES_PATH=str(path))) as gw:
+            async with httpx.AsyncClient(base_url=gw.base_url, timeout=10) as client:
+                first = (await client.get("/v1/aliases")).json()
+                path.write_text(BETTER)
+                mark = len(gw.log)
+                gw.proc.send_signal(signal.SIGHUP)
+                await gw.wait_log(rb"aliases loaded from", mark)
+                second = (await client.get("/v1/aliases")).json()
+                path.write_text(BAD)
+                mark = len(gw.log)
+                gw.proc.send_signal(signal.SIGHUP)
+                found = await gw.wait_log(rb"alias reload failed[^\n]*", mark)
+                third = (await client.get("/v1/aliases")).json()
+                answered = await client.post(
+                    "/v1/chat/completions",
+                    json={"model": "mana/b", "messages": [{"role": "user", "content": "x"}]},
+                )
+            assert gw.proc.poll() is None  # SIGHUP never stops the service
+    assert [a["name"] for a in first["data"]] == ["mana/a"]
+    assert [a["name"] for a in second["data"]] == ["mana/a", "mana/b"]
+    assert second["hash"] != first["hash"] and second["loaded_at"] >= first["loaded_at"]
+    assert third["hash"] == second["hash"]
+    assert "line 3" in third["last_reload_error"] or ":3:" in third["last_reload_error"]
+    assert b"unknown provider 'nowhere'" in found.group(0)
+    # mana/b survived the bad reload: it still resolves, to groq/x, which the fake does not have
+    assert answered.status_code == 503
+    assert answered.json()["error"]["attempts"][0]["model"] == "groq/x"
+
+
+def test_a_bad_alias_file_stops_startup_with_exit_2(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "aliases.yaml"
+    path.write_text("aliases:\n  fast:\n    chain: [ollama/x]\n")
+    result = run_cli(ALIASES_PATH=str(path), PORT="0")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"mana-llm: aliases: {path}:2: alias 'fast' must be named mana/<class>"
+    ]
+    assert run_cli(ALIASES_PATH=str(tmp_path / "missing.yaml"), PORT="0").returncode == 2

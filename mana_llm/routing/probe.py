@@ -1,0 +1,62 @@
+"""run_probe_loop: every interval, probe every configured provider concurrently, each under its
+own deadline, with cheap endpoints only (the model list: Ollama's /api/tags, the clouds'
+/models), so probes never spend tokens. Results feed the same health cache as requests."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection
+
+import trio
+
+from mana_llm import errors
+from mana_llm.providers.protocol import Provider
+from mana_llm.routing.health import ProviderHealthCache
+
+log = logging.getLogger(__name__)
+
+
+async def probe_once(
+    provider: Provider,
+    health: ProviderHealthCache,
+    timeout_s: float,
+    clock: Callable[[], float] = trio.current_time,
+) -> None:
+    reason: str | None = None
+    try:
+        with trio.move_on_after(timeout_s) as scope:
+            await provider.list_models()
+        if scope.cancelled_caught:
+            reason = f"probe: no answer within {timeout_s:g}s"
+    except errors.ProviderError as error:
+        reason = f"probe: {error.reason}"
+    except Exception:  # the root of one probe: a bug in one must not sink the loop
+        log.exception("probe of %s failed unexpectedly", provider.name)
+        reason = "probe: internal error"
+    if reason is None:
+        health.record_success(provider.name, clock(), probe=True)
+    else:
+        log.warning("probe of %s failed: %s", provider.name, reason)
+        health.record_failure(provider.name, clock(), reason, probe=True)
+
+
+async def run_probe_loop(
+    providers: Collection[Provider],
+    health: ProviderHealthCache,
+    interval_s: float,
+    timeout_s: float,
+    clock: Callable[[], float] = trio.current_time,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The first round runs one interval after start (circuits start closed; requests give
+    evidence sooner), then every interval_s on a fixed cadence."""
+    task_status.started()
+    configured = [p for p in providers if p.configured]
+    next_at = clock()
+    while True:
+        next_at += interval_s
+        await trio.sleep_until(max(next_at, clock()))
+        async with trio.open_nursery() as nursery:
+            for provider in configured:
+                nursery.start_soon(probe_once, provider, health, timeout_s, clock)
