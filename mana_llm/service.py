@@ -21,7 +21,7 @@ from hypercorn.trio import serve
 from prometheus_client import CollectorRegistry
 
 from mana_llm.api.app import create_app
-from mana_llm.api.cleanup import with_request_cleanup
+from mana_llm.api.cleanup import with_request_scope
 from mana_llm.gateway import Gateway
 from mana_llm.metrics import Metrics
 from mana_llm.providers.ollama import OllamaProvider
@@ -106,7 +106,7 @@ async def run(
             if provider.configured:
                 metrics.provider_healthy.labels(name).set(1)
         gateway = Gateway(settings, providers, health, aliases)
-        app = with_request_cleanup(create_app(gateway, settings, metrics.registry))
+        app = with_request_scope(create_app(gateway, settings, metrics.registry))
         config = hypercorn_config(settings, config_path)
         async with trio.open_nursery() as nursery:
             if handle_signals:

@@ -64,6 +64,7 @@ class Settings:
     breaker_failures: int = 2
     breaker_backoff_s: float = 60.0
     breaker_max_backoff_s: float = 600.0
+    stream_keepalive_s: float = 0.0  # 0: off; else SSE comments while waiting for a first token
 
     def provider(self, name: str) -> ProviderSettings | None:
         for p in self.providers:
@@ -118,6 +119,7 @@ class Settings:
             breaker_failures=read.integer("BREAKER_FAILURES", 2, low=1),
             breaker_backoff_s=read.seconds("BREAKER_BACKOFF", 60.0),
             breaker_max_backoff_s=read.seconds("BREAKER_MAX_BACKOFF", 600.0),
+            stream_keepalive_s=read.seconds_or_off("STREAM_KEEPALIVE"),
         )
 
 
@@ -153,6 +155,12 @@ class _Reader:
         if not value > 0 or value == float("inf"):
             raise SettingsError(f"{name}={raw!r} must be a positive number of seconds")
         return value
+
+    def seconds_or_off(self, name: str) -> float:
+        """0 (or unset) means off."""
+        if self._raw(name) in (None, "0"):
+            return 0.0
+        return self.seconds(name, 0.0)
 
     def url(self, name: str, default: str) -> str:
         raw = self._raw(name) or default

@@ -14,9 +14,10 @@ from werkzeug.exceptions import HTTPException
 
 from mana_llm import errors
 from mana_llm.api import wire
-from mana_llm.api.cleanup import add_cleanup
+from mana_llm.api.cleanup import add_cleanup, request_nursery
 from mana_llm.api.render import dumps, error_headers, error_object
-from mana_llm.api.sse import SSEBody
+from mana_llm.api.sse import PendingSSEBody, SSEBody
+from mana_llm.domain import ChatRequest
 from mana_llm.gateway import Gateway
 from mana_llm.settings import Settings
 
@@ -85,9 +86,11 @@ def create_app(gateway: Gateway, settings: Settings, registry: CollectorRegistry
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
         chat = wire.parse_chat_request(await read_json())
+        if chat.stream and settings.stream_keepalive_s:
+            return stream_with_keepalives(chat)
         if chat.stream:
             stream = await gateway.chat_stream(chat)
-            add_cleanup(request.scope, stream.aclose)  # type: ignore[arg-type]
+            add_cleanup(request.scope, stream.aclose)
             headers = {
                 RESOLVED: stream.target.resolved,
                 ATTEMPTS: str(stream.attempts),
@@ -103,6 +106,31 @@ def create_app(gateway: Gateway, settings: Settings, registry: CollectorRegistry
         answered = await gateway.chat(chat)
         headers = {RESOLVED: answered.target.resolved, ATTEMPTS: str(answered.attempts)}
         return json_response(answered.result.payload, headers=headers)
+
+    def stream_with_keepalives(chat: ChatRequest) -> Response:
+        """Headers go out at once and SSE comments keep idle proxies from closing the
+        connection while the walk looks for a first token; the walk runs beside the body in
+        the request's nursery. The answering model is then only in each chunk's `model`."""
+        body = PendingSSEBody(chat.include_usage, settings.stream_keepalive_s)
+        scope = request.scope
+
+        async def walk() -> None:
+            try:
+                stream = await gateway.chat_stream(chat)
+            except errors.GatewayError as error:
+                body.resolve(error)
+                return
+            except Exception:  # the root of this task: a bug is logged and reported
+                log.exception("stream walk failed")
+                body.resolve(errors.InternalError("internal gateway error"))
+                return
+            add_cleanup(scope, stream.aclose)
+            body.resolve(stream)
+
+        request_nursery(scope).start_soon(walk)
+        response = Response(body, headers=SSE_HEADERS, content_type="text/event-stream")
+        response.timeout = None
+        return response
 
     @app.post("/v1/embeddings")
     async def embeddings() -> Response:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 
+import trio
+
 from mana_llm import errors
 from mana_llm.api.render import dumps, error_object
 from mana_llm.gateway import CommittedStream
@@ -12,6 +14,7 @@ from mana_llm.gateway import CommittedStream
 log = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
+KEEPALIVE = b": keep-alive\n\n"
 
 
 class SSEBody:
@@ -56,3 +59,46 @@ class SSEBody:
     async def aclose(self) -> None:
         self._done = True
         await self._stream.aclose()
+
+
+class PendingSSEBody:
+    """SSE keep-alives while the walk looks for a first token (headers are already out, so
+    proxies with idle timeouts keep the connection); then the committed stream, or a final
+    error event when nothing answered. Comments do not commit the stream."""
+
+    def __init__(self, include_usage: bool, keepalive_s: float) -> None:
+        self._include_usage = include_usage
+        self._keepalive_s = keepalive_s
+        self._ready = trio.Event()
+        self._result: SSEBody | bytes | None = None
+        self._closed = False
+
+    def resolve(self, result: CommittedStream | errors.GatewayError) -> None:
+        if isinstance(result, errors.GatewayError):
+            self._result = b"data: " + dumps(error_object(result)) + b"\n\n"
+        else:
+            self._result = SSEBody(result, self._include_usage)
+        self._ready.set()
+
+    def __aiter__(self) -> PendingSSEBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self._ready.is_set():
+            with trio.move_on_after(self._keepalive_s):
+                await self._ready.wait()
+            if not self._ready.is_set():
+                return KEEPALIVE
+        result = self._result
+        if isinstance(result, bytes):
+            if self._closed:
+                raise StopAsyncIteration
+            self._closed = True
+            return result
+        assert result is not None
+        return await result.__anext__()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if isinstance(self._result, SSEBody):
+            await self._result.aclose()

@@ -335,3 +335,19 @@ async def test_a_reload_does_not_change_a_chain_mid_walk(
         assert gw.aliases.reload()
     assert results[0].target.resolved == "b/m2"  # the old chain, taken when the walk began
     assert (await gw.chat(chat())).target.resolved == "c/m3"
+
+
+async def test_all_circuits_open_gives_retry_after_of_the_earliest_reopening(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    providers = [FakeProvider(n) for n in "abc"]
+    gw = build(*providers)
+    gw.health.record_failure("a", 0.0, "x", retry_after_s=90)
+    gw.health.record_failure("b", 0.0, "x", retry_after_s=20)
+    gw.health.record_failure("c", 0.0, "x", retry_after_s=300)
+    await trio.sleep(5)
+    with pytest.raises(errors.AllProvidersFailed) as raised:
+        await gw.chat(chat())
+    assert raised.value.retry_after_s == 15
+    assert all("circuit open" in r.reason for r in raised.value.attempts)
+    assert all(p.calls == [] for p in providers)
