@@ -15,8 +15,9 @@ from werkzeug.exceptions import HTTPException
 from mana_llm import errors
 from mana_llm.api import wire
 from mana_llm.api.cleanup import add_cleanup, request_nursery
-from mana_llm.api.render import dumps, error_headers, error_object
+from mana_llm.api.render import error_headers, error_object
 from mana_llm.api.sse import PendingSSEBody, SSEBody
+from mana_llm.codec import dumps
 from mana_llm.domain import ChatRequest
 from mana_llm.gateway import Gateway
 from mana_llm.settings import Settings

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 from mana_llm.errors import GatewayError
-
-
-def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def error_object(error: GatewayError) -> dict[str, Any]:

@@ -8,7 +8,8 @@ import logging
 import trio
 
 from mana_llm import errors
-from mana_llm.api.render import dumps, error_object
+from mana_llm.api.render import error_object
+from mana_llm.codec import dumps
 from mana_llm.gateway import CommittedStream
 
 log = logging.getLogger(__name__)

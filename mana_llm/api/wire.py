@@ -3,10 +3,9 @@ names the offending field; nothing malformed reaches a provider."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
-from mana_llm import errors
+from mana_llm import codec, errors
 from mana_llm.domain import JSON, ChatRequest, EmbeddingRequest, Message, ToolCall
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -18,7 +17,7 @@ def _bad(message: str, param: str | None) -> errors.InvalidRequest:
 
 def parse_json_object(raw: bytes) -> JSON:
     try:
-        data = json.loads(raw)
+        data = codec.loads(raw)
     except ValueError:
         raise _bad("the request body is not valid JSON", None) from None
     if not isinstance(data, dict):

@@ -4,13 +4,12 @@ ProviderError subclasses here, once, by status code, structured error code and e
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
-from mana_llm import errors
+from mana_llm import codec, errors
 
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_MESSAGE_CHARS = 500
@@ -37,7 +36,7 @@ def parse_error_body(body: bytes | Mapping[str, Any]) -> tuple[str, str | None, 
     data: Any = body
     if isinstance(body, bytes):
         try:
-            data = json.loads(body)
+            data = codec.loads(body)
         except ValueError:
             return body.decode("utf-8", "replace").strip(), None, {}
     if not isinstance(data, Mapping):
@@ -46,8 +45,8 @@ def parse_error_body(body: bytes | Mapping[str, Any]) -> tuple[str, str | None, 
     if isinstance(err, str):  # Ollama: {"error": "..."}
         return err, None, {}
     if not isinstance(err, Mapping):
-        return json.dumps(data)[:MAX_MESSAGE_CHARS], None, {}
-    message = err.get("message") or err.get("detail") or json.dumps(err)
+        return codec.dumps(data).decode()[:MAX_MESSAGE_CHARS], None, {}
+    message = err.get("message") or err.get("detail") or codec.dumps(err).decode()
     code = err.get("code")
     # OpenRouter sends the HTTP status as a numeric code; only string codes carry meaning.
     return str(message), code if isinstance(code, str) else None, err

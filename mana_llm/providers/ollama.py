@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import struct
 import time
 from collections.abc import Callable
 
 import attrs
 
+from mana_llm import codec
 from mana_llm.domain import (
     ChatRequest,
     ChatResponse,
@@ -91,7 +91,7 @@ class NDJSONChunkStream:
             chunks: list[StreamChunk] = []
             for line in lines:
                 try:
-                    obj = json.loads(line)
+                    obj = codec.loads(line)
                 except ValueError:
                     raise self.raw.upstream.protocol_error(
                         "a stream line that is not JSON"

@@ -5,12 +5,11 @@ hand it to the caller only when the caller asked."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import attrs
 
-from mana_llm import errors
+from mana_llm import codec, errors
 from mana_llm.domain import (
     JSON,
     ChatRequest,
@@ -165,7 +164,7 @@ class SSEChunkStream:
     def _chunks(self, event: bytes) -> list[StreamChunk]:
         upstream = self.raw.upstream
         try:
-            data = json.loads(event)
+            data = codec.loads(event)
         except ValueError:
             raise upstream.protocol_error("a stream event that is not JSON") from None
         if not isinstance(data, dict):

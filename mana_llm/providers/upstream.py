@@ -10,7 +10,6 @@ connect timeout rides on each request.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, cast
 
@@ -18,7 +17,7 @@ import attrs
 import httpx
 import trio
 
-from mana_llm import errors
+from mana_llm import codec, errors
 from mana_llm.providers.http_errors import (
     Redactor,
     error_from_exception,
@@ -28,10 +27,6 @@ from mana_llm.providers.http_errors import (
 from mana_llm.settings import ProviderSettings
 
 CLEANUP_S = 1.0
-
-
-def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @attrs.define(eq=False)
@@ -72,7 +67,7 @@ class Upstream:
             return httpx.Request(
                 method, self.url(path), headers=self._headers, extensions=self._extensions
             )
-        content = dumps(body)
+        content = codec.dumps(body)
         headers = [*self._headers, ("content-type", "application/json")]
         return httpx.Request(
             method, self.url(path), headers=headers, content=content, extensions=self._extensions
@@ -114,7 +109,7 @@ class Upstream:
         if response.status_code != 200:
             raise self.error(response.status_code, response.content, response.headers)
         try:
-            return json.loads(response.content)
+            return codec.loads(response.content)
         except ValueError:
             raise self.protocol_error("a body that is not JSON") from None
 

@@ -8,13 +8,14 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2] / "mana_llm"
-LEAVES = {"mana_llm.errors", "mana_llm.domain", "mana_llm.settings"}
+LEAVES = {"mana_llm.errors", "mana_llm.domain", "mana_llm.settings", "mana_llm.codec"}
 
 # layer -> internal modules (prefixes) it may import
 ALLOWED: dict[str, set[str]] = {
     "mana_llm.errors": set(),
     "mana_llm.domain": {"mana_llm.errors"},
     "mana_llm.settings": set(),
+    "mana_llm.codec": set(),
     "mana_llm.providers": LEAVES | {"mana_llm.providers"},
     "mana_llm.cache": LEAVES | {"mana_llm.cache"},
     "mana_llm.routing": LEAVES | {"mana_llm.routing", "mana_llm.providers.protocol"},
@@ -38,6 +39,7 @@ THIRD_PARTY = {
     "hypercorn": ("mana_llm.service",),
     "yaml": ("mana_llm.routing.aliases",),
     "coredis": ("mana_llm.cache.redis",),
+    "orjson": ("mana_llm.codec",),
     "prometheus_client": ("mana_llm.metrics", "mana_llm.api", "mana_llm.service"),
 }
 
