@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from functools import partial
@@ -11,7 +10,7 @@ from functools import partial
 import attrs
 import trio
 
-from mana_llm import service
+from mana_llm import logs, service
 from mana_llm.settings import Settings, SettingsError
 
 
@@ -46,11 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.config and not os.path.isfile(args.config):
         print(f"mana-llm: --config {args.config!r} does not exist", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level, settings.log_format)
     try:
         trio.run(partial(service.run, settings, config_path=args.config))
     except service.StartupError as error:

@@ -18,6 +18,7 @@ class AttemptRecord:
 
     model: str
     reason: str
+    kind: str = ""  # a short label: the error class, `cache-unhealthy` or `unconfigured`
 
 
 class GatewayError(Exception):
@@ -52,10 +53,16 @@ class GatewayError(Exception):
         self.retry_after_s = retry_after_s
         self.attempts = tuple(attempts)
 
+    label: ClassVar[str | None] = None  # the attempt kind when not the class name
+
     @property
     def reason(self) -> str:
         """A short, secret-free label for attempt lists and logs."""
         return f"{type(self).__name__}: {self.message}"
+
+    @property
+    def kind(self) -> str:
+        return self.label or type(self).__name__
 
 
 # --- the caller's own faults -------------------------------------------------------------
@@ -101,6 +108,7 @@ class PayloadTooLarge(GatewayError):
 class ProviderNotConfigured(GatewayError):
     """The named provider has no API key on this gateway; another chain entry may serve."""
 
+    label = "unconfigured"
     status = 503
     type = "server_error"
     default_code = "provider_not_configured"
@@ -135,6 +143,12 @@ class ProviderError(GatewayError):
 
 class UpstreamUnavailable(ProviderError):
     """Connection refused or reset, 5xx, an in-band error before content, an empty answer."""
+
+
+class CircuitOpen(UpstreamUnavailable):
+    """Skipped: the provider's circuit is open after recent failures."""
+
+    label = "cache-unhealthy"
 
 
 class UpstreamTimeout(ProviderError):

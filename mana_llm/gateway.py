@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 import trio
@@ -21,6 +22,7 @@ from mana_llm.domain import (
     ModelInfo,
     Target,
 )
+from mana_llm.metrics import RequestTrace
 from mana_llm.providers.protocol import Provider
 from mana_llm.routing.aliases import Alias, AliasStore
 from mana_llm.routing.commit import CommittedStream, open_committed
@@ -83,23 +85,45 @@ class Gateway:
             return Route(alias.chain, alias)
         return Route((parse_target(model, self.providers, self.settings.ollama_default_model),))
 
-    async def chat(self, request: ChatRequest) -> Answered[ChatResponse]:
+    def _route(self, model: str, trace: RequestTrace | None) -> Route:
+        route = self.resolve(model)
+        if trace is not None:
+            trace.model = model
+            trace.label_model = route.alias.name if route.alias else route.targets[0].resolved
+        return route
+
+    def _answered(self, trace: RequestTrace | None, answered: Answered[Any]) -> None:
+        if trace is not None:
+            trace.resolved = answered.target.resolved
+            trace.attempts = answered.failed
+            trace.upstream_started_at = answered.started_at
+            trace.upstream_ended_at = self.clock()
+
+    async def chat(
+        self, request: ChatRequest, trace: RequestTrace | None = None
+    ) -> Answered[ChatResponse]:
         async def attempt(provider: Provider, target: Target) -> ChatResponse:
             return await provider.chat(target, request)
 
-        route = self.resolve(request.model)
-        return await self._walker.walk(
+        route = self._route(request.model, trace)
+        answered = await self._walker.walk(
             route.targets, attempt, route.attempt_timeout_s, "answer", direct=route.direct
         )
+        self._answered(trace, answered)
+        if trace is not None:
+            trace.usage = answered.result.usage
+        return answered
 
-    async def chat_stream(self, request: ChatRequest) -> CommittedStream:
+    async def chat_stream(
+        self, request: ChatRequest, trace: RequestTrace | None = None
+    ) -> CommittedStream:
         """Walk the chain until one attempt commits; the returned stream owns the upstream."""
         first_token_s = self.settings.first_token_timeout_s
 
         async def attempt(provider: Provider, target: Target) -> CommittedStream:
             return await open_committed(provider, target, request)
 
-        route = self.resolve(request.model)
+        route = self._route(request.model, trace)
         answered = await self._walker.walk(
             route.targets,
             attempt,
@@ -107,6 +131,10 @@ class Gateway:
             "first token",
             direct=route.direct,
         )
+        self._answered(trace, answered)
+        if trace is not None:
+            trace.first_token_at = trace.upstream_ended_at
+            trace.upstream_ended_at = None  # set when the stream ends
         stream = answered.result
         stream.attempts = answered.attempts
         stream.idle_timeout_s = self.settings.stream_idle_timeout_s
@@ -115,14 +143,20 @@ class Gateway:
         stream.on_error = lambda error: self._walker.report(provider, error)
         return stream
 
-    async def embed(self, request: EmbeddingRequest) -> Answered[EmbeddingResponse]:
+    async def embed(
+        self, request: EmbeddingRequest, trace: RequestTrace | None = None
+    ) -> Answered[EmbeddingResponse]:
         async def attempt(provider: Provider, target: Target) -> EmbeddingResponse:
             return await provider.embed(target, request)
 
-        route = self.resolve(request.model)
-        return await self._walker.walk(
+        route = self._route(request.model, trace)
+        answered = await self._walker.walk(
             route.targets, attempt, route.attempt_timeout_s, "answer", direct=route.direct
         )
+        self._answered(trace, answered)
+        if trace is not None:
+            trace.usage = answered.result.usage
+        return answered
 
     def configured(self) -> list[Provider]:
         return [p for p in self.providers.values() if p.configured]

@@ -1,20 +1,269 @@
-"""The Prometheus metrics, on a registry the composition root (or a test) builds."""
+"""Prometheus metrics on a registry the composition root (or a test) builds, and the
+per-request trace every layer fills in and `Metrics.finish` turns into series.
+
+Label values are bounded: endpoints and error types come from closed vocabularies; a model
+label only takes a model that was configured (an alias or one of its targets) or that a
+provider answered for; anything else a caller sends collapses into `other`.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from mana_llm import errors
+from mana_llm.domain import Usage
+from mana_llm.errors import AttemptRecord
+
+# sub-millisecond gateway work up to multi-minute generations
+BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+)
+OTHER = "other"
+MAX_MODEL_LABELS = 2000
+
+ERROR_TYPES = (
+    "invalid_request",
+    "unauthorized",
+    "not_found",
+    "payload_too_large",
+    "provider_not_configured",
+    "upstream_timeout",
+    "upstream_rate_limited",
+    "upstream_error",
+    "all_providers_failed",
+    "client_disconnected",
+    "internal",
+)
+
+
+def error_type(error: errors.GatewayError) -> str:
+    """The closed vocabulary: the caller's faults, upstream faults, the gateway's own."""
+    if isinstance(error, errors.Unauthorized):
+        return "unauthorized"
+    if isinstance(error, errors.PayloadTooLarge):
+        return "payload_too_large"
+    if isinstance(error, errors.NotFound | errors.UpstreamModelNotFound):
+        return "not_found"
+    if isinstance(
+        error, errors.InvalidRequest | errors.MethodNotAllowed | errors.UpstreamBadRequest
+    ):
+        return "invalid_request"
+    if isinstance(error, errors.ContextLengthExceeded | errors.UnsupportedCapability):
+        return "invalid_request"
+    if isinstance(error, errors.ProviderNotConfigured):
+        return "provider_not_configured"
+    if isinstance(error, errors.UpstreamTimeout):
+        return "upstream_timeout"
+    if isinstance(error, errors.UpstreamRateLimited):
+        return "upstream_rate_limited"
+    if isinstance(error, errors.ProviderError):
+        return "upstream_error"
+    if isinstance(error, errors.AllProvidersFailed):
+        return "all_providers_failed"
+    return "internal"
 
 
 @attrs.define(eq=False)
+class RequestTrace:
+    """What happened to one request; filled in as it goes, observed once at its end."""
+
+    request_id: str
+    started_at: float
+    endpoint: str = "other"  # chat | embeddings | models | other
+    stream: bool = False
+    model: str | None = None  # as the caller sent it (logs)
+    label_model: str | None = None  # the alias, or the resolved provider/model it named (labels)
+    resolved: str | None = None  # provider/model that answered
+    attempts: tuple[AttemptRecord, ...] = ()  # entries that failed or were skipped
+    upstream_started_at: float | None = None
+    upstream_ended_at: float | None = None
+    first_token_at: float | None = None
+    usage: Usage | None = None
+    status: int | None = None  # None at the end: the client went away
+    error: str | None = None  # an ERROR_TYPES value
+    active: str | None = None  # the `stream` label it is counted under in active_requests
+
+    def fail(self, error: errors.GatewayError) -> None:
+        self.status = error.status
+        self.error = error_type(error)
+        if error.attempts and not self.attempts:
+            self.attempts = error.attempts
+
+
+@attrs.define(eq=False, slots=False)
 class Metrics:
     registry: CollectorRegistry
-    provider_healthy: Gauge = attrs.field(init=False)
+    _known_models: set[str] = attrs.field(factory=set)
 
     def __attrs_post_init__(self) -> None:
+        r = self.registry
+        self.llm_requests = Counter(
+            "mana_llm_llm_requests",
+            "Chat and embedding requests: requested and error counts by the requested model,"
+            " success counts by the resolved one",
+            ["provider", "model", "status"],
+            registry=r,
+        )
+        self.alias_resolved = Counter(
+            "mana_llm_alias_resolved",
+            "Alias requests by the target that answered",
+            ["alias", "target"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "mana_llm_fallback",
+            "Moves from one chain entry to the next",
+            ["from_model", "to_model", "reason"],
+            registry=r,
+        )
         self.provider_healthy = Gauge(
             "mana_llm_provider_healthy",
             "1 while the provider's circuit is closed, else 0",
             ["provider"],
-            registry=self.registry,
+            registry=r,
         )
+        self.request_duration = Histogram(
+            "mana_llm_request_duration_seconds",
+            "Whole requests, streams to their end",
+            ["endpoint", "stream"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "mana_llm_upstream_duration_seconds",
+            "The answering attempt, from its start to its last byte",
+            ["provider"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "mana_llm_time_to_first_token_seconds",
+            "Streams: from the request to its first content",
+            ["provider"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "mana_llm_gateway_overhead_seconds",
+            "Time spent in the gateway itself: the request minus the answering attempt",
+            ["endpoint"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "mana_llm_tokens",
+            "Tokens by kind, from upstream usage",
+            ["provider", "model", "kind"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "mana_llm_errors", "Failed requests by error type", ["error_type"], registry=r
+        )
+        self.active = Gauge(
+            "mana_llm_active_requests", "Requests in flight", ["stream"], registry=r
+        )
+        self.alias_reloads = Counter(
+            "mana_llm_alias_reloads", "aliases.yaml reloads", ["result"], registry=r
+        )
+        self.probes = Counter(
+            "mana_llm_health_probe", "Health probes", ["provider", "result"], registry=r
+        )
+        for kind in ERROR_TYPES:
+            self.errors.labels(kind)
+
+    def know_models(self, models: Any) -> None:
+        """Configured model names (aliases and their targets) may appear as labels."""
+        for model in models:
+            self._remember(str(model))
+
+    def _remember(self, model: str) -> None:
+        if len(self._known_models) < MAX_MODEL_LABELS:
+            self._known_models.add(model)
+
+    def model_label(self, model: str | None) -> str:
+        return model if model is not None and model in self._known_models else OTHER
+
+    def begin(self, trace: RequestTrace) -> None:
+        """Count the request as active; call once its `stream` flag is known."""
+        trace.active = _flag(trace.stream)
+        self.active.labels(trace.active).inc()
+
+    def finish(self, trace: RequestTrace, now: float) -> None:
+        if trace.active is not None:
+            self.active.labels(trace.active).dec()
+        if trace.status is None:
+            trace.error = "client_disconnected"
+        if trace.error is not None:
+            self.errors.labels(trace.error).inc()
+        total = now - trace.started_at
+        self.request_duration.labels(trace.endpoint, _flag(trace.stream)).observe(total)
+        if trace.endpoint not in ("chat", "embeddings") or trace.model is None:
+            return
+        self._count_model_traffic(trace)
+        if trace.upstream_started_at is not None and trace.resolved is not None:
+            provider = trace.resolved.split("/", 1)[0]
+            upstream = (trace.upstream_ended_at or now) - trace.upstream_started_at
+            self.upstream_duration.labels(provider).observe(upstream)
+            self.overhead.labels(trace.endpoint).observe(max(0.0, total - upstream))
+            if trace.first_token_at is not None:
+                self.ttft.labels(provider).observe(trace.first_token_at - trace.started_at)
+
+    def _count_model_traffic(self, trace: RequestTrace) -> None:
+        assert trace.model is not None
+        answered = trace.error is None and trace.resolved is not None
+        if answered:
+            self._remember(trace.resolved or "")  # a provider answered for it: a real model
+        requested = self.model_label(trace.label_model)
+        requested_provider = _provider_of(requested)
+        self.llm_requests.labels(requested_provider, requested, "requested").inc()
+        tried = [a.model for a in trace.attempts] + ([trace.resolved] if trace.resolved else [])
+        for i, attempt in enumerate(trace.attempts):
+            to_model = tried[i + 1] if i + 1 < len(tried) else "none"
+            self.fallbacks.labels(
+                self.model_label(attempt.model),
+                self.model_label(to_model) if to_model != "none" else "none",
+                attempt.kind,
+            ).inc()
+        if not answered or trace.resolved is None:
+            self.llm_requests.labels(requested_provider, requested, "error").inc()
+            return
+        provider = _provider_of(trace.resolved)
+        self.llm_requests.labels(provider, trace.resolved, "success").inc()
+        if trace.model.startswith("mana/") and requested != OTHER:
+            self.alias_resolved.labels(requested, trace.resolved).inc()
+        if trace.usage is not None:
+            self.tokens.labels(provider, trace.resolved, "prompt").inc(trace.usage.prompt_tokens)
+            self.tokens.labels(provider, trace.resolved, "completion").inc(
+                trace.usage.completion_tokens
+            )
+
+
+def _flag(stream: bool) -> str:
+    return "true" if stream else "false"
+
+
+def _provider_of(model: str) -> str:
+    if model == OTHER:
+        return OTHER
+    prefix, sep, _ = model.partition("/")
+    return prefix if sep else "ollama"

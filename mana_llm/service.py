@@ -21,7 +21,7 @@ from hypercorn.trio import serve
 from prometheus_client import CollectorRegistry
 
 from mana_llm.api.app import create_app
-from mana_llm.api.cleanup import with_request_scope
+from mana_llm.api.request_scope import with_request_scope
 from mana_llm.gateway import Gateway
 from mana_llm.metrics import Metrics
 from mana_llm.providers.ollama import OllamaProvider
@@ -95,6 +95,8 @@ async def run(
     shutdown = trio.Event() if shutdown is None else shutdown
     metrics = Metrics(registry or CollectorRegistry())
     aliases = load_aliases(settings)
+    aliases.on_reload = partial(_aliases_reloaded, metrics, aliases)
+    _aliases_reloaded(metrics, aliases, None)
     policy = BreakerPolicy(
         settings.breaker_failures, settings.breaker_backoff_s, settings.breaker_max_backoff_s
     )
@@ -106,7 +108,7 @@ async def run(
             if provider.configured:
                 metrics.provider_healthy.labels(name).set(1)
         gateway = Gateway(settings, providers, health, aliases)
-        app = with_request_scope(create_app(gateway, settings, metrics.registry))
+        app = with_request_scope(create_app(gateway, settings, metrics), metrics)
         config = hypercorn_config(settings, config_path)
         async with trio.open_nursery() as nursery:
             if handle_signals:
@@ -119,6 +121,8 @@ async def run(
                 health,
                 settings.probe_interval_s,
                 settings.probe_timeout_s,
+                trio.current_time,
+                partial(_probed, metrics),
             )
 
             async def serve_then_stop(*, task_status: trio.TaskStatus[list[str]]) -> None:
@@ -138,7 +142,22 @@ async def run(
             task_status.started(binds)
 
 
+def _aliases_reloaded(metrics: Metrics, aliases: AliasStore, result: str | None) -> None:
+    """Count the reload; alias names and their targets may appear as model labels."""
+    if result is not None:
+        metrics.alias_reloads.labels(result).inc()
+    for alias in aliases.table.aliases.values():
+        metrics.know_models([alias.name, *(t.resolved for t in alias.chain)])
+
+
+def _probed(metrics: Metrics, provider: str, ok: bool) -> None:
+    metrics.probes.labels(provider, "success" if ok else "failure").inc()
+
+
 def _export_health(metrics: Metrics, transition: Transition) -> None:
+    log.warning(
+        "circuit of %s: %s -> %s", transition.provider, transition.old.value, transition.new.value
+    )
     metrics.provider_healthy.labels(transition.provider).set(
         1 if transition.new is CircuitState.CLOSED else 0
     )

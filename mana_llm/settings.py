@@ -45,6 +45,7 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 3025
     log_level: str = "INFO"
+    log_format: str = "text"  # text | json
     providers: tuple[ProviderSettings, ...] = ()
     ollama_default_model: str = "gemma3:4b"
     cors_origins: tuple[str, ...] = ()
@@ -100,6 +101,7 @@ class Settings:
             host=env.get("HOST", "0.0.0.0").strip() or "0.0.0.0",
             port=read.integer("PORT", 3025, low=0, high=65535),
             log_level=read.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            log_format=read.choice("LOG_FORMAT", "TEXT", ("TEXT", "JSON")).lower(),
             providers=tuple(providers),
             ollama_default_model=env.get("OLLAMA_DEFAULT_MODEL", "").strip() or "gemma3:4b",
             cors_origins=read.csv("CORS_ORIGINS"),

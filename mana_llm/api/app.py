@@ -6,7 +6,6 @@ import hmac
 import logging
 from typing import Any
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -14,12 +13,13 @@ from werkzeug.exceptions import HTTPException
 
 from mana_llm import errors
 from mana_llm.api import wire
-from mana_llm.api.cleanup import add_cleanup, request_nursery
 from mana_llm.api.render import error_headers, error_object
+from mana_llm.api.request_scope import add_cleanup, request_nursery, request_trace
 from mana_llm.api.sse import PendingSSEBody, SSEBody
 from mana_llm.codec import dumps
 from mana_llm.domain import ChatRequest
 from mana_llm.gateway import Gateway
+from mana_llm.metrics import Metrics, RequestTrace
 from mana_llm.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def error_response(error: errors.GatewayError) -> Response:
     return Response(dumps(error_object(error)), status=error.status, headers=error_headers(error))
 
 
-def create_app(gateway: Gateway, settings: Settings, registry: CollectorRegistry) -> QuartTrio:
+def create_app(gateway: Gateway, settings: Settings, metrics: Metrics) -> QuartTrio:
     app = QuartTrio("mana_llm")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["RESPONSE_TIMEOUT"] = None  # our own deadlines bound every stream
@@ -84,13 +84,21 @@ def create_app(gateway: Gateway, settings: Settings, registry: CollectorRegistry
                 response.headers["access-control-expose-headers"] = EXPOSED
             return response
 
+    def begin(endpoint: str, stream: bool = False) -> RequestTrace:
+        trace = request_trace(request.scope)
+        trace.endpoint, trace.stream = endpoint, stream
+        metrics.begin(trace)
+        return trace
+
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
+        request_trace(request.scope).endpoint = "chat"  # counted as a chat even if unparsable
         chat = wire.parse_chat_request(await read_json())
+        trace = begin("chat", chat.stream)
         if chat.stream and settings.stream_keepalive_s:
-            return stream_with_keepalives(chat)
+            return stream_with_keepalives(chat, trace)
         if chat.stream:
-            stream = await gateway.chat_stream(chat)
+            stream = await gateway.chat_stream(chat, trace)
             add_cleanup(request.scope, stream.aclose)
             headers = {
                 RESOLVED: stream.target.resolved,
@@ -98,26 +106,26 @@ def create_app(gateway: Gateway, settings: Settings, registry: CollectorRegistry
                 **SSE_HEADERS,
             }
             response = Response(
-                SSEBody(stream, chat.include_usage),
+                SSEBody(stream, chat.include_usage, trace),
                 headers=headers,
                 content_type="text/event-stream",
             )
             response.timeout = None
             return response
-        answered = await gateway.chat(chat)
+        answered = await gateway.chat(chat, trace)
         headers = {RESOLVED: answered.target.resolved, ATTEMPTS: str(answered.attempts)}
         return json_response(answered.result.payload, headers=headers)
 
-    def stream_with_keepalives(chat: ChatRequest) -> Response:
+    def stream_with_keepalives(chat: ChatRequest, trace: RequestTrace) -> Response:
         """Headers go out at once and SSE comments keep idle proxies from closing the
         connection while the walk looks for a first token; the walk runs beside the body in
         the request's nursery. The answering model is then only in each chunk's `model`."""
-        body = PendingSSEBody(chat.include_usage, settings.stream_keepalive_s)
+        body = PendingSSEBody(chat.include_usage, settings.stream_keepalive_s, trace)
         scope = request.scope
 
         async def walk() -> None:
             try:
-                stream = await gateway.chat_stream(chat)
+                stream = await gateway.chat_stream(chat, trace)
             except errors.GatewayError as error:
                 body.resolve(error)
                 return
@@ -135,17 +143,20 @@ def create_app(gateway: Gateway, settings: Settings, registry: CollectorRegistry
 
     @app.post("/v1/embeddings")
     async def embeddings() -> Response:
-        answered = await gateway.embed(wire.parse_embedding_request(await read_json()))
+        trace = begin("embeddings")
+        answered = await gateway.embed(wire.parse_embedding_request(await read_json()), trace)
         headers = {RESOLVED: answered.target.resolved, ATTEMPTS: str(answered.attempts)}
         return json_response(answered.result.payload, headers=headers)
 
     @app.get("/v1/models")
     async def list_models() -> Response:
+        begin("models")
         models = await gateway.list_models()
         return json_response({"object": "list", "data": [m.to_json() for m in models]})
 
     @app.get("/v1/models/<path:model_id>")
     async def get_model(model_id: str) -> Response:
+        begin("models")
         return json_response((await gateway.get_model(model_id)).to_json())
 
     @app.get("/health")
@@ -176,13 +187,24 @@ def create_app(gateway: Gateway, settings: Settings, registry: CollectorRegistry
         )
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics_page() -> Response:
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encoder(registry), content_type=content_type)
+        return Response(encoder(metrics.registry), content_type=content_type)
+
+    @app.after_request
+    async def record_status(response: Response) -> Response:
+        trace = request_trace(request.scope)
+        if trace.status is None and response.mimetype != "text/event-stream":
+            trace.status = response.status_code  # a stream's outcome is known at its end
+        return response
+
+    def failed(error: errors.GatewayError) -> Response:
+        request_trace(request.scope).fail(error)
+        return error_response(error)
 
     @app.errorhandler(errors.GatewayError)
     async def gateway_error(error: errors.GatewayError) -> Response:
-        return error_response(error)
+        return failed(error)
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
@@ -197,7 +219,7 @@ def create_app(gateway: Gateway, settings: Settings, registry: CollectorRegistry
         else:
             message = error.description or error.name
         gateway_error = (kind or errors.GatewayError)(message, status=None if kind else status)
-        response = error_response(gateway_error)
+        response = failed(gateway_error)
         if status == 405 and error.get_headers():
             response.headers.update({k: v for k, v in error.get_headers() if k.lower() == "allow"})
         return response
@@ -205,6 +227,6 @@ def create_app(gateway: Gateway, settings: Settings, registry: CollectorRegistry
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
         log.error("unhandled error on %s %s", request.method, request.path, exc_info=error)
-        return error_response(errors.InternalError("internal gateway error"))
+        return failed(errors.InternalError("internal gateway error"))
 
     return app

@@ -4,6 +4,7 @@ complete answer, a final error event (and no `[DONE]`) when the upstream fails a
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -11,6 +12,7 @@ from mana_llm import errors
 from mana_llm.api.render import error_object
 from mana_llm.codec import dumps
 from mana_llm.gateway import CommittedStream
+from mana_llm.metrics import RequestTrace
 
 log = logging.getLogger(__name__)
 
@@ -18,13 +20,25 @@ DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
 
 
+def error_event(error: errors.GatewayError) -> bytes:
+    return b"data: " + dumps(error_object(error)) + b"\n\n"
+
+
 class SSEBody:
     """An async iterator of bytes (not a generator: it owns the upstream and closes it in
     `aclose`, which Quart calls when the body ends, fails or is cancelled)."""
 
-    def __init__(self, stream: CommittedStream, include_usage: bool) -> None:
+    def __init__(
+        self,
+        stream: CommittedStream,
+        include_usage: bool,
+        trace: RequestTrace,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
         self._stream = stream
         self._include_usage = include_usage
+        self._trace = trace
+        self._clock = clock
         self._done = False
 
     def __aiter__(self) -> SSEBody:
@@ -35,13 +49,15 @@ class SSEBody:
             try:
                 chunks = await self._stream.receive()
             except errors.GatewayError as error:
-                return self._end(dumps(error_object(error)))
+                return self._end(error)
             except Exception:  # the root of this stream's relay: a bug must not look like an answer
                 log.exception("stream relay failed")
-                internal = errors.InternalError("the gateway failed while relaying the stream")
-                return self._end(dumps(error_object(internal)))
+                return self._end(errors.InternalError("the gateway failed relaying the stream"))
             if not chunks:
                 self._done = True
+                self._trace.status = 200
+                self._trace.usage = self._stream.usage
+                self._trace.upstream_ended_at = self._clock()
                 return DONE
             keep = self._include_usage
             events = [
@@ -53,9 +69,12 @@ class SSEBody:
                 return b"".join(events)
         raise StopAsyncIteration
 
-    def _end(self, error_json: bytes) -> bytes:
+    def _end(self, error: errors.GatewayError) -> bytes:
         self._done = True
-        return b"data: " + error_json + b"\n\n"
+        self._trace.fail(error)
+        self._trace.usage = self._stream.usage
+        self._trace.upstream_ended_at = self._clock()
+        return error_event(error)
 
     async def aclose(self) -> None:
         self._done = True
@@ -67,8 +86,9 @@ class PendingSSEBody:
     proxies with idle timeouts keep the connection); then the committed stream, or a final
     error event when nothing answered. Comments do not commit the stream."""
 
-    def __init__(self, include_usage: bool, keepalive_s: float) -> None:
+    def __init__(self, include_usage: bool, keepalive_s: float, trace: RequestTrace) -> None:
         self._include_usage = include_usage
+        self._trace = trace
         self._keepalive_s = keepalive_s
         self._ready = trio.Event()
         self._result: SSEBody | bytes | None = None
@@ -76,9 +96,10 @@ class PendingSSEBody:
 
     def resolve(self, result: CommittedStream | errors.GatewayError) -> None:
         if isinstance(result, errors.GatewayError):
-            self._result = b"data: " + dumps(error_object(result)) + b"\n\n"
+            self._trace.fail(result)
+            self._result = error_event(result)
         else:
-            self._result = SSEBody(result, self._include_usage)
+            self._result = SSEBody(result, self._include_usage, self._trace)
         self._ready.set()
 
     def __aiter__(self) -> PendingSSEBody:

@@ -31,6 +31,7 @@ class Answered(Generic[T]):
     result: T
     target: Target
     failed: tuple[AttemptRecord, ...]  # the entries tried or skipped before the one that answered
+    started_at: float = 0.0  # when the answering attempt began
 
     @property
     def attempts(self) -> int:
@@ -80,12 +81,13 @@ class Walker:
                     continue
                 error: GatewayError
                 seconds = deadline_s(provider)
+                started_at = self.clock()
                 try:
                     with trio.move_on_after(seconds) as scope:
                         result = await attempt(provider, target)
                     if not scope.cancelled_caught:
                         self.report(target.provider, None)
-                        return Answered(result, target, _records(failures))
+                        return Answered(result, target, _records(failures), started_at)
                     error = errors.UpstreamTimeout(
                         f"{target.resolved} sent no {waiting_for} within {seconds:g}s",
                         provider=target.provider,
@@ -118,7 +120,7 @@ class Walker:
             reopens = self.health.reopens_at(provider.name)
             retry = None if reopens is None else max(1.0, math.ceil(reopens - self.clock()))
             when = f", retry in {retry:g}s" if retry else ""
-            return errors.UpstreamUnavailable(
+            return errors.CircuitOpen(
                 f"provider {provider.name!r} is unhealthy (circuit open{when})",
                 provider=provider.name,
                 retry_after_s=retry,
@@ -146,4 +148,6 @@ class Walker:
 
 
 def _records(failures: list[tuple[Target, GatewayError]]) -> tuple[AttemptRecord, ...]:
-    return tuple(AttemptRecord(target.resolved, error.reason) for target, error in failures)
+    return tuple(
+        AttemptRecord(target.resolved, error.reason, error.kind) for target, error in failures
+    )

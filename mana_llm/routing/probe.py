@@ -16,11 +16,15 @@ from mana_llm.routing.health import ProviderHealthCache
 log = logging.getLogger(__name__)
 
 
+ProbeListener = Callable[[str, bool], None]
+
+
 async def probe_once(
     provider: Provider,
     health: ProviderHealthCache,
     timeout_s: float,
     clock: Callable[[], float] = trio.current_time,
+    on_probe: ProbeListener = lambda provider, ok: None,
 ) -> None:
     reason: str | None = None
     try:
@@ -33,6 +37,7 @@ async def probe_once(
     except Exception:  # the root of one probe: a bug in one must not sink the loop
         log.exception("probe of %s failed unexpectedly", provider.name)
         reason = "probe: internal error"
+    on_probe(provider.name, reason is None)
     if reason is None:
         health.record_success(provider.name, clock(), probe=True)
     else:
@@ -46,6 +51,7 @@ async def run_probe_loop(
     interval_s: float,
     timeout_s: float,
     clock: Callable[[], float] = trio.current_time,
+    on_probe: ProbeListener = lambda provider, ok: None,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -59,4 +65,4 @@ async def run_probe_loop(
         await trio.sleep_until(max(next_at, clock()))
         async with trio.open_nursery() as nursery:
             for provider in configured:
-                nursery.start_soon(probe_once, provider, health, timeout_s, clock)
+                nursery.start_soon(probe_once, provider, health, timeout_s, clock, on_probe)

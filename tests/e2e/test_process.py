@@ -16,7 +16,7 @@ import attrs
 import httpx
 import trio
 
-from tests.e2e.stack import stack_env
+from tests.e2e.stack import UPSTREAM_KEY, stack_env
 from tests.fakes.server import FakeServer, WaitFor
 from tests.fakes.upstreams import FakeOllama, FakeOpenAI, ollama_line, ollama_stream
 
@@ -74,7 +74,9 @@ async def gateway_process(env: dict[str, str], *args: str) -> AsyncIterator[Gate
     )
     try:
         gateway = Gateway(proc)
-        gateway.base_url = (await gateway.wait_log(rb"listening on (http://\S+)")).group(1).decode()
+        gateway.base_url = (
+            (await gateway.wait_log(rb"listening on (http://[^\s\",]+)")).group(1).decode()
+        )
         yield gateway
     finally:
         if proc.returncode is None:
@@ -140,6 +142,7 @@ async def test_sighup_swaps_the_alias_table_and_a_bad_file_keeps_it(
                 gw.proc.send_signal(signal.SIGHUP)
                 found = await gw.wait_log(rb"alias reload failed[^\n]*", mark)
                 third = (await client.get("/v1/aliases")).json()
+                metrics = (await client.get("/metrics")).text
                 answered = await client.post(
                     "/v1/chat/completions",
                     json={"model": "mana/b", "messages": [{"role": "user", "content": "x"}]},
@@ -151,6 +154,8 @@ async def test_sighup_swaps_the_alias_table_and_a_bad_file_keeps_it(
     assert third["hash"] == second["hash"]
     assert "line 3" in third["last_reload_error"] or ":3:" in third["last_reload_error"]
     assert b"unknown provider 'nowhere'" in found.group(0)
+    assert 'mana_llm_alias_reloads_total{result="success"} 1.0' in metrics
+    assert 'mana_llm_alias_reloads_total{result="error"} 1.0' in metrics
     # mana/b survived the bad reload: it still resolves, to groq/x, which the fake does not have
     assert answered.status_code == 503
     assert answered.json()["error"]["attempts"][0]["model"] == "groq/x"
@@ -165,3 +170,43 @@ def test_a_bad_alias_file_stops_startup_with_exit_2(tmp_path: pathlib.Path) -> N
         f"mana-llm: aliases: {path}:2: alias 'fast' must be named mana/<class>"
     ]
     assert run_cli(ALIASES_PATH=str(tmp_path / "missing.yaml"), PORT="0").returncode == 2
+
+
+async def test_json_logs_carry_the_fields_and_never_prompts_or_keys(nursery: trio.Nursery) -> None:
+    ollama: FakeServer = await nursery.start(FakeServer(FakeOllama()).serve)
+    cloud: FakeServer = await nursery.start(FakeServer(FakeOpenAI(key="sk-other-key")).serve)
+    env = stack_env(ollama, cloud, LOG_FORMAT="json")
+    prompt = "the secret plan is PROMPT-TEXT-4711"
+    messages = [{"role": "user", "content": prompt}]
+    with trio.fail_after(20):
+        async with gateway_process(env) as gw:
+            async with httpx.AsyncClient(base_url=gw.base_url, timeout=10) as client:
+                ok = await client.post(
+                    "/v1/chat/completions",
+                    json={"model": "gemma3:4b", "messages": messages, "stream": True},
+                    headers={"x-request-id": "req-ok-1"},
+                )
+                refused = await client.post(  # the fake refuses our key and echoes it back
+                    "/v1/chat/completions",
+                    json={"model": "groq/llama-3.1-8b-instant", "messages": messages},
+                    headers={"x-request-id": "req-bad-2"},
+                )
+                await client.get("/health")  # a third line, so both before it are complete
+            await gw.wait_log(rb'"request_id": "req-bad-2"[^\n]*\n')
+    assert ok.status_code == 200 and refused.status_code == 502
+    lines = [json.loads(line) for line in gw.log.decode().splitlines() if line.startswith("{")]
+    requests = {line["request_id"]: line for line in lines if line["message"] == "request"}
+    first = requests["req-ok-1"]
+    assert first["endpoint"] == "chat" and first["stream"] is True and first["status"] == 200
+    assert first["model"] == "gemma3:4b" and first["resolved"] == "ollama/gemma3:4b"
+    assert (
+        first["attempts"] == [] and first["prompt_tokens"] == 7 and first["completion_tokens"] == 5
+    )
+    assert first["duration_ms"] >= first["ttft_ms"] > 0
+    second = requests["req-bad-2"]
+    assert second["status"] == 502 and second["error_type"] == "upstream_error"
+    assert second["attempts"][0]["model"] == "groq/llama-3.1-8b-instant"
+    text = gw.log.decode()
+    assert "PROMPT-TEXT-4711" not in text
+    assert UPSTREAM_KEY not in text and "sk-other-key" not in text
+    assert "Hello" not in text  # the answer is not logged either

@@ -6,7 +6,10 @@ from mana_llm import codec
 
 
 def test_round_trip_is_compact_utf8() -> None:
-    assert codec.dumps({"a": "é", "b": [1, 2.5, None, True]}) == '{"a":"é","b":[1,2.5,null,true]}'.encode()
+    assert (
+        codec.dumps({"a": "é", "b": [1, 2.5, None, True]})
+        == '{"a":"é","b":[1,2.5,null,true]}'.encode()
+    )
     assert codec.loads(b'{"a": "\\u00e9"}') == {"a": "é"}
 
 

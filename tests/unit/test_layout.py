@@ -8,7 +8,13 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2] / "mana_llm"
-LEAVES = {"mana_llm.errors", "mana_llm.domain", "mana_llm.settings", "mana_llm.codec"}
+LEAVES = {
+    "mana_llm.errors",
+    "mana_llm.domain",
+    "mana_llm.settings",
+    "mana_llm.codec",
+    "mana_llm.logs",
+}
 
 # layer -> internal modules (prefixes) it may import
 ALLOWED: dict[str, set[str]] = {
@@ -16,10 +22,11 @@ ALLOWED: dict[str, set[str]] = {
     "mana_llm.domain": {"mana_llm.errors"},
     "mana_llm.settings": set(),
     "mana_llm.codec": set(),
+    "mana_llm.logs": set(),
     "mana_llm.providers": LEAVES | {"mana_llm.providers"},
     "mana_llm.cache": LEAVES | {"mana_llm.cache"},
     "mana_llm.routing": LEAVES | {"mana_llm.routing", "mana_llm.providers.protocol"},
-    "mana_llm.metrics": set(),
+    "mana_llm.metrics": LEAVES,
     "mana_llm.gateway": LEAVES
     | {
         "mana_llm.metrics",

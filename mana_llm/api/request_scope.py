@@ -1,0 +1,112 @@
+"""Each HTTP exchange's own scope, outliving the view: its request id, its trace, a nursery for
+work beside the body, and cleanups.
+
+A streaming view returns a Response whose body owns an open upstream connection. If the client
+disconnects after the view returned but before Quart starts sending that body, the body is
+never iterated and never closed. This ASGI wrapper runs around the whole exchange: when it is
+over, however it ended, the nursery is cancelled, every cleanup runs (no task and no upstream
+connection is left behind), and the trace is finished once: its metrics and its log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from mana_llm import logs
+from mana_llm.metrics import Metrics, RequestTrace
+
+Cleanup = Callable[[], Awaitable[None]]
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+CLEANUPS = "mana_llm.cleanup"
+NURSERY = "mana_llm.nursery"
+TRACE = "mana_llm.trace"
+
+log = logging.getLogger("mana_llm.request")
+
+
+def add_cleanup(scope: Any, cleanup: Cleanup) -> None:
+    scope[CLEANUPS].append(cleanup)
+
+
+def request_nursery(scope: Any) -> trio.Nursery:
+    nursery: trio.Nursery = scope[NURSERY]
+    return nursery
+
+
+def request_trace(scope: Any) -> RequestTrace:
+    trace: RequestTrace = scope[TRACE]
+    return trace
+
+
+def with_request_scope(
+    app: ASGIApp, metrics: Metrics, clock: Callable[[], float] = trio.current_time
+) -> ASGIApp:
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        rid = logs.accept_request_id(given.decode("latin-1"))
+        token = logs.request_id.set(rid)
+        trace = RequestTrace(rid, clock())
+        cleanups: list[Cleanup] = []
+        scope[CLEANUPS] = cleanups
+        scope[TRACE] = trace
+        rid_header = (b"x-request-id", rid.encode())
+        finished = False
+
+        def finish() -> None:
+            nonlocal finished
+            if not finished:
+                finished = True
+                metrics.finish(trace, clock())
+                log_request(trace, clock())
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), rid_header]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                finish()  # before the last byte: a client that has its answer sees the metrics
+            await send(message)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                scope[NURSERY] = nursery
+                await app(scope, receive, send_with_id)
+                nursery.cancel_scope.cancel()
+        finally:
+            for cleanup in cleanups:
+                await cleanup()  # each cleanup shields and bounds itself
+            finish()  # the exchange ended before its last byte: a disconnect, or a failure
+            logs.request_id.reset(token)
+
+    return asgi
+
+
+def log_request(trace: RequestTrace, now: float) -> None:
+    """One line per request; never the prompt or the answer."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    fields: dict[str, Any] = {
+        "endpoint": trace.endpoint,
+        "stream": trace.stream,
+        "status": trace.status if trace.status is not None else 499,
+        "duration_ms": round((now - trace.started_at) * 1000, 2),
+    }
+    if trace.model is not None:
+        fields["model"] = trace.model
+        fields["resolved"] = trace.resolved
+        fields["attempts"] = [{"model": a.model, "reason": a.reason} for a in trace.attempts]
+    if trace.first_token_at is not None:
+        fields["ttft_ms"] = round((trace.first_token_at - trace.started_at) * 1000, 2)
+    if trace.usage is not None:
+        fields["prompt_tokens"] = trace.usage.prompt_tokens
+        fields["completion_tokens"] = trace.usage.completion_tokens
+    if trace.error is not None:
+        fields["error_type"] = trace.error
+    log.info("request", extra={"fields": fields})

@@ -1,0 +1,76 @@
+"""Log lines: readable text by default, one JSON object a line with LOG_FORMAT=json. Every line
+logged while a request is handled carries its request id (a context variable that trio tasks
+inherit). Prompts, completions and secrets are never logged."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from typing import Any
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+_VALID_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def accept_request_id(given: str | None) -> str:
+    """The caller's X-Request-Id when it is sane (bounded, plain characters), else a new one."""
+    if given and _VALID_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id.get()
+        return True
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        rid = getattr(record, "request_id", None)
+        if rid:
+            line["request_id"] = rid
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            line.update(fields)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        rid = getattr(record, "request_id", None)
+        if rid:
+            text += f" request_id={rid}"
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            text += "".join(f" {k}={json.dumps(v, default=str)}" for k, v in fields.items())
+        return text
+
+
+def configure(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(_RequestIdFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
