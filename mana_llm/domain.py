@@ -39,15 +39,24 @@ class ToolCall:
 
 
 @attrs.frozen
+class Image:
+    """One image part: inline base64 data (no `data:` prefix), or an http(s) URL to fetch."""
+
+    where: str  # the request field it came from, for errors: messages[0].content[1]
+    data: str | None = None
+    url: str | None = None
+
+
+@attrs.frozen
 class Message:
-    role: str  # system | developer | user | assistant | tool
+    role: str  # system | developer | user | assistant | tool | function
     content: str | None
     name: str | None = None
-    images: tuple[str, ...] = ()  # base64 data, no data: prefix
-    image_urls: tuple[str, ...] = ()  # http(s) URLs still to fetch
+    images: tuple[Image, ...] = ()
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     reasoning: str | None = None
+    unsupported: tuple[str, ...] = ()  # parts Ollama cannot take (audio, files), by field
 
 
 @attrs.frozen
@@ -61,6 +70,15 @@ class ChatRequest:
     max_tokens: int | None = None  # max_completion_tokens, else max_tokens
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    n: int | None = None
+    tools: tuple[Mapping[str, Any], ...] = ()
+    tool_choice: str | Mapping[str, Any] | None = None
+    response_format: Mapping[str, Any] | None = None
+    reasoning_effort: str | None = None
+    options: Mapping[str, Any] = attrs.field(factory=dict)  # Ollama options, per request
+    keep_alive: str | float | None = None  # Ollama, per request
     body: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
 
 
@@ -107,6 +125,9 @@ class EmbeddingRequest:
     inputs: tuple[str, ...]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
+    truncate: bool | None = None  # Ollama: False refuses inputs longer than the context
+    tokens: bool = False  # the input is token arrays (clouds only)
+    keep_alive: str | float | None = None
     body: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
 
 

@@ -24,6 +24,7 @@ from mana_llm.api.app import create_app
 from mana_llm.api.request_scope import with_request_scope
 from mana_llm.gateway import Gateway
 from mana_llm.metrics import Metrics
+from mana_llm.providers.images import ImageFetcher
 from mana_llm.providers.ollama import OllamaProvider
 from mana_llm.providers.openai_compat import OpenAICompatProvider
 from mana_llm.providers.protocol import Provider
@@ -64,12 +65,19 @@ def hypercorn_config(settings: Settings, config_path: str | None = None) -> Conf
 
 
 def build_providers(settings: Settings, transport: httpx.AsyncHTTPTransport) -> dict[str, Provider]:
+    images = ImageFetcher(
+        transport,
+        settings.image_fetch_max_bytes,
+        settings.image_fetch_timeout_s,
+        settings.image_fetch_allow_networks,
+    )
     providers: dict[str, Provider] = {}
     for ps in settings.providers:
         upstream = Upstream(ps, transport, settings.connect_timeout_s)
-        providers[ps.name] = (
-            OllamaProvider(upstream) if ps.kind == "ollama" else OpenAICompatProvider(upstream)
-        )
+        if ps.kind == "ollama":
+            providers[ps.name] = OllamaProvider(upstream, images)
+        else:
+            providers[ps.name] = OpenAICompatProvider(upstream)
     return providers
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Literal
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import attrs
+import yaml
 
 ProviderKind = Literal["ollama", "openai"]
 
@@ -24,12 +26,14 @@ class ProviderSettings:
     kind: ProviderKind
     base_url: str
     api_key: str | None = attrs.field(default=None, repr=False)
-    key_env: str | None = None  # the variable that holds the key, for "not configured" errors
+    key_env: str | None = None  # the variable that holds the key; None: keyless (local servers)
     timeout_s: float = 120.0
+    headers: Mapping[str, str] = attrs.field(factory=dict)  # e.g. OpenRouter's X-Title
+    models: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)  # Ollama per-model
 
     @property
     def configured(self) -> bool:
-        return self.kind == "ollama" or bool(self.api_key)
+        return self.kind == "ollama" or self.key_env is None or bool(self.api_key)
 
 
 # The built-in OpenAI-compatible clouds: name -> (official base URL, key variable, URL variable).
@@ -66,6 +70,9 @@ class Settings:
     breaker_backoff_s: float = 60.0
     breaker_max_backoff_s: float = 600.0
     stream_keepalive_s: float = 0.0  # 0: off; else SSE comments while waiting for a first token
+    image_fetch_max_bytes: int = 10 * MIB
+    image_fetch_timeout_s: float = 10.0
+    image_fetch_allow_networks: tuple[str, ...] = ()  # CIDRs let through the private-address guard
 
     def provider(self, name: str) -> ProviderSettings | None:
         for p in self.providers:
@@ -74,8 +81,11 @@ class Settings:
         return None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Settings:
-        """Build settings from an environment mapping; raise SettingsError on the first bad one."""
+    def from_env(
+        cls, env: Mapping[str, str], read_text: Callable[[str], str] | None = None
+    ) -> Settings:
+        """Build settings from an environment mapping (and the providers file it names);
+        raise SettingsError on the first bad value."""
         read = _Reader(env)
         providers = [
             ProviderSettings(
@@ -97,6 +107,17 @@ class Settings:
                     timeout_s=cloud_timeout_s,
                 )
             )
+        providers_path = env.get("PROVIDERS_PATH", "").strip()
+        if providers_path:
+            providers = _apply_providers_file(providers, providers_path, env, read_text or _read)
+        networks = read.csv("IMAGE_FETCH_ALLOW_NETWORKS")
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise SettingsError(
+                    f"IMAGE_FETCH_ALLOW_NETWORKS: {network!r} is not a CIDR"
+                ) from None
         return cls(
             host=env.get("HOST", "0.0.0.0").strip() or "0.0.0.0",
             port=read.integer("PORT", 3025, low=0, high=65535),
@@ -122,7 +143,80 @@ class Settings:
             breaker_backoff_s=read.seconds("BREAKER_BACKOFF", 60.0),
             breaker_max_backoff_s=read.seconds("BREAKER_MAX_BACKOFF", 600.0),
             stream_keepalive_s=read.seconds_or_off("STREAM_KEEPALIVE"),
+            image_fetch_max_bytes=read.integer("IMAGE_FETCH_MAX_BYTES", 10 * MIB, low=1024),
+            image_fetch_timeout_s=read.seconds("IMAGE_FETCH_TIMEOUT", 10.0),
+            image_fetch_allow_networks=networks,
         )
+
+
+_PROVIDER_KEYS = frozenset({"base_url", "api_key_env", "timeout_s", "headers"})
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _apply_providers_file(
+    providers: list[ProviderSettings],
+    path: str,
+    env: Mapping[str, str],
+    read_text: Callable[[str], str],
+) -> list[ProviderSettings]:
+    """PROVIDERS_PATH: extra OpenAI-compatible providers, extra headers and timeouts for the
+    built-ins, and per-model Ollama defaults (num_ctx, keep_alive). See README.md."""
+
+    def bad(message: str) -> SettingsError:
+        return SettingsError(f"PROVIDERS_PATH={path!r}: {message}")
+
+    try:
+        data = yaml.safe_load(read_text(path)) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise bad(f"cannot read it ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise bad(f"not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict) or set(data) - {"providers", "ollama"}:
+        raise bad("the top level takes 'providers' and 'ollama' only")
+    by_name = {p.name: p for p in providers}
+    for name, spec in (data.get("providers") or {}).items():
+        if not isinstance(spec, dict) or set(spec) - _PROVIDER_KEYS:
+            raise bad(f"provider {name!r} takes {', '.join(sorted(_PROVIDER_KEYS))}")
+        headers = spec.get("headers") or {}
+        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+            raise bad(f"the headers of {name!r} must map names to strings")
+        timeout = spec.get("timeout_s")
+        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+            raise bad(f"the timeout_s of {name!r} must be a positive number")
+        if name in by_name:  # a built-in: its URL and key stay in the environment
+            if "base_url" in spec or "api_key_env" in spec:
+                raise bad(f"{name!r} is built in: set its URL and key in the environment")
+            old = by_name[name]
+            by_name[name] = attrs.evolve(
+                old, headers={**old.headers, **headers}, timeout_s=timeout or old.timeout_s
+            )
+            continue
+        url = spec.get("base_url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise bad(f"provider {name!r} needs a base_url (http:// or https://)")
+        if "/" in name or name == "mana":
+            raise bad(f"provider name {name!r} cannot contain '/' or be 'mana'")
+        key_env = spec.get("api_key_env")
+        by_name[name] = ProviderSettings(
+            name=name,
+            kind="openai",
+            base_url=url.rstrip("/"),
+            api_key=(env.get(key_env, "").strip() or None) if isinstance(key_env, str) else None,
+            key_env=key_env if isinstance(key_env, str) else None,
+            timeout_s=float(timeout or 120.0),
+            headers=headers,
+        )
+    models = (data.get("ollama") or {}).get("models") or {}
+    if not isinstance(models, dict) or not all(isinstance(m, dict) for m in models.values()):
+        raise bad("ollama.models must map model names to their options")
+    by_name["ollama"] = attrs.evolve(
+        by_name["ollama"], models={str(k): v for k, v in models.items()}
+    )
+    return list(by_name.values())
 
 
 @attrs.frozen

@@ -3,10 +3,14 @@ names the offending field; nothing malformed reaches a provider."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any, Literal
 
+import attrs
+
 from mana_llm import codec, errors
-from mana_llm.domain import JSON, ChatRequest, EmbeddingRequest, Message, ToolCall
+from mana_llm.domain import JSON, ChatRequest, EmbeddingRequest, Image, Message, ToolCall
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -75,23 +79,43 @@ def _stop(body: JSON) -> tuple[str, ...]:
     raise _bad("'stop' must be a string or a list of strings", "stop")
 
 
-def _content(
-    raw: Any, where: str, role: str
-) -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:
-    """(text, data-URI images as base64, http(s) image URLs) of one message's content."""
+@attrs.frozen
+class _Content:
+    text: str | None
+    images: tuple[Image, ...] = ()
+    unsupported: tuple[str, ...] = ()
+
+
+def _image(url: str, at: str) -> Image:
+    if not url.startswith("data:"):
+        if not url.startswith(("http://", "https://")):
+            raise _bad(f"{at}.image_url.url must be a data: URI or an http(s) URL", at)
+        return Image(at, url=url)
+    header, sep, data = url.partition(",")
+    if not sep or not header.endswith(";base64"):
+        raise _bad(f"{at}.image_url.url must be a base64 data: URI", at)
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad(f"{at}.image_url.url has invalid base64 data", at) from None
+    return Image(at, data=data)
+
+
+def _content(raw: Any, where: str, role: str) -> _Content:
+    """Text parts joined into one string; images; parts only some providers take."""
     if raw is None:
         if role in ("assistant", "function"):
-            return None, (), ()
+            return _Content(None)
         raise _bad(f"{where}.content is required for role '{role}'", f"{where}.content")
     if isinstance(raw, str):
-        return raw, (), ()
+        return _Content(raw)
     if not isinstance(raw, list) or not raw:
         raise _bad(
             f"{where}.content must be a string or a non-empty list of parts", f"{where}.content"
         )
     texts: list[str] = []
-    images: list[str] = []
-    urls: list[str] = []
+    images: list[Image] = []
+    unsupported: list[str] = []
     for i, part in enumerate(raw):
         at = f"{where}.content[{i}]"
         kind = part.get("type") if isinstance(part, dict) else None
@@ -101,18 +125,17 @@ def _content(
             url = part.get("image_url")
             url = url.get("url") if isinstance(url, dict) else url
             if not isinstance(url, str) or not url:
-                raise _bad(f"{at}.image_url.url must be a string", f"{at}.image_url")
-            if url.startswith("data:"):
-                images.append(url)
-            else:
-                urls.append(url)
+                raise _bad(f"{at}.image_url.url must be a string", at)
+            images.append(_image(url, at))
         elif kind == "refusal" and isinstance(part.get("refusal"), str):
             texts.append(part["refusal"])
         elif not isinstance(kind, str):
             raise _bad(f"{at} must be an object with a string 'type'", at)
-        elif kind not in ("input_audio", "file"):
+        elif kind in ("input_audio", "file"):
+            unsupported.append(at)
+        else:
             raise _bad(f"{at} has an unknown part type {kind!r}", f"{at}.type")
-    return "\n".join(texts) if texts else None, tuple(images), tuple(urls)
+    return _Content("\n".join(texts) if texts else None, tuple(images), tuple(unsupported))
 
 
 def _tool_calls(raw: Any, where: str) -> tuple[ToolCall, ...]:
@@ -143,7 +166,7 @@ def _message(raw: Any, index: int) -> Message:
     role = raw.get("role")
     if role not in ROLES:
         raise _bad(f"{where}.role must be one of {', '.join(sorted(ROLES))}", f"{where}.role")
-    text, images, urls = _content(raw.get("content"), where, role)
+    content = _content(raw.get("content"), where, role)
     name = raw.get("name")
     if name is not None and not isinstance(name, str):
         raise _bad(f"{where}.name must be a string", f"{where}.name")
@@ -153,14 +176,89 @@ def _message(raw: Any, index: int) -> Message:
     reasoning = raw.get("reasoning_content", raw.get("reasoning"))
     return Message(
         role=role,
-        content=text,
+        content=content.text,
         name=name,
-        images=images,
-        image_urls=urls,
+        images=content.images,
+        unsupported=content.unsupported,
         tool_calls=_tool_calls(raw.get("tool_calls"), where) if role == "assistant" else (),
         tool_call_id=tool_call_id if isinstance(tool_call_id, str) else None,
         reasoning=reasoning if isinstance(reasoning, str) else None,
     )
+
+
+REASONING_EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh", "max"})
+RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
+
+
+def _tools(body: JSON) -> tuple[JSON, ...]:
+    tools = body.get("tools")
+    if tools is None:
+        return ()
+    if not isinstance(tools, list):
+        raise _bad("'tools' must be a list", "tools")
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise _bad(
+                f"tools[{i}] must be {{type: function, function: {{name, ...}}}}", f"tools[{i}]"
+            )
+    return tuple(tools)
+
+
+def _tool_choice(body: JSON) -> str | JSON | None:
+    choice = body.get("tool_choice")
+    if choice is None or choice in ("none", "auto", "required"):
+        return choice
+    if isinstance(choice, dict):
+        return choice
+    raise _bad("'tool_choice' must be none, auto, required or an object", "tool_choice")
+
+
+def _response_format(body: JSON) -> JSON | None:
+    fmt = body.get("response_format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") not in RESPONSE_FORMATS:
+        raise _bad(
+            "'response_format.type' must be text, json_object or json_schema", "response_format"
+        )
+    if fmt["type"] == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise _bad("'response_format.json_schema' needs a name", "response_format.json_schema")
+        if "schema" in spec and not isinstance(spec["schema"], dict):
+            raise _bad(
+                "'response_format.json_schema.schema' must be an object",
+                "response_format.json_schema.schema",
+            )
+    return fmt
+
+
+def _reasoning_effort(body: JSON) -> str | None:
+    effort = body.get("reasoning_effort")
+    if effort is None:
+        reasoning = body.get("reasoning")
+        effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    if effort is None:
+        return None
+    if effort not in REASONING_EFFORTS:
+        raise _bad(
+            f"'reasoning_effort' must be one of {', '.join(sorted(REASONING_EFFORTS))}",
+            "reasoning_effort",
+        )
+    return str(effort)
+
+
+def _ollama_extras(body: JSON) -> tuple[JSON, str | float | None]:
+    options = body.get("options")
+    if options is not None and not isinstance(options, dict):
+        raise _bad("'options' must be an object of Ollama options", "options")
+    keep_alive = body.get("keep_alive")
+    if keep_alive is not None and (
+        isinstance(keep_alive, bool) or not isinstance(keep_alive, str | int | float)
+    ):
+        raise _bad("'keep_alive' must be a duration string or a number of seconds", "keep_alive")
+    return options or {}, keep_alive
 
 
 def parse_chat_request(body: JSON) -> ChatRequest:
@@ -174,9 +272,7 @@ def parse_chat_request(body: JSON) -> ChatRequest:
     include_usage = _boolean(options, "include_usage") if options else False
     max_tokens = _integer(body, "max_completion_tokens", 1)
     legacy_max = _integer(body, "max_tokens", 1)
-    _integer(body, "n", 1)
-    _number(body, "presence_penalty", -2, 2)
-    _number(body, "frequency_penalty", -2, 2)
+    options, keep_alive = _ollama_extras(body)
     return ChatRequest(
         model=model,
         messages=tuple(_message(m, i) for i, m in enumerate(messages)),
@@ -187,6 +283,15 @@ def parse_chat_request(body: JSON) -> ChatRequest:
         max_tokens=max_tokens if max_tokens is not None else legacy_max,
         stop=_stop(body),
         seed=_integer(body, "seed"),
+        presence_penalty=_number(body, "presence_penalty", -2, 2),
+        frequency_penalty=_number(body, "frequency_penalty", -2, 2),
+        n=_integer(body, "n", 1),
+        tools=_tools(body),
+        tool_choice=_tool_choice(body),
+        response_format=_response_format(body),
+        reasoning_effort=_reasoning_effort(body),
+        options=options,
+        keep_alive=keep_alive,
         body=body,
     )
 
@@ -194,21 +299,40 @@ def parse_chat_request(body: JSON) -> ChatRequest:
 def parse_embedding_request(body: JSON) -> EmbeddingRequest:
     model = _model(body)
     raw = body.get("input")
+    tokens = False
     if isinstance(raw, str):
         inputs: tuple[str, ...] = (raw,)
     elif isinstance(raw, list) and raw and all(isinstance(s, str) for s in raw):
         inputs = tuple(raw)
-    elif isinstance(raw, list) and raw and all(_is_token_list(t) for t in raw):
-        inputs = ()  # token arrays: passed through to clouds, refused by Ollama
-    elif isinstance(raw, list) and raw and all(isinstance(t, int) for t in raw):
-        inputs = ()
+    elif (
+        isinstance(raw, list)
+        and raw
+        and (
+            all(_is_token_list(t) for t in raw)
+            or all(isinstance(t, int) and not isinstance(t, bool) for t in raw)
+        )
+    ):
+        inputs, tokens = (), True  # token arrays: passed through to clouds, refused by Ollama
     else:
         raise _bad("'input' must be a string or a non-empty list of strings or tokens", "input")
     encoding = body.get("encoding_format", "float") or "float"
     if encoding not in ("float", "base64"):
         raise _bad("'encoding_format' must be 'float' or 'base64'", "encoding_format")
     fmt: Literal["float", "base64"] = "base64" if encoding == "base64" else "float"
-    return EmbeddingRequest(model, inputs, fmt, _integer(body, "dimensions", 1), body)
+    truncate = body.get("truncate")
+    if truncate is not None and not isinstance(truncate, bool):
+        raise _bad("'truncate' must be a boolean", "truncate")
+    _, keep_alive = _ollama_extras(body)
+    return EmbeddingRequest(
+        model,
+        inputs,
+        fmt,
+        _integer(body, "dimensions", 1),
+        truncate=truncate,
+        tokens=tokens,
+        keep_alive=keep_alive,
+        body=body,
+    )
 
 
 def _is_token_list(value: Any) -> bool:

@@ -4,6 +4,7 @@ ProviderError subclasses here, once, by status code, structured error code and e
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,17 @@ MAX_MESSAGE_CHARS = 500
 _MODEL_CODES = frozenset({"model_not_found", "model_decommissioned", "model_not_available"})
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
 _POLICY_CODES = frozenset({"content_filter", "content_policy_violation", "moderation_blocked"})
+
+# Some upstreams say these only in text (API-NOTES section 7): Together's 403 and OpenRouter's
+# 400 for context length, Ollama's "does not support tools|vision|thinking" and its embed
+# "input length exceeds the context length". Read only on 4xx bodies without a decisive code.
+_CONTEXT_TEXT = re.compile(
+    r"context[ _-]?(length|window)|maximum context|too many tokens|reduce the length", re.I
+)
+_CAPABILITY_TEXT = re.compile(
+    r"does not support (tools|vision|images?|thinking|chat|embedding)", re.I
+)
+_TEXT_STATUSES = frozenset({400, 403, 413, 422})
 
 
 class Redactor:
@@ -77,6 +89,11 @@ def error_from_status(
     message, code, err = parse_error_body(body)
     text = redact(f"{provider} answered {status}: {message}")
     kind = _classify(status, code, err)
+    if kind in (errors.UpstreamBadRequest, errors.UpstreamAuthFailed) and status in _TEXT_STATUSES:
+        if _CONTEXT_TEXT.search(message):
+            kind = errors.ContextLengthExceeded
+        elif _CAPABILITY_TEXT.search(message):
+            kind = errors.UnsupportedCapability
     retry_after = _retry_after_s(headers) if kind is errors.UpstreamRateLimited else None
     keep_status = status if kind is errors.UpstreamBadRequest and status in (413, 422) else None
     return kind(text, provider=provider, retry_after_s=retry_after, status=keep_status)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 
-from mana_llm import codec
+from mana_llm import codec, errors
 from mana_llm.domain import (
     ChatRequest,
     ChatResponse,
@@ -20,13 +21,41 @@ from mana_llm.domain import (
 )
 from mana_llm.providers import ollama_wire as wire
 from mana_llm.providers.framing import NDJSONDecoder
+from mana_llm.providers.images import ImageFetcher
 from mana_llm.providers.upstream import RawStream, Upstream
 
 
 @attrs.define(eq=False)
 class OllamaProvider:
     upstream: Upstream
+    images: ImageFetcher | None = None  # None: http(s) image URLs are refused
     wall_clock: Callable[[], float] = time.time
+    _defaults: dict[str, wire.ModelDefaults] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._defaults = {}
+        for name, spec in self.upstream.settings.models.items():
+            options = {k: v for k, v in spec.items() if k != "keep_alive"}
+            self._defaults[name] = wire.ModelDefaults(options, spec.get("keep_alive"))
+
+    def defaults(self, model: str) -> wire.ModelDefaults | None:
+        found = self._defaults.get(model)
+        if found is None and ":" not in model:
+            found = self._defaults.get(f"{model}:latest")
+        return found
+
+    async def _body(self, target: Target, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        urls = [img for m in request.messages for img in m.images if img.url is not None]
+        fetched: dict[str, str] = {}
+        if urls:
+            if self.images is None:
+                where = urls[0].where
+                raise errors.InvalidRequest(f"{where}: image URLs are not enabled", param=where)
+            fetched = await self.images.fetch_all(urls)
+        defaults = self.defaults(target.model)
+        return wire.chat_body(
+            target.model, request, stream=stream, defaults=defaults, images=fetched
+        )
 
     @property
     def name(self) -> str:
@@ -46,19 +75,23 @@ class OllamaProvider:
 
     async def chat(self, target: Target, request: ChatRequest) -> ChatResponse:
         data = await self.upstream.post_json(
-            "/api/chat", wire.chat_body(target.model, request, stream=False)
+            "/api/chat", await self._body(target, request, stream=False)
         )
-        return wire.completion(data, target, self.wall_clock, self.upstream.protocol_error)
+        try:
+            return wire.completion(data, target, self.wall_clock, self.upstream.protocol_error)
+        except ValueError as exc:
+            raise self.upstream.protocol_error(str(exc)) from None
 
     async def open_stream(self, target: Target, request: ChatRequest) -> NDJSONChunkStream:
-        body = wire.chat_body(target.model, request, stream=True)
+        body = await self._body(target, request, stream=True)
         response = await self.upstream.open_stream("/api/chat", body)
         return NDJSONChunkStream(
             RawStream(self.upstream, response), wire.StreamTranslator(target, self.wall_clock)
         )
 
     async def embed(self, target: Target, request: EmbeddingRequest) -> EmbeddingResponse:
-        data = await self.upstream.post_json("/api/embed", wire.embed_body(target.model, request))
+        body = wire.embed_body(target.model, request, self.defaults(target.model))
+        data = await self.upstream.post_json("/api/embed", body)
         try:
             payload, usage = wire.embeddings(data, target, request)
         except (ValueError, TypeError, struct.error) as exc:
@@ -98,7 +131,10 @@ class NDJSONChunkStream:
                     ) from None
                 if not isinstance(obj, dict):
                     raise self.raw.upstream.protocol_error("a stream line that is not an object")
-                chunks.extend(self.translator.translate(obj))
+                try:
+                    chunks.extend(self.translator.translate(obj))
+                except ValueError as exc:
+                    raise self.raw.upstream.protocol_error(str(exc)) from None
             if chunks:
                 return chunks
         return []

@@ -6,13 +6,13 @@ from __future__ import annotations
 import base64
 import secrets
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 import attrs
 
-from mana_llm import errors
+from mana_llm import codec, errors
 from mana_llm.domain import (
     JSON,
     ChatRequest,
@@ -44,43 +44,156 @@ def unix_time(created_at: Any, wall_clock: Callable[[], float]) -> int:
 
 # --- request ---------------------------------------------------------------------------
 
+# reasoning_effort -> think (API-NOTES 5.1): none -> off, minimal -> low, xhigh -> max
+_THINK: dict[str, bool | str] = {
+    "none": False,
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "max",
+    "max": "max",
+}
 
-def message_json(message: Message) -> JSON:
-    out: JSON = {
-        "role": "system" if message.role == "developer" else message.role,
-        "content": message.content or "",
-    }
-    if message.images:
-        out["images"] = list(message.images)
+
+@attrs.frozen
+class ModelDefaults:
+    """Per-model Ollama settings from the providers file; a request's own values win."""
+
+    options: Mapping[str, Any] = attrs.field(factory=dict)  # num_ctx and friends
+    keep_alive: str | float | None = None
+
+
+def _tool_calls(message: Message, index: int) -> list[JSON]:
+    calls: list[JSON] = []
+    for j, call in enumerate(message.tool_calls):
+        try:
+            arguments = codec.loads(call.arguments or "{}")
+        except ValueError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            where = f"messages[{index}].tool_calls[{j}].function.arguments"
+            raise errors.InvalidRequest(f"{where} is not a JSON object", param=where)
+        out: JSON = {"function": {"name": call.name, "arguments": arguments}}
+        if call.id:
+            out["id"] = call.id
+        calls.append(out)
+    return calls
+
+
+def messages_json(messages: tuple[Message, ...], images: Mapping[str, str]) -> list[JSON]:
+    """`images` maps a fetched URL part (its `where`) to its base64 data."""
+    names_by_call: dict[str, str] = {}
+    out: list[JSON] = []
+    for i, message in enumerate(messages):
+        if message.unsupported:
+            where = message.unsupported[0]
+            raise errors.UnsupportedCapability(
+                f"{where}: Ollama takes no audio or file parts", param=where
+            )
+        role = {"developer": "system", "function": "tool"}.get(message.role, message.role)
+        item: JSON = {"role": role, "content": message.content or ""}
+        if message.images:
+            item["images"] = [img.data or images[img.where] for img in message.images]
+        if message.tool_calls:
+            item["tool_calls"] = _tool_calls(message, i)
+            names_by_call.update({c.id: c.name for c in message.tool_calls if c.id})
+        if role == "tool":
+            name = message.name or names_by_call.get(message.tool_call_id or "")
+            if name:
+                item["tool_name"] = name
+            if message.tool_call_id:
+                item["tool_call_id"] = message.tool_call_id
+        if message.reasoning:
+            item["thinking"] = message.reasoning
+        out.append(item)
     return out
 
 
-def chat_body(model: str, request: ChatRequest, *, stream: bool) -> JSON:
+def _tools(request: ChatRequest) -> list[JSON]:
+    choice = request.tool_choice
+    if not request.tools or choice == "none":
+        return []
+    if isinstance(choice, Mapping):  # a named function: only that tool
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, Mapping) else None
+        return [dict(t) for t in request.tools if t.get("function", {}).get("name") == name]
+    return [dict(t) for t in request.tools]
+
+
+def _format(request: ChatRequest) -> Any:
+    fmt = request.response_format
+    if fmt is None or fmt.get("type") == "text":
+        return None
+    if fmt.get("type") == "json_object":
+        return "json"
+    return fmt.get("json_schema", {}).get("schema") or "json"
+
+
+def chat_body(
+    model: str,
+    request: ChatRequest,
+    *,
+    stream: bool,
+    defaults: ModelDefaults | None = None,
+    images: Mapping[str, str] | None = None,
+) -> JSON:
+    if request.n is not None and request.n > 1:
+        raise errors.UnsupportedCapability("Ollama answers one choice: n must be 1", param="n")
     body: JSON = {
         "model": model,
-        "messages": [message_json(m) for m in request.messages],
+        "messages": messages_json(request.messages, images or {}),
         "stream": stream,
     }
-    options: JSON = {}
-    if request.temperature is not None:
-        options["temperature"] = request.temperature
-    if request.top_p is not None:
-        options["top_p"] = request.top_p
-    if request.seed is not None:
-        options["seed"] = request.seed
-    if request.max_tokens is not None:
-        options["num_predict"] = request.max_tokens
+    defaults = defaults or ModelDefaults()
+    options: JSON = dict(defaults.options)
+    for key, value in (
+        ("temperature", request.temperature),
+        ("top_p", request.top_p),
+        ("seed", request.seed),
+        ("num_predict", request.max_tokens),
+        ("presence_penalty", request.presence_penalty),
+        ("frequency_penalty", request.frequency_penalty),
+    ):
+        if value is not None:  # unset stays unset: the model's own defaults apply
+            options[key] = value
     if request.stop:
         options["stop"] = list(request.stop)
+    options.update(request.options)
     if options:
         body["options"] = options
+    tools = _tools(request)
+    if tools:
+        body["tools"] = tools
+    fmt = _format(request)
+    if fmt is not None:
+        body["format"] = fmt
+    if request.reasoning_effort is not None:
+        body["think"] = _THINK[request.reasoning_effort]
+    keep_alive = request.keep_alive if request.keep_alive is not None else defaults.keep_alive
+    if keep_alive is not None:
+        body["keep_alive"] = keep_alive
     return body
 
 
-def embed_body(model: str, request: EmbeddingRequest) -> JSON:
+def embed_body(
+    model: str, request: EmbeddingRequest, defaults: ModelDefaults | None = None
+) -> JSON:
+    if request.tokens:
+        raise errors.UnsupportedCapability(
+            "Ollama embeds text only: 'input' must be a string or a list of strings", param="input"
+        )
     body: JSON = {"model": model, "input": list(request.inputs)}
     if request.dimensions is not None:
         body["dimensions"] = request.dimensions
+    if request.truncate is not None:
+        body["truncate"] = request.truncate
+    defaults = defaults or ModelDefaults()
+    if defaults.options:
+        body["options"] = dict(defaults.options)
+    keep_alive = request.keep_alive if request.keep_alive is not None else defaults.keep_alive
+    if keep_alive is not None:
+        body["keep_alive"] = keep_alive
     return body
 
 
@@ -116,14 +229,17 @@ def completion(
         raise in_band_error(target.provider, data)
     source = data["message"]
     content = source.get("content")
+    calls = [openai_tool_call(call, i) for i, call in enumerate(source.get("tool_calls") or ())]
     message: JSON = {
         "role": "assistant",
-        "content": content if isinstance(content, str) else "",
+        "content": content if isinstance(content, str) and (content or not calls) else None,
         "refusal": None,
     }
+    if calls:
+        message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in calls]
     if source.get("thinking"):
         message["reasoning_content"] = source["thinking"]
-    reason = finish_reason(data, saw_tool_calls=False)
+    reason = finish_reason(data, saw_tool_calls=bool(calls))
     usage = usage_from(data)
     payload: JSON = {
         "id": new_completion_id(),
@@ -134,6 +250,27 @@ def completion(
         "usage": usage.to_json(),
     }
     return ChatResponse(payload, reason, usage)
+
+
+def openai_tool_call(call: Any, index: int) -> JSON:
+    """Ollama's whole tool call -> OpenAI's: an id (Ollama's or a new call_...), arguments as a
+    JSON string, and the index a stream delta needs."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise ValueError("a tool call without a function name")
+    arguments = function.get("arguments", {})
+    call_id = call.get("id") or "call_" + secrets.token_hex(12)
+    return {
+        "index": index,
+        "id": call_id,
+        "type": "function",
+        "function": {
+            "name": function["name"],
+            "arguments": arguments
+            if isinstance(arguments, str)
+            else codec.dumps(arguments).decode(),
+        },
+    }
 
 
 @attrs.define(eq=False)
@@ -147,6 +284,7 @@ class StreamTranslator:
     _created: int | None = None
     _role_sent: bool = False
     _saw_tool_calls: bool = False
+    _tool_index: int = 0
 
     def translate(self, line: JSON) -> list[StreamChunk]:
         if "error" in line:
@@ -160,6 +298,13 @@ class StreamTranslator:
             chunks.append(self._delta({"reasoning_content": message["thinking"]}))
         if message.get("content"):
             chunks.append(self._delta({"content": message["content"]}))
+        calls = message.get("tool_calls")
+        if calls:
+            first = self._tool_index
+            self._tool_index += len(calls)
+            self._saw_tool_calls = True
+            deltas = [openai_tool_call(call, first + i) for i, call in enumerate(calls)]
+            chunks.append(self._delta({"tool_calls": deltas}))
         if line.get("done"):
             reason = finish_reason(line, self._saw_tool_calls)
             usage = usage_from(line)

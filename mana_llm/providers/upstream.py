@@ -45,6 +45,7 @@ class Upstream:
         headers = [("host", host), ("accept", "application/json"), ("user-agent", "mana-llm")]
         if self.settings.api_key:
             headers.append(("authorization", f"Bearer {self.settings.api_key}"))
+        headers.extend((k.lower(), v) for k, v in self.settings.headers.items())
         self._headers = headers
         timeout = {"connect": self.connect_timeout_s, "read": None, "write": None, "pool": None}
         self._extensions = {"timeout": timeout}

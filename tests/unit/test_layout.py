@@ -44,7 +44,7 @@ THIRD_PARTY = {
     "quart_trio": ("mana_llm.api",),
     "werkzeug": ("mana_llm.api",),
     "hypercorn": ("mana_llm.service",),
-    "yaml": ("mana_llm.routing.aliases",),
+    "yaml": ("mana_llm.routing.aliases", "mana_llm.settings"),
     "coredis": ("mana_llm.cache.redis",),
     "orjson": ("mana_llm.codec",),
     "prometheus_client": ("mana_llm.metrics", "mana_llm.api", "mana_llm.service"),
