@@ -29,11 +29,23 @@ def vector(text: str, dims: int = 4) -> list[float]:
 # --- Ollama ------------------------------------------------------------------------------
 
 
-def ollama_line(content: str = "", *, done: bool = False, **extra: Any) -> bytes:
+def ollama_line(
+    content: str = "",
+    *,
+    done: bool = False,
+    thinking: str | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> bytes:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if thinking:
+        message["thinking"] = thinking
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     line: dict[str, Any] = {
         "model": "gemma3:4b",
         "created_at": CREATED_AT,
-        "message": {"role": "assistant", "content": content},
+        "message": message,
         "done": done,
     }
     if done:
@@ -64,10 +76,7 @@ class FakeOllama:
         ) not in self.models and name not in self.models:
             return Reply.json({"error": f"model '{name}' not found"}, 404)
         if request.path == "/api/chat":
-            if body.get("stream", True):
-                return ollama_stream(*(ollama_line(w) for w in WORDS), ollama_line(done=True))
-            whole = json.loads(ollama_line("".join(WORDS), done=True))
-            return Reply.json(whole)
+            return self._chat(body)
         if request.path == "/api/embed":
             inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
             dims = body.get("dimensions", 4)
@@ -79,6 +88,34 @@ class FakeOllama:
                 }
             )
         return Reply.json({"error": "not found"}, 404)
+
+    def _chat(self, body: dict[str, Any]) -> Reply:
+        """Text by default; a tool call when tools are offered and no tool result came back
+        yet; thinking when asked to think; a `length` finish when num_predict is 2."""
+        stream = body.get("stream", True)
+        messages = body.get("messages", [])
+        thinking = "Let me think." if body.get("think") else None
+        limited = (body.get("options") or {}).get("num_predict") == 2
+        if body.get("tools") and messages and messages[-1]["role"] != "tool":
+            tool = body["tools"][0]["function"]["name"]
+            call = {"function": {"name": tool, "arguments": {"city": "Paris", "days": 2}}}
+            if stream:
+                return ollama_stream(ollama_line("", tool_calls=[call]), ollama_line(done=True))
+            return Reply.json(json.loads(ollama_line("", done=True, tool_calls=[call])))
+        words = WORDS[:2] if limited else WORDS
+        if messages and messages[-1]["role"] == "tool":
+            words = ("It is sunny in ", "Paris.")
+        reason = {"done_reason": "length"} if limited else {}
+        if stream:
+            lines = [
+                ollama_line(w, thinking=thinking) if i == 0 and thinking else ollama_line(w)
+                for i, w in enumerate(words)
+            ]
+            return ollama_stream(*lines, ollama_line(done=True, **reason))
+        final = json.loads(ollama_line("".join(words), done=True, **reason))
+        if thinking:
+            final["message"]["thinking"] = thinking
+        return Reply.json(final)
 
 
 def _tag(name: str) -> dict[str, Any]:
