@@ -105,7 +105,7 @@ class FakeOllama:
         words = WORDS[:2] if limited else WORDS
         if messages and messages[-1]["role"] == "tool":
             words = ("It is sunny in ", "Paris.")
-        reason = {"done_reason": "length"} if limited else {}
+        reason: dict[str, Any] = {"done_reason": "length"} if limited else {}
         if stream:
             lines = [
                 ollama_line(w, thinking=thinking) if i == 0 and thinking else ollama_line(w)

@@ -111,3 +111,256 @@ def test_exceptions_by_type() -> None:
         error_from_exception("p", httpx.RemoteProtocolError("cut", request=request)),
         errors.UpstreamUnavailable,
     )
+
+
+def openrouter(code: int, message: str, **extra: object) -> dict[str, object]:
+    return {"error": {"code": code, "message": message, **extra}, "user_id": "u1"}
+
+
+def openai_like(
+    message: str, code: str | None = None, type_: str = "invalid_request_error"
+) -> dict[str, object]:
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+# provider, status, body, (HTTP status to the caller, type, code, may the chain continue)
+PROVIDER_TABLE = [
+    (
+        "openrouter",
+        400,
+        openrouter(400, "meta-llama/x is not a valid model ID"),
+        (400, "invalid_request_error", "invalid_request", False),
+    ),
+    (
+        "openrouter",
+        400,
+        openrouter(400, "This endpoint's maximum context length is 8192 tokens"),
+        (400, "invalid_request_error", "context_length_exceeded", True),
+    ),
+    (
+        "openrouter",
+        401,
+        openrouter(401, "No auth credentials found"),
+        (502, "api_error", "upstream_auth_failed", True),
+    ),
+    (
+        "openrouter",
+        402,
+        openrouter(402, "Insufficient credits", metadata={"limit_source": "key"}),
+        (502, "api_error", "upstream_auth_failed", True),
+    ),
+    (
+        "openrouter",
+        403,
+        openrouter(403, "flagged", metadata={"reasons": ["violence"], "flagged_input": "x"}),
+        (400, "invalid_request_error", "content_policy_violation", False),
+    ),
+    (
+        "openrouter",
+        408,
+        openrouter(408, "Request timed out"),
+        (504, "api_error", "upstream_timeout", True),
+    ),
+    (
+        "openrouter",
+        429,
+        openrouter(429, "Rate limited"),
+        (429, "rate_limit_error", "rate_limit_exceeded", True),
+    ),
+    (
+        "openrouter",
+        502,
+        openrouter(502, "Provider returned error", metadata={"provider_name": "x", "raw": "boom"}),
+        (502, "api_error", "upstream_error", True),
+    ),
+    (
+        "openrouter",
+        503,
+        openrouter(503, "No available provider"),
+        (502, "api_error", "upstream_error", True),
+    ),
+    (
+        "groq",
+        400,
+        openai_like(
+            "Please reduce the length of the messages or completion.", "context_length_exceeded"
+        ),
+        (400, "invalid_request_error", "context_length_exceeded", True),
+    ),
+    (
+        "groq",
+        400,
+        openai_like("The model `x` has been decommissioned", "model_decommissioned"),
+        (404, "invalid_request_error", "model_not_found", True),
+    ),
+    (
+        "groq",
+        400,
+        openai_like("property 'store' is unsupported"),
+        (400, "invalid_request_error", "invalid_request", False),
+    ),
+    (
+        "groq",
+        401,
+        openai_like("Invalid API Key", "invalid_api_key"),
+        (502, "api_error", "upstream_auth_failed", True),
+    ),
+    (
+        "groq",
+        403,
+        openai_like("Organization restricted"),
+        (502, "api_error", "upstream_auth_failed", True),
+    ),
+    (
+        "groq",
+        404,
+        openai_like(
+            "The model `x` does not exist or you do not have access to it.", "model_not_found"
+        ),
+        (404, "invalid_request_error", "model_not_found", True),
+    ),
+    (
+        "groq",
+        413,
+        openai_like("Request Entity Too Large"),
+        (413, "invalid_request_error", "invalid_request", False),
+    ),
+    (
+        "groq",
+        422,
+        openai_like("Unprocessable"),
+        (422, "invalid_request_error", "invalid_request", False),
+    ),
+    (
+        "groq",
+        429,
+        openai_like("Rate limit reached for model: TPM", "rate_limit_exceeded"),
+        (429, "rate_limit_error", "rate_limit_exceeded", True),
+    ),
+    (
+        "groq",
+        498,
+        openai_like("Flex Tier Capacity Exceeded"),
+        (429, "rate_limit_error", "rate_limit_exceeded", True),
+    ),
+    (
+        "groq",
+        500,
+        openai_like("Internal Server Error", type_="server_error"),
+        (502, "api_error", "upstream_error", True),
+    ),
+    (
+        "groq",
+        503,
+        openai_like("Service Unavailable", type_="server_error"),
+        (502, "api_error", "upstream_error", True),
+    ),
+    (
+        "together",
+        400,
+        {"id": "x", **openai_like("model not available", "model_not_available")},
+        (404, "invalid_request_error", "model_not_found", True),
+    ),
+    (
+        "together",
+        401,
+        {"id": "x", **openai_like("Invalid API key")},
+        (502, "api_error", "upstream_auth_failed", True),
+    ),
+    (
+        "together",
+        402,
+        {"id": "x", **openai_like("Monthly spend limit reached")},
+        (502, "api_error", "upstream_auth_failed", True),
+    ),
+    (
+        "together",
+        403,
+        {
+            "id": "x",
+            **openai_like(
+                "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 8193. Given: 9000; the input token count + max_tokens must be less than the context length"
+            ),
+        },
+        (400, "invalid_request_error", "context_length_exceeded", True),
+    ),
+    (
+        "together",
+        404,
+        {"id": "x", **openai_like("Unable to access model x")},
+        (404, "invalid_request_error", "model_not_found", True),
+    ),
+    (
+        "together",
+        429,
+        {"id": "x", **openai_like("rate limit")},
+        (429, "rate_limit_error", "rate_limit_exceeded", True),
+    ),
+    (
+        "together",
+        500,
+        {"id": "x", **openai_like("server error")},
+        (502, "api_error", "upstream_error", True),
+    ),
+    (
+        "together",
+        503,
+        {"id": "x", **openai_like("Engine overloaded")},
+        (502, "api_error", "upstream_error", True),
+    ),
+    ("together", 504, b"gateway timeout", (504, "api_error", "upstream_timeout", True)),
+    ("together", 520, b"<html>520</html>", (502, "api_error", "upstream_error", True)),
+    ("together", 524, b"<html>524</html>", (504, "api_error", "upstream_timeout", True)),
+    (
+        "together",
+        529,
+        {"id": "x", **openai_like("overloaded")},
+        (502, "api_error", "upstream_error", True),
+    ),
+    (
+        "ollama",
+        400,
+        {"error": "registry.ollama.ai/library/gemma:2b does not support tools"},
+        (400, "invalid_request_error", "unsupported_capability", True),
+    ),
+    (
+        "ollama",
+        400,
+        {"error": "the input length exceeds the context length"},
+        (400, "invalid_request_error", "context_length_exceeded", True),
+    ),
+    (
+        "ollama",
+        400,
+        {"error": "invalid think value"},
+        (400, "invalid_request_error", "invalid_request", False),
+    ),
+    (
+        "ollama",
+        404,
+        {"error": "model 'x' not found, try pulling it first"},
+        (404, "invalid_request_error", "model_not_found", True),
+    ),
+    (
+        "ollama",
+        500,
+        {"error": "llama runner process has terminated"},
+        (502, "api_error", "upstream_error", True),
+    ),
+    (
+        "ollama",
+        503,
+        {"error": "server busy, please try again.  maximum pending requests exceeded"},
+        (502, "api_error", "upstream_error", True),
+    ),
+]
+
+
+@pytest.mark.parametrize(("provider", "status", "body", "expected"), PROVIDER_TABLE)
+def test_every_documented_status_of_every_provider(
+    provider: str, status: int, body: object, expected: tuple[int, str, str, bool]
+) -> None:
+    raw = body if isinstance(body, bytes) else __import__("json").dumps(body).encode()
+    error = error_from_status(provider, status, raw, {}, Redactor(None))
+    assert (error.status, error.type, error.code, error.retryable) == expected
+    assert error.message.startswith(f"{provider} answered {status}")

@@ -1,0 +1,349 @@
+"""Provider fidelity end to end: tools, vision, JSON modes, reasoning, limits, the providers
+file; responses and chunks validated against schemas derived from the OpenAI spec."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pathlib
+from typing import Any
+
+import jsonschema
+import pytest
+import trio
+
+from tests.e2e.stack import Stack, start_stack
+from tests.fakes.server import FakeServer, Reply, Request
+
+DEFS = json.loads((pathlib.Path(__file__).parents[1] / "fixtures/openai_schemas.json").read_text())[
+    "$defs"
+]
+WEATHER: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
+MSG: Any = [{"role": "user", "content": "weather in Paris?"}]
+
+
+def valid(instance: Any, name: str) -> None:
+    jsonschema.validate(instance, {"$ref": f"#/$defs/{name}", "$defs": DEFS})
+
+
+async def post(stack: Stack, body: dict[str, Any]) -> Any:
+    async with stack.client() as client:
+        return await client.post("/v1/chat/completions", json=body)
+
+
+def ollama_body(stack: Stack) -> Any:
+    return [r for r in stack.ollama.requests if r.path == "/api/chat"][-1].json()
+
+
+async def test_tool_call_round_trip_through_the_sdk(nursery: trio.Nursery) -> None:
+    stack = await start_stack(nursery)
+    with trio.fail_after(10):
+        async with stack.sdk() as sdk:
+            first = await sdk.chat.completions.create(
+                model="gemma3:4b", messages=MSG, tools=[WEATHER]
+            )
+            calls = first.choices[0].message.tool_calls
+            assert calls is not None
+            call: Any = calls[0]
+            assert first.choices[0].finish_reason == "tool_calls"
+            assert call.id.startswith("call_") and call.type == "function"
+            assert call.function.name == "get_weather"
+            assert json.loads(call.function.arguments) == {"city": "Paris", "days": 2}
+            messages = [
+                *MSG,
+                first.choices[0].message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "sunny"}'},
+            ]
+            second = await sdk.chat.completions.create(
+                model="gemma3:4b", messages=messages, tools=[WEATHER]
+            )
+    assert second.choices[0].message.content == "It is sunny in Paris."
+    sent = ollama_body(stack)["messages"]
+    assert sent[1]["tool_calls"] == [
+        {
+            "id": call.id,
+            "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 2}},
+        }
+    ]
+    assert sent[2] == {
+        "role": "tool",
+        "content": '{"sky": "sunny"}',
+        "tool_name": "get_weather",
+        "tool_call_id": call.id,
+    }
+    assert ollama_body(stack)["tools"] == [WEATHER]
+
+
+async def test_tool_calls_raw_shape_and_streaming(nursery: trio.Nursery) -> None:
+    stack = await start_stack(nursery)
+    with trio.fail_after(10):
+        plain = await post(stack, {"model": "gemma3:4b", "messages": MSG, "tools": [WEATHER]})
+        streamed = await post(
+            stack, {"model": "gemma3:4b", "messages": MSG, "tools": [WEATHER], "stream": True}
+        )
+    data = plain.json()
+    valid(data, "CreateChatCompletionResponse")
+    assert data["choices"][0]["message"]["content"] is None
+    chunks = [json.loads(e[6:]) for e in streamed.text.split("\n\n") if e.startswith("data: {")]
+    for chunk in chunks:
+        valid(chunk, "CreateChatCompletionStreamResponse")
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas[0]["tool_calls"][0]["index"] == 0
+    assert deltas[0]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    ("choice", "tools_sent"),
+    [
+        ("none", None),
+        ({"type": "function", "function": {"name": "other"}}, ["other"]),
+        ("auto", ["get_weather", "other"]),
+    ],
+)
+async def test_tool_choice(
+    nursery: trio.Nursery, choice: Any, tools_sent: list[str] | None
+) -> None:
+    stack = await start_stack(nursery)
+    other = {"type": "function", "function": {"name": "other", "parameters": {"type": "object"}}}
+    with trio.fail_after(10):
+        await post(
+            stack,
+            {
+                "model": "gemma3:4b",
+                "messages": MSG,
+                "tools": [WEATHER, other],
+                "tool_choice": choice,
+            },
+        )
+    sent = ollama_body(stack).get("tools")
+    assert (None if sent is None else [t["function"]["name"] for t in sent]) == tools_sent
+
+
+async def test_invalid_tool_call_arguments_are_a_400_naming_the_message(
+    nursery: trio.Nursery,
+) -> None:
+    stack = await start_stack(nursery)
+    bad = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}
+        ],
+    }
+    with trio.fail_after(10):
+        r = await post(stack, {"model": "gemma3:4b", "messages": [*MSG, bad]})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "messages[1].tool_calls[0].function.arguments"
+
+
+def image_message(url: str) -> list[dict[str, Any]]:
+    parts = [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": url}},
+    ]
+    return [{"role": "user", "content": parts}]
+
+
+async def test_vision_data_uri(nursery: trio.Nursery) -> None:
+    stack = await start_stack(nursery)
+    b64 = base64.b64encode(PNG).decode()
+    with trio.fail_after(10):
+        ok = await post(
+            stack, {"model": "gemma3:4b", "messages": image_message(f"data:image/png;base64,{b64}")}
+        )
+        broken = await post(
+            stack, {"model": "gemma3:4b", "messages": image_message("data:image/png;base64,@@@")}
+        )
+    assert ok.status_code == 200
+    assert ollama_body(stack)["messages"][0] == {
+        "role": "user",
+        "content": "what is this?",
+        "images": [b64],
+    }
+    assert broken.status_code == 400
+    assert broken.json()["error"]["param"] == "messages[0].content[1]"
+
+
+async def images_server(nursery: trio.Nursery) -> FakeServer:
+    def serve(request: Request) -> Reply:
+        if request.path == "/cat.png":
+            return Reply(200, [PNG], {"content-type": "image/png"})
+        return Reply(200, [b"<html>"], {"content-type": "text/html"})
+
+    server: FakeServer = await nursery.start(FakeServer(serve).serve)
+    return server
+
+
+async def test_vision_fetched_url_allowed_for_loopback_in_settings(nursery: trio.Nursery) -> None:
+    images = await images_server(nursery)
+    stack = await start_stack(nursery, IMAGE_FETCH_ALLOW_NETWORKS="127.0.0.0/8")
+    with trio.fail_after(10):
+        ok = await post(
+            stack, {"model": "gemma3:4b", "messages": image_message(f"{images.url}/cat.png")}
+        )
+        html = await post(
+            stack, {"model": "gemma3:4b", "messages": image_message(f"{images.url}/page")}
+        )
+    assert ok.status_code == 200
+    assert ollama_body(stack)["messages"][0]["images"] == [base64.b64encode(PNG).decode()]
+    assert html.status_code == 400 and "not an image" in html.json()["error"]["message"]
+
+
+async def test_vision_private_url_refused_by_default(nursery: trio.Nursery) -> None:
+    images = await images_server(nursery)
+    stack = await start_stack(nursery)
+    with trio.fail_after(10):
+        r = await post(
+            stack, {"model": "gemma3:4b", "messages": image_message(f"{images.url}/cat.png")}
+        )
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["param"] == "messages[0].content[1]" and "private" in error["message"]
+    assert images.requests == []  # refused before any connection
+
+
+@pytest.mark.parametrize(
+    ("response_format", "expected"),
+    [
+        ({"type": "json_object"}, "json"),
+        (
+            {"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}}},
+            {"type": "object"},
+        ),
+        ({"type": "text"}, None),
+    ],
+)
+async def test_json_modes(nursery: trio.Nursery, response_format: Any, expected: Any) -> None:
+    stack = await start_stack(nursery)
+    with trio.fail_after(10):
+        r = await post(
+            stack, {"model": "gemma3:4b", "messages": MSG, "response_format": response_format}
+        )
+    assert r.status_code == 200
+    assert ollama_body(stack).get("format") == expected
+
+
+async def test_reasoning_both_ways(nursery: trio.Nursery) -> None:
+    stack = await start_stack(nursery)
+    with trio.fail_after(10):
+        plain = await post(
+            stack, {"model": "gemma3:4b", "messages": MSG, "reasoning_effort": "xhigh"}
+        )
+        assert ollama_body(stack)["think"] == "max"
+        streamed = await post(
+            stack,
+            {"model": "gemma3:4b", "messages": MSG, "reasoning_effort": "none", "stream": True},
+        )
+        assert ollama_body(stack)["think"] is False
+        thought = await post(
+            stack,
+            {"model": "gemma3:4b", "messages": MSG, "reasoning_effort": "low", "stream": True},
+        )
+    assert plain.json()["choices"][0]["message"]["reasoning_content"] == "Let me think."
+    assert "reasoning_content" not in streamed.text
+    chunks = [json.loads(e[6:]) for e in thought.text.split("\n\n") if e.startswith("data: {")]
+    assert chunks[0]["choices"][0]["delta"] == {
+        "role": "assistant",
+        "reasoning_content": "Let me think.",
+    }
+
+
+async def test_length_limited_answer_and_parameters(nursery: trio.Nursery) -> None:
+    stack = await start_stack(nursery)
+    body = {
+        "model": "gemma3:4b",
+        "messages": MSG,
+        "max_completion_tokens": 2,
+        "presence_penalty": 0.5,
+        "frequency_penalty": -0.5,
+        "options": {"num_ctx": 16384, "top_k": 20},
+        "keep_alive": "10m",
+    }
+    with trio.fail_after(10):
+        r = await post(stack, body)
+        n2 = await post(stack, {"model": "gemma3:4b", "messages": MSG, "n": 2})
+    data = r.json()
+    valid(data, "CreateChatCompletionResponse")
+    assert data["choices"][0]["finish_reason"] == "length"
+    sent = ollama_body(stack)
+    assert sent["options"] == {
+        "num_predict": 2,
+        "presence_penalty": 0.5,
+        "frequency_penalty": -0.5,
+        "num_ctx": 16384,
+        "top_k": 20,
+    }
+    assert sent["keep_alive"] == "10m"
+    assert n2.status_code == 400 and n2.json()["error"]["param"] == "n"
+
+
+async def test_every_answer_shape_validates(nursery: trio.Nursery) -> None:
+    stack = await start_stack(nursery)
+    with trio.fail_after(10):
+        async with stack.client() as client:
+            chat = await client.post(
+                "/v1/chat/completions", json={"model": "groq/llama-3.1-8b-instant", "messages": MSG}
+            )
+            stream = await client.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "gemma3:4b",
+                    "messages": MSG,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                },
+            )
+            emb = await client.post(
+                "/v1/embeddings", json={"model": "nomic-embed-text", "input": ["a", "b"]}
+            )
+            models = await client.get("/v1/models")
+            error = await client.post("/v1/chat/completions", json={"model": "gemma3:4b"})
+    valid(chat.json(), "CreateChatCompletionResponse")
+    for event in stream.text.split("\n\n"):
+        if event.startswith("data: {"):
+            valid(json.loads(event[6:]), "CreateChatCompletionStreamResponse")
+    valid(emb.json(), "CreateEmbeddingResponse")
+    valid(models.json(), "ListModelsResponse")
+    valid(error.json(), "ErrorResponse")
+
+
+async def test_providers_file(nursery: trio.Nursery, tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "providers.yaml"
+    stack0 = await start_stack(nursery)  # only for the fake cloud's URL
+    path.write_text(
+        "providers:\n"
+        f"  vllm:\n    base_url: {stack0.cloud.url}/v1\n    api_key_env: VLLM_KEY\n    headers: {{X-Title: mana-llm}}\n"
+        "  openrouter:\n    headers: {HTTP-Referer: https://mana.example}\n"
+        "ollama:\n  models:\n    gemma3:4b: {num_ctx: 8192, keep_alive: 30m}\n"
+    )
+    stack = await start_stack(
+        nursery,
+        PROVIDERS_PATH=str(path),
+        VLLM_KEY="sk-upstream-secret",
+        OPENROUTER_BASE_URL=stack0.cloud.url + "/v1",
+    )
+    with trio.fail_after(10):
+        extra = await post(stack, {"model": "vllm/llama-3.1-8b-instant", "messages": MSG})
+        await post(stack, {"model": "openrouter/llama-3.1-8b-instant", "messages": MSG})
+        await post(stack, {"model": "gemma3:4b", "messages": MSG})
+    assert extra.status_code == 200 and extra.json()["model"] == "vllm/llama-3.1-8b-instant"
+    cloud = stack0.cloud.requests
+    assert cloud[-2].headers["x-title"] == "mana-llm"
+    assert cloud[-1].headers["http-referer"] == "https://mana.example"
+    sent = ollama_body(stack)
+    assert sent["options"] == {"num_ctx": 8192} and sent["keep_alive"] == "30m"
