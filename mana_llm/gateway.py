@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -34,6 +34,8 @@ from mana_llm.settings import Settings
 __all__ = ["Answered", "CommittedStream", "Gateway"]  # the api sees routing types only through here
 
 log = logging.getLogger(__name__)
+
+Answer = TypeVar("Answer", ChatResponse, EmbeddingResponse)
 
 
 @attrs.frozen
@@ -99,13 +101,14 @@ class Gateway:
             trace.upstream_started_at = answered.started_at
             trace.upstream_ended_at = self.clock()
 
-    async def chat(
-        self, request: ChatRequest, trace: RequestTrace | None = None
-    ) -> Answered[ChatResponse]:
-        async def attempt(provider: Provider, target: Target) -> ChatResponse:
-            return await provider.chat(target, request)
-
-        route = self._route(request.model, trace)
+    async def _answer(
+        self,
+        model: str,
+        attempt: Callable[[Provider, Target], Awaitable[Answer]],
+        trace: RequestTrace | None,
+    ) -> Answered[Answer]:
+        """A whole answer (not a stream): walk, then record who answered and the usage."""
+        route = self._route(model, trace)
         answered = await self._walker.walk(
             route.targets, attempt, route.attempt_timeout_s, "answer", direct=route.direct
         )
@@ -113,6 +116,14 @@ class Gateway:
         if trace is not None:
             trace.usage = answered.result.usage
         return answered
+
+    async def chat(
+        self, request: ChatRequest, trace: RequestTrace | None = None
+    ) -> Answered[ChatResponse]:
+        async def attempt(provider: Provider, target: Target) -> ChatResponse:
+            return await provider.chat(target, request)
+
+        return await self._answer(request.model, attempt, trace)
 
     async def chat_stream(
         self, request: ChatRequest, trace: RequestTrace | None = None
@@ -149,14 +160,7 @@ class Gateway:
         async def attempt(provider: Provider, target: Target) -> EmbeddingResponse:
             return await provider.embed(target, request)
 
-        route = self._route(request.model, trace)
-        answered = await self._walker.walk(
-            route.targets, attempt, route.attempt_timeout_s, "answer", direct=route.direct
-        )
-        self._answered(trace, answered)
-        if trace is not None:
-            trace.usage = answered.result.usage
-        return answered
+        return await self._answer(request.model, attempt, trace)
 
     def configured(self) -> list[Provider]:
         return [p for p in self.providers.values() if p.configured]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import attrs
 
-from mana_llm import codec, errors
+from mana_llm import errors
 from mana_llm.domain import (
     ChatRequest,
     ChatResponse,
@@ -22,7 +23,7 @@ from mana_llm.domain import (
 from mana_llm.providers import ollama_wire as wire
 from mana_llm.providers.framing import NDJSONDecoder
 from mana_llm.providers.images import ImageFetcher
-from mana_llm.providers.upstream import RawStream, Upstream
+from mana_llm.providers.upstream import FramedChunkStream, RawStream, Upstream
 
 
 @attrs.define(eq=False)
@@ -82,12 +83,12 @@ class OllamaProvider:
         except ValueError as exc:
             raise self.upstream.protocol_error(str(exc)) from None
 
-    async def open_stream(self, target: Target, request: ChatRequest) -> NDJSONChunkStream:
+    async def open_stream(self, target: Target, request: ChatRequest) -> FramedChunkStream:
         body = await self._body(target, request, stream=True)
         response = await self.upstream.open_stream("/api/chat", body)
-        return NDJSONChunkStream(
-            RawStream(self.upstream, response), wire.StreamTranslator(target, self.wall_clock)
-        )
+        translator = wire.StreamTranslator(target, self.wall_clock)
+        parse = partial(ndjson_chunks, self.upstream, translator)
+        return FramedChunkStream(RawStream(self.upstream, response), NDJSONDecoder(), parse)
 
     async def embed(self, target: Target, request: EmbeddingRequest) -> EmbeddingResponse:
         body = wire.embed_body(target.model, request, self.defaults(target.model))
@@ -106,38 +107,12 @@ class OllamaProvider:
             raise self.upstream.protocol_error(str(exc)) from None
 
 
-@attrs.define(eq=False)
-class NDJSONChunkStream:
-    raw: RawStream
-    translator: wire.StreamTranslator
-    _decoder: NDJSONDecoder = attrs.field(factory=NDJSONDecoder)
-    _ended: bool = False
-
-    async def receive(self) -> list[StreamChunk]:
-        while not self._ended:
-            data = await self.raw.read()
-            if data:
-                lines = self._decoder.feed(data)
-            else:
-                lines = self._decoder.close()
-                self._ended = True
-            chunks: list[StreamChunk] = []
-            for line in lines:
-                try:
-                    obj = codec.loads(line)
-                except ValueError:
-                    raise self.raw.upstream.protocol_error(
-                        "a stream line that is not JSON"
-                    ) from None
-                if not isinstance(obj, dict):
-                    raise self.raw.upstream.protocol_error("a stream line that is not an object")
-                try:
-                    chunks.extend(self.translator.translate(obj))
-                except ValueError as exc:
-                    raise self.raw.upstream.protocol_error(str(exc)) from None
-            if chunks:
-                return chunks
-        return []
-
-    async def aclose(self) -> None:
-        await self.raw.aclose()
+def ndjson_chunks(
+    upstream: Upstream, translator: wire.StreamTranslator, line: bytes
+) -> list[StreamChunk]:
+    """One Ollama NDJSON line as OpenAI chunks."""
+    data = upstream.json_object(line, "stream line")
+    try:
+        return translator.translate(data)
+    except ValueError as exc:
+        raise upstream.protocol_error(str(exc)) from None

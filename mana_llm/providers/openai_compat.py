@@ -5,11 +5,12 @@ hand it to the caller only when the caller asked."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import attrs
 
-from mana_llm import codec, errors
+from mana_llm import errors
 from mana_llm.domain import (
     JSON,
     ChatRequest,
@@ -22,7 +23,7 @@ from mana_llm.domain import (
     Usage,
 )
 from mana_llm.providers.framing import SSEDecoder
-from mana_llm.providers.upstream import RawStream, Upstream
+from mana_llm.providers.upstream import FramedChunkStream, RawStream, Upstream
 
 _COMMIT_KEYS = ("content", "tool_calls", "reasoning_content", "reasoning", "refusal")
 
@@ -91,7 +92,7 @@ class OpenAICompatProvider:
         data["model"] = target.resolved
         return ChatResponse(data, choices[0]["finish_reason"], usage_from_json(data.get("usage")))
 
-    async def open_stream(self, target: Target, request: ChatRequest) -> SSEChunkStream:
+    async def open_stream(self, target: Target, request: ChatRequest) -> FramedChunkStream:
         body = dict(request.body)
         body["model"] = target.model
         body["stream"] = True
@@ -101,7 +102,8 @@ class OpenAICompatProvider:
             "include_usage": True,
         }
         response = await self.upstream.open_stream("/chat/completions", body)
-        return SSEChunkStream(RawStream(self.upstream, response), target)
+        parse = partial(sse_chunks, self.upstream, target)
+        return FramedChunkStream(RawStream(self.upstream, response), SSEDecoder(), parse)
 
     async def embed(self, target: Target, request: EmbeddingRequest) -> EmbeddingResponse:
         body = dict(request.body)
@@ -133,65 +135,34 @@ class OpenAICompatProvider:
         )
 
 
-@attrs.define(eq=False)
-class SSEChunkStream:
-    raw: RawStream
-    target: Target
-    _decoder: SSEDecoder = attrs.field(factory=SSEDecoder)
-    _ended: bool = False
-
-    async def receive(self) -> list[StreamChunk]:
-        while not self._ended:
-            data = await self.raw.read()
-            if data:
-                events = self._decoder.feed(data)
-            else:
-                events = self._decoder.close()
-                self._ended = True
-            chunks: list[StreamChunk] = []
-            for event in events:
-                if event == b"[DONE]":
-                    self._ended = True
-                    break
-                chunks.extend(self._chunks(event))
-            if chunks:
-                return chunks
-        return []
-
-    async def aclose(self) -> None:
-        await self.raw.aclose()
-
-    def _chunks(self, event: bytes) -> list[StreamChunk]:
-        upstream = self.raw.upstream
-        try:
-            data = codec.loads(event)
-        except ValueError:
-            raise upstream.protocol_error("a stream event that is not JSON") from None
-        if not isinstance(data, dict):
-            raise upstream.protocol_error("a stream event that is not an object")
-        if "error" in data:
-            raise in_band_error(upstream, data)
-        choices = data.get("choices")
-        if not isinstance(choices, list):
-            raise upstream.protocol_error("a stream chunk without choices")
-        data["model"] = self.target.resolved
-        commits, finish = False, None
-        for choice in choices:
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            if not isinstance(delta, dict):
-                raise upstream.protocol_error("a stream choice without a delta")
-            if not commits:
-                commits = any(delta.get(key) for key in _COMMIT_KEYS)
-            finish = choice.get("finish_reason") or finish
-        if finish == "error":
-            raise errors.UpstreamUnavailable(
-                f"{upstream.name} reported an error while generating", provider=upstream.name
-            )
-        usage = usage_from_json(data.get("usage"))
-        if usage is None or not choices:
-            return [StreamChunk(data, commits, finish, usage)]
-        # Some clouds put usage on the finish chunk; the caller wants it on a chunk of its own.
-        usage_chunk = {k: v for k, v in data.items() if k != "choices"}
-        usage_chunk["choices"] = []
-        data["usage"] = None
-        return [StreamChunk(data, commits, finish), StreamChunk(usage_chunk, usage=usage)]
+def sse_chunks(upstream: Upstream, target: Target, event: bytes) -> list[StreamChunk] | None:
+    """One SSE event's chunks, with `model` rewritten; None for [DONE]."""
+    if event == b"[DONE]":
+        return None
+    data = upstream.json_object(event, "stream event")
+    if "error" in data:
+        raise in_band_error(upstream, data)
+    choices = data.get("choices")
+    if not isinstance(choices, list):
+        raise upstream.protocol_error("a stream chunk without choices")
+    data["model"] = target.resolved
+    commits, finish = False, None
+    for choice in choices:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(delta, dict):
+            raise upstream.protocol_error("a stream choice without a delta")
+        if not commits:
+            commits = any(delta.get(key) for key in _COMMIT_KEYS)
+        finish = choice.get("finish_reason") or finish
+    if finish == "error":
+        raise errors.UpstreamUnavailable(
+            f"{upstream.name} reported an error while generating", provider=upstream.name
+        )
+    usage = usage_from_json(data.get("usage"))
+    if usage is None or not choices:
+        return [StreamChunk(data, commits, finish, usage)]
+    # Some clouds put usage on the finish chunk; the caller wants it on a chunk of its own.
+    usage_chunk = {k: v for k, v in data.items() if k != "choices"}
+    usage_chunk["choices"] = []
+    data["usage"] = None
+    return [StreamChunk(data, commits, finish), StreamChunk(usage_chunk, usage=usage)]

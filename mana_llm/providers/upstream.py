@@ -10,14 +10,15 @@ connect timeout rides on each request.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
-from typing import Any, cast
+from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import Any, Protocol, cast
 
 import attrs
 import httpx
 import trio
 
 from mana_llm import codec, errors
+from mana_llm.domain import StreamChunk
 from mana_llm.providers.http_errors import (
     Redactor,
     error_from_exception,
@@ -95,6 +96,16 @@ class Upstream:
     ) -> errors.ProviderError:
         return error_from_status(self.name, status, body, headers, self.redact)
 
+    def json_object(self, frame: bytes, what: str) -> dict[str, Any]:
+        """One streamed frame as a JSON object, or the protocol error naming `what`."""
+        try:
+            data = codec.loads(frame)
+        except ValueError:
+            raise self.protocol_error(f"a {what} that is not JSON") from None
+        if not isinstance(data, dict):
+            raise self.protocol_error(f"a {what} that is not an object")
+        return data
+
     def protocol_error(self, what: str) -> errors.UpstreamProtocolError:
         return errors.UpstreamProtocolError(
             self.redact(f"{self.name} sent {what}"), provider=self.name
@@ -163,3 +174,45 @@ class RawStream:
                 await self._chunks.aclose()
             finally:
                 await self.response.aclose()
+
+
+class FrameDecoder(Protocol):
+    def feed(self, chunk: bytes) -> list[bytes]: ...
+
+    def close(self) -> list[bytes]: ...
+
+
+# A frame's chunks, or None when the frame says the upstream is done (SSE's [DONE]).
+FrameParser = Callable[[bytes], list[StreamChunk] | None]
+
+
+@attrs.define(eq=False)
+class FramedChunkStream:
+    """A ChunkStream over any framing: reads until a read yields chunks, or the end."""
+
+    raw: RawStream
+    decoder: FrameDecoder
+    parse: FrameParser
+    _ended: bool = False
+
+    async def receive(self) -> list[StreamChunk]:
+        while not self._ended:
+            data = await self.raw.read()
+            if data:
+                frames = self.decoder.feed(data)
+            else:
+                frames = self.decoder.close()
+                self._ended = True
+            chunks: list[StreamChunk] = []
+            for frame in frames:
+                parsed = self.parse(frame)
+                if parsed is None:
+                    self._ended = True
+                    break
+                chunks.extend(parsed)
+            if chunks:
+                return chunks
+        return []
+
+    async def aclose(self) -> None:
+        await self.raw.aclose()
