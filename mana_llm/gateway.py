@@ -130,6 +130,7 @@ class Gateway:
     ) -> CommittedStream:
         """Walk the chain until one attempt commits; the returned stream owns the upstream."""
         first_token_s = self.settings.first_token_timeout_s
+        began = self.clock()
 
         async def attempt(provider: Provider, target: Target) -> CommittedStream:
             return await open_committed(provider, target, request)
@@ -149,7 +150,9 @@ class Gateway:
         stream = answered.result
         stream.attempts = answered.attempts
         stream.idle_timeout_s = self.settings.stream_idle_timeout_s
-        stream.deadline = self.clock() + self.settings.request_timeout_s
+        stream.deadline = (
+            began + self.settings.request_timeout_s
+        )  # the whole request, walk included
         provider = answered.target.provider
         stream.on_error = lambda error: self._walker.report(provider, error)
         return stream

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -351,3 +352,19 @@ async def test_all_circuits_open_gives_retry_after_of_the_earliest_reopening(
     assert raised.value.retry_after_s == 15
     assert all("circuit open" in r.reason for r in raised.value.attempts)
     assert all(p.calls == [] for p in providers)
+
+
+async def test_the_request_deadline_bounds_a_stream_walk_included(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    a = FakeProvider("a", timeout_s=100).script_stream(
+        Sleep(40), Content("late"), *[Content("x")] * 3, Sleep(200)
+    )
+    gw = build(a, FakeProvider("b"), FakeProvider("c"), request_timeout_s=100, first_token_s=60)
+    gw.settings = attrs.evolve(gw.settings, stream_idle_timeout_s=1000)
+    stream = await gw.chat_stream(chat("a/m1", stream=True))
+    for _ in range(4):
+        await stream.receive()
+    with pytest.raises(errors.UpstreamTimeout):
+        await stream.receive()
+    assert trio_time() == 100.0  # 40 s to commit + 60 s more, not 40 + 100
