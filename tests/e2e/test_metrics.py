@@ -234,3 +234,17 @@ async def test_request_ids(nursery: trio.Nursery) -> None:
     for r in (bad, none, long):
         assert len(r.headers["x-request-id"]) == 32 and r.headers["x-request-id"].isalnum()
     assert stream.headers["x-request-id"] == "stream-1"
+
+
+async def test_metrics_content_type_follows_accept(nursery: trio.Nursery) -> None:
+    stack = await start_stack(nursery)
+    with trio.fail_after(10):
+        async with stack.client() as client:
+            plain = await client.get("/metrics")
+            open_metrics = await client.get(
+                "/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"}
+            )
+    assert plain.headers["content-type"].startswith("text/plain")
+    assert "mana_llm_errors_total" in plain.text
+    assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert open_metrics.text.rstrip().endswith("# EOF")

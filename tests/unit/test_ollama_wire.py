@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import struct
+from typing import Any
 
+import attrs
 import pytest
 
 from mana_llm import errors
-from mana_llm.domain import ChatRequest, EmbeddingRequest, Message, Target
+from mana_llm.domain import ChatRequest, EmbeddingRequest, Message, Target, ToolCall
 from mana_llm.providers import ollama_wire as wire
 
 TARGET = Target("ollama", "gemma3:4b")
@@ -166,3 +168,140 @@ def test_models_from_tags() -> None:
         ("ollama/gemma3:4b", "library"),
         ("ollama/org/x:1b", "org"),
     ]
+
+
+def test_golden_request_with_every_fidelity_field() -> None:
+    from mana_llm.domain import Image
+
+    weather = {
+        "type": "function",
+        "function": {"name": "weather", "parameters": {"type": "object"}},
+    }
+    other = {"type": "function", "function": {"name": "other"}}
+    request = ChatRequest(
+        model="m",
+        messages=(
+            Message(
+                "user",
+                "look",
+                images=(
+                    Image("messages[0].content[1]", data="QUJD"),
+                    Image("messages[0].content[2]", url="http://x/y.png"),
+                ),
+            ),
+            Message(
+                "assistant",
+                None,
+                tool_calls=(ToolCall("call_1", "weather", '{"city": "Oslo"}'),),
+                reasoning="hm",
+            ),
+            Message("tool", "rainy", tool_call_id="call_1"),
+            Message("function", "x", name="legacy"),
+        ),
+        tools=(weather, other),
+        tool_choice={"type": "function", "function": {"name": "weather"}},
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "s", "schema": {"type": "object"}},
+        },
+        reasoning_effort="minimal",
+        presence_penalty=0.1,
+        options={"num_ctx": 4096},
+        keep_alive=0,
+    )
+    defaults = wire.ModelDefaults({"num_ctx": 2048, "top_k": 5}, "30m")
+    body = wire.chat_body(
+        "m", request, stream=False, defaults=defaults, images={"messages[0].content[2]": "REVG"}
+    )
+    assert body == {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "look", "images": ["QUJD", "REVG"]},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"id": "call_1", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}
+                ],
+                "thinking": "hm",
+            },
+            {"role": "tool", "content": "rainy", "tool_name": "weather", "tool_call_id": "call_1"},
+            {"role": "tool", "content": "x", "tool_name": "legacy"},
+        ],
+        "stream": False,
+        "options": {"num_ctx": 4096, "top_k": 5, "presence_penalty": 0.1},
+        "tools": [weather],
+        "format": {"type": "object"},
+        "think": "low",
+        "keep_alive": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"n": 2}, "n"),
+        (
+            {"messages": (Message("user", None, unsupported=("messages[0].content[0]",)),)},
+            "messages[0].content[0]",
+        ),
+        (
+            {"messages": (Message("assistant", None, tool_calls=(ToolCall("c", "f", "[1]"),)),)},
+            "messages[0].tool_calls[0].function.arguments",
+        ),
+    ],
+)
+def test_requests_ollama_cannot_take(change: dict[str, Any], param: str) -> None:
+    request = attrs.evolve(ChatRequest("m", (Message("user", "x"),)), **change)
+    with pytest.raises(errors.GatewayError) as raised:
+        wire.chat_body("m", request, stream=False)
+    assert raised.value.param == param
+
+
+def test_tool_calls_come_back_in_openai_shape() -> None:
+    calls = [
+        {"function": {"name": "weather", "arguments": {"city": "Oslo"}}},
+        {"id": "call_x", "function": {"name": "t", "arguments": {}}},
+    ]
+    data = {
+        "message": {"role": "assistant", "content": "", "tool_calls": calls},
+        "done": True,
+        "done_reason": "stop",
+    }
+    response = wire.completion(data, TARGET, clock, ValueError)
+    message = response.payload["choices"][0]["message"]
+    assert message["content"] is None and response.finish_reason == "tool_calls"
+    assert (
+        message["tool_calls"][0]["id"].startswith("call_")
+        and len(message["tool_calls"][0]["id"]) == 29
+    )
+    assert message["tool_calls"][0]["function"] == {
+        "name": "weather",
+        "arguments": '{"city":"Oslo"}',
+    }
+    assert message["tool_calls"][1] == {
+        "id": "call_x",
+        "type": "function",
+        "function": {"name": "t", "arguments": "{}"},
+    }
+    translator = wire.StreamTranslator(TARGET, clock)
+    chunks = translator.translate({"message": {"tool_calls": calls[:1]}, "done": False})
+    chunks += translator.translate({"message": {"tool_calls": calls[1:]}, "done": False})
+    chunks += translator.translate({"message": {}, "done": True, "done_reason": "stop"})
+    indexes = [c.payload["choices"][0]["delta"]["tool_calls"][0]["index"] for c in chunks[:2]]
+    assert indexes == [0, 1] and all(c.commits for c in chunks[:2])
+    assert chunks[2].finish_reason == "tool_calls"
+
+
+def test_embed_body() -> None:
+    request = EmbeddingRequest("m", ("a",), dimensions=8, truncate=False, keep_alive="1m")
+    assert wire.embed_body("m", request, wire.ModelDefaults({"num_ctx": 512})) == {
+        "model": "m",
+        "input": ["a"],
+        "dimensions": 8,
+        "truncate": False,
+        "options": {"num_ctx": 512},
+        "keep_alive": "1m",
+    }
+    with pytest.raises(errors.UnsupportedCapability):
+        wire.embed_body("m", EmbeddingRequest("m", (), tokens=True))
