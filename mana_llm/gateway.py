@@ -99,7 +99,6 @@ class Gateway:
             trace.resolved = answered.target.resolved
             trace.attempts = answered.failed
             trace.upstream_started_at = answered.started_at
-            trace.upstream_ended_at = self.clock()
 
     async def _answer(
         self,
@@ -114,6 +113,7 @@ class Gateway:
         )
         self._answered(trace, answered)
         if trace is not None:
+            trace.upstream_ended_at = self.clock()
             trace.usage = answered.result.usage
         return answered
 
@@ -145,8 +145,7 @@ class Gateway:
         )
         self._answered(trace, answered)
         if trace is not None:
-            trace.first_token_at = trace.upstream_ended_at
-            trace.upstream_ended_at = None  # set when the stream ends
+            trace.first_token_at = self.clock()  # the upstream's end is set when the stream ends
         stream = answered.result
         stream.attempts = answered.attempts
         stream.idle_timeout_s = self.settings.stream_idle_timeout_s

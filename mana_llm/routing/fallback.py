@@ -75,9 +75,13 @@ class Walker:
             for target in targets:
                 current = target
                 provider = self.providers.get(target.provider)
-                skipped = self._skip_reason(target, provider)
-                if skipped is not None or provider is None:
-                    failures.append((target, skipped or errors.InternalError("no provider")))
+                if provider is None:  # targets are validated against the providers on input
+                    unknown = f"unknown provider {target.provider!r}"
+                    failures.append((target, errors.InvalidRequest(unknown, param="model")))
+                    continue
+                skipped = self._skip_reason(provider)
+                if skipped is not None:
+                    failures.append((target, skipped))
                     continue
                 error: GatewayError
                 seconds = deadline_s(provider)
@@ -108,9 +112,7 @@ class Walker:
             self.report(current.provider, error)
         raise self._exhausted(failures, direct)
 
-    def _skip_reason(self, target: Target, provider: Provider | None) -> GatewayError | None:
-        if provider is None:
-            return errors.InvalidRequest(f"unknown provider {target.provider!r}", param="model")
+    def _skip_reason(self, provider: Provider) -> GatewayError | None:
         if not provider.configured:
             return errors.ProviderNotConfigured(
                 f"provider {provider.name!r} is not configured: set {provider.key_env}",
