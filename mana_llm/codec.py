@@ -23,3 +23,11 @@ def loads(data: bytes | str) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return json.loads(data)
+
+
+def canonical(obj: Any) -> bytes:
+    """One byte string per JSON value: keys sorted, no whitespace (hashing, cache keys)."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode()
