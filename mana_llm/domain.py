@@ -60,6 +60,16 @@ class Message:
 
 
 @attrs.frozen
+class CacheControl:
+    """The caller's say over the response cache, read at the edge from its headers."""
+
+    lookup: bool = True  # False: `Cache-Control: no-cache` (or no-store): do not answer from it
+    store: bool = True  # False: `Cache-Control: no-store`: do not keep this answer either
+    opt_in: bool = False  # `X-Mana-LLM-Cache: on`: a sampled answer may be cached too
+    namespace: str = "public"  # the caller's API key, hashed, when gateway keys are in use
+
+
+@attrs.frozen
 class ChatRequest:
     model: str
     messages: tuple[Message, ...]

@@ -1,6 +1,7 @@
 """The use cases: chat, chat_stream, embed, list_models, get_model, health.
 
-resolve -> walk (each attempt under its deadline, health fed as it goes) -> answer.
+resolve -> cache lookup -> walk (each attempt under its deadline, health fed as it goes)
+-> answer (stored when it is cacheable and finished cleanly).
 """
 
 from __future__ import annotations
@@ -8,13 +9,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any, TypeVar
 
 import attrs
 import trio
 
-from mana_llm import errors
+from mana_llm import errors, read_through
+from mana_llm.cache.entries import Entry, storable_completion
+from mana_llm.cache.keys import chat_cacheable, chat_key, embedding_key
+from mana_llm.cache.store import ResponseCache
 from mana_llm.domain import (
+    CacheControl,
     ChatRequest,
     ChatResponse,
     EmbeddingRequest,
@@ -36,6 +42,7 @@ __all__ = ["Answered", "CommittedStream", "Gateway"]  # the api sees routing typ
 log = logging.getLogger(__name__)
 
 Answer = TypeVar("Answer", ChatResponse, EmbeddingResponse)
+NO_DIRECTIVES = CacheControl()
 
 
 @attrs.frozen
@@ -68,6 +75,7 @@ class Gateway:
     aliases: AliasStore
     clock: Callable[[], float] = trio.current_time
     wall_clock: Callable[[], float] = time.time
+    cache: ResponseCache | None = None
     _walker: Walker = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -100,14 +108,34 @@ class Gateway:
             trace.attempts = answered.failed
             trace.upstream_started_at = answered.started_at
 
+    def _cache_target(self, route: Route) -> Target:
+        """The entry the walk would try first now; the first of all when none is up."""
+        now = self.clock()
+        for target in route.targets:
+            provider = self.providers.get(target.provider)
+            if (
+                provider is not None
+                and provider.configured
+                and self.health.state(target.provider, now) is not CircuitState.OPEN
+            ):
+                return target
+        return route.targets[0]
+
     async def _answer(
         self,
-        model: str,
+        route: Route,
         attempt: Callable[[Provider, Target], Awaitable[Answer]],
         trace: RequestTrace | None,
+        plan: read_through.Plan | None,
+        from_entry: Callable[[Entry], Answer],
     ) -> Answered[Answer]:
-        """A whole answer (not a stream): walk, then record who answered and the usage."""
-        route = self._route(model, trace)
+        """A whole answer (not a stream): from the cache, or walk, record who answered and the
+        usage, and store it."""
+        if plan is not None:
+            entry = await plan.lookup(self._cache_target(route))
+            if entry is not None:
+                target = read_through.target_of(entry)
+                return Answered(from_entry(entry), target, (), self.clock(), cached=True)
         answered = await self._walker.walk(
             route.targets, attempt, route.attempt_timeout_s, "answer", direct=route.direct
         )
@@ -115,20 +143,50 @@ class Gateway:
         if trace is not None:
             trace.upstream_ended_at = self.clock()
             trace.usage = answered.result.usage
+        if plan is not None:
+            await plan.save_valid(answered.target, answered.result.payload)
         return answered
 
+    def _chat_plan(
+        self,
+        route: Route,
+        request: ChatRequest,
+        control: CacheControl,
+        trace: RequestTrace | None,
+    ) -> read_through.Plan | None:
+        opt_in = route.alias.cache if route.alias is not None else None
+        return read_through.plan(
+            self.cache,
+            control,
+            chat_cacheable(request, opt_in, control.opt_in),
+            lambda target: chat_key(control.namespace, target, request),
+            storable_completion,
+            trace,
+        )
+
     async def chat(
-        self, request: ChatRequest, trace: RequestTrace | None = None
+        self,
+        request: ChatRequest,
+        trace: RequestTrace | None = None,
+        control: CacheControl = NO_DIRECTIVES,
     ) -> Answered[ChatResponse]:
         async def attempt(provider: Provider, target: Target) -> ChatResponse:
             return await provider.chat(target, request)
 
-        return await self._answer(request.model, attempt, trace)
+        route = self._route(request.model, trace)
+        plan = self._chat_plan(route, request, control, trace)
+        return await self._answer(
+            route, attempt, trace, plan, lambda e: read_through.chat_hit(e, self.wall_clock())
+        )
 
     async def chat_stream(
-        self, request: ChatRequest, trace: RequestTrace | None = None
+        self,
+        request: ChatRequest,
+        trace: RequestTrace | None = None,
+        control: CacheControl = NO_DIRECTIVES,
     ) -> CommittedStream:
-        """Walk the chain until one attempt commits; the returned stream owns the upstream."""
+        """Walk the chain until one attempt commits; the returned stream owns the upstream.
+        A cache hit is replayed as a stream; a cacheable miss is stored once it completes."""
         first_token_s = self.settings.first_token_timeout_s
         began = self.clock()
 
@@ -136,6 +194,11 @@ class Gateway:
             return await open_committed(provider, target, request)
 
         route = self._route(request.model, trace)
+        plan = self._chat_plan(route, request, control, trace)
+        if plan is not None:
+            entry = await plan.lookup(self._cache_target(route))
+            if entry is not None:
+                return read_through.stream_hit(entry, self.wall_clock())
         answered = await self._walker.walk(
             route.targets,
             attempt,
@@ -154,15 +217,29 @@ class Gateway:
         )  # the whole request, walk included
         provider = answered.target.provider
         stream.on_error = lambda error: self._walker.report(provider, error)
+        if plan is not None:
+            stream.record(partial(plan.save_stream, answered.target))
         return stream
 
     async def embed(
-        self, request: EmbeddingRequest, trace: RequestTrace | None = None
+        self,
+        request: EmbeddingRequest,
+        trace: RequestTrace | None = None,
+        control: CacheControl = NO_DIRECTIVES,
     ) -> Answered[EmbeddingResponse]:
         async def attempt(provider: Provider, target: Target) -> EmbeddingResponse:
             return await provider.embed(target, request)
 
-        return await self._answer(request.model, attempt, trace)
+        route = self._route(request.model, trace)
+        plan = read_through.plan(
+            self.cache,
+            control,
+            True,  # an embedding is deterministic
+            lambda target: embedding_key(control.namespace, target, request),
+            _embeddings_valid,
+            trace,
+        )
+        return await self._answer(route, attempt, trace, plan, read_through.embedding_hit)
 
     def configured(self) -> list[Provider]:
         return [p for p in self.providers.values() if p.configured]
@@ -235,6 +312,11 @@ class Gateway:
             }
         return out
 
+    def cache_details(self) -> dict[str, object]:
+        if self.cache is None:
+            return {"backend": None, "state": "off"}
+        return self.cache.statistics()
+
     def health_summary(self) -> dict[str, str]:
         now = self.clock()
         out: dict[str, str] = {}
@@ -246,3 +328,7 @@ class Gateway:
             else:
                 out[name] = "unhealthy"
         return out
+
+
+def _embeddings_valid(payload: dict[str, Any]) -> bool:
+    return isinstance(payload.get("data"), list)

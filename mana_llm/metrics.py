@@ -39,6 +39,7 @@ BUCKETS = (
     300,
 )
 OTHER = "other"
+CACHE_RESULTS = ("hit", "miss", "bypass", "error")
 MAX_MODEL_LABELS = 2000
 
 ERROR_TYPES = (
@@ -102,6 +103,7 @@ class RequestTrace:
     status: int | None = None  # None at the end: the client went away
     error: str | None = None  # an ERROR_TYPES value
     active: str | None = None  # the `stream` label it is counted under in active_requests
+    cache: str | None = None  # hit | miss | bypass | error; None: the cache is off
 
     def fail(self, error: errors.GatewayError) -> None:
         self.status = error.status
@@ -188,8 +190,22 @@ class Metrics:
         self.probes = Counter(
             "mana_llm_health_probe", "Health probes", ["provider", "result"], registry=r
         )
+        self.cache_requests = Counter(
+            "mana_llm_cache_requests",
+            "Cacheable endpoints' requests by what the response cache did",
+            ["result"],
+            registry=r,
+        )
+        self.cache_errors = Counter(
+            "mana_llm_cache_errors",
+            "Cache commands that failed or timed out (each served as a miss)",
+            ["backend"],
+            registry=r,
+        )
         for kind in ERROR_TYPES:
             self.errors.labels(kind)
+        for result in CACHE_RESULTS:
+            self.cache_requests.labels(result)
 
     def know_models(self, models: Any) -> None:
         """Configured model names (aliases and their targets) may appear as labels."""
@@ -215,6 +231,8 @@ class Metrics:
             trace.error = "client_disconnected"
         if trace.error is not None:
             self.errors.labels(trace.error).inc()
+        if trace.cache is not None:
+            self.cache_requests.labels(trace.cache).inc()
         total = now - trace.started_at
         self.request_duration.labels(trace.endpoint, _flag(trace.stream)).observe(total)
         if trace.endpoint not in ("chat", "embeddings") or trace.model is None:
@@ -251,7 +269,7 @@ class Metrics:
         self.llm_requests.labels(provider, trace.resolved, "success").inc()
         if trace.model.startswith("mana/") and requested != OTHER:
             self.alias_resolved.labels(requested, trace.resolved).inc()
-        if trace.usage is not None:
+        if trace.usage is not None and trace.cache != "hit":  # a hit spends no tokens
             self.tokens.labels(provider, trace.resolved, "prompt").inc(trace.usage.prompt_tokens)
             self.tokens.labels(provider, trace.resolved, "completion").inc(
                 trace.usage.completion_tokens

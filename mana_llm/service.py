@@ -12,6 +12,8 @@ import logging
 import os
 import socket
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 
 import httpx
@@ -22,6 +24,9 @@ from prometheus_client import CollectorRegistry
 
 from mana_llm.api.app import create_app
 from mana_llm.api.request_scope import with_request_scope
+from mana_llm.cache.memory import MemoryBackend
+from mana_llm.cache.protocol import CacheBackend
+from mana_llm.cache.store import ResponseCache
 from mana_llm.gateway import Gateway
 from mana_llm.metrics import Metrics
 from mana_llm.providers.images import ImageFetcher
@@ -110,12 +115,12 @@ async def run(
     )
     health = ProviderHealthCache(policy)
     health.add_listener(partial(_export_health, metrics))
-    async with http_transport(settings) as transport:
+    async with http_transport(settings) as transport, open_cache(settings, metrics) as cache:
         providers = build_providers(settings, transport)
         for name, provider in providers.items():
             if provider.configured:
                 metrics.provider_healthy.labels(name).set(1)
-        gateway = Gateway(settings, providers, health, aliases)
+        gateway = Gateway(settings, providers, health, aliases, cache=cache)
         app = with_request_scope(create_app(gateway, settings, metrics), metrics)
         config = hypercorn_config(settings, config_path)
         async with trio.open_nursery() as nursery:
@@ -148,6 +153,46 @@ async def run(
             binds: list[str] = await nursery.start(serve_then_stop)
             log.info("mana-llm listening on %s", ", ".join(binds))
             task_status.started(binds)
+
+
+REDIS_MAX_CONNECTIONS = 64
+
+
+@asynccontextmanager
+async def open_cache(settings: Settings, metrics: Metrics) -> AsyncIterator[ResponseCache | None]:
+    """The response cache for the service's life: Redis when REDIS_URL is set (its connection
+    pool entered here, in the root task), else the in-memory LRU; None when CACHE_ENABLED=0."""
+    if not settings.cache_enabled:
+        log.info("response cache: off")
+        yield None
+        return
+
+    def guarded(backend: CacheBackend) -> ResponseCache:
+        metrics.cache_errors.labels(backend.name)
+        return ResponseCache(
+            backend,
+            ttl_s=settings.cache_ttl_s,
+            timeout_s=settings.cache_timeout_s,
+            max_entry_bytes=settings.cache_max_entry_bytes,
+            failure_threshold=settings.cache_breaker_failures,
+            cooldown_s=settings.cache_breaker_cooldown_s,
+            on_error=lambda name: metrics.cache_errors.labels(name).inc(),
+        )
+
+    if settings.redis_url is None:
+        log.info("response cache: in memory")
+        yield guarded(MemoryBackend(settings.cache_max_entries, settings.cache_max_bytes))
+        return
+    from mana_llm.cache.redis import RedisBackend  # coredis is loaded only when it is used
+
+    backend = RedisBackend(
+        settings.redis_url,
+        connect_timeout_s=settings.cache_timeout_s,
+        max_connections=REDIS_MAX_CONNECTIONS,
+    )
+    async with backend.open():
+        log.info("response cache: redis")
+        yield guarded(backend)
 
 
 def _aliases_reloaded(metrics: Metrics, aliases: AliasStore, result: str | None) -> None:

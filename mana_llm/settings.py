@@ -73,6 +73,15 @@ class Settings:
     image_fetch_max_bytes: int = 10 * MIB
     image_fetch_timeout_s: float = 10.0
     image_fetch_allow_networks: tuple[str, ...] = ()  # CIDRs let through the private-address guard
+    cache_enabled: bool = True
+    redis_url: str | None = attrs.field(default=None, repr=False)  # None: the in-memory cache
+    cache_ttl_s: float = 3600.0
+    cache_max_entries: int = 10_000  # in-memory backend
+    cache_max_bytes: int = 64 * MIB  # in-memory backend, all entries together
+    cache_max_entry_bytes: int = 8 * MIB  # larger answers are served, not stored
+    cache_timeout_s: float = 0.05  # every cache command (Redis round trip) under this deadline
+    cache_breaker_failures: int = 3  # consecutive command failures that switch the cache off...
+    cache_breaker_cooldown_s: float = 30.0  # ...for this long, then one trial command
 
     def provider(self, name: str) -> ProviderSettings | None:
         for p in self.providers:
@@ -146,6 +155,15 @@ class Settings:
             image_fetch_max_bytes=read.integer("IMAGE_FETCH_MAX_BYTES", 10 * MIB, low=1024),
             image_fetch_timeout_s=read.seconds("IMAGE_FETCH_TIMEOUT", 10.0),
             image_fetch_allow_networks=networks,
+            cache_enabled=read.flag("CACHE_ENABLED", True),
+            redis_url=read.redis_url("REDIS_URL"),
+            cache_ttl_s=read.seconds("CACHE_TTL", 3600.0),
+            cache_max_entries=read.integer("CACHE_MAX_ENTRIES", 10_000, low=1),
+            cache_max_bytes=read.integer("CACHE_MAX_BYTES", 64 * MIB, low=1024),
+            cache_max_entry_bytes=read.integer("CACHE_MAX_ENTRY_BYTES", 8 * MIB, low=1024),
+            cache_timeout_s=read.seconds("CACHE_TIMEOUT", 0.05),
+            cache_breaker_failures=read.integer("CACHE_BREAKER_FAILURES", 3, low=1),
+            cache_breaker_cooldown_s=read.seconds("CACHE_BREAKER_COOLDOWN", 30.0),
         )
 
 
@@ -219,6 +237,18 @@ def _apply_providers_file(
     return list(by_name.values())
 
 
+_FLAGS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+
+
 @attrs.frozen
 class _Reader:
     env: Mapping[str, str]
@@ -263,6 +293,22 @@ class _Reader:
         if not raw.startswith(("http://", "https://")) or len(raw.split("://", 1)[1]) == 0:
             raise SettingsError(f"{name}={raw!r} must be an http:// or https:// URL")
         return raw.rstrip("/")
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        value = _FLAGS.get(raw.lower())
+        if value is None:
+            raise SettingsError(f"{name}={raw!r} must be true or false (1/0, yes/no, on/off)")
+        return value
+
+    def redis_url(self, name: str) -> str | None:
+        raw = self._raw(name)
+        if raw is not None and not raw.startswith(("redis://", "rediss://", "unix://")):
+            # the value may hold a password: name the variable, not the value
+            raise SettingsError(f"{name} must be a redis://, rediss:// or unix:// URL")
+        return raw
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
         raw = (self._raw(name) or default).upper()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 from typing import Any
@@ -17,7 +18,7 @@ from mana_llm.api.render import error_headers, error_object
 from mana_llm.api.request_scope import add_cleanup, request_nursery, request_trace
 from mana_llm.api.sse import PendingSSEBody, SSEBody
 from mana_llm.codec import dumps
-from mana_llm.domain import ChatRequest
+from mana_llm.domain import CacheControl, ChatRequest
 from mana_llm.gateway import Gateway
 from mana_llm.metrics import Metrics, RequestTrace
 from mana_llm.settings import Settings
@@ -26,8 +27,10 @@ log = logging.getLogger(__name__)
 
 RESOLVED = "x-mana-llm-resolved"
 ATTEMPTS = "x-mana-llm-attempts"
+CACHE = "x-mana-llm-cache"
+CACHE_HEADER = {"hit": "HIT", "miss": "MISS", "bypass": "BYPASS", "error": "BYPASS"}
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-EXPOSED = "X-Mana-LLM-Resolved, X-Mana-LLM-Attempts, X-Request-Id"
+EXPOSED = "X-Mana-LLM-Resolved, X-Mana-LLM-Attempts, X-Mana-LLM-Cache, X-Request-Id"
 
 _HTTP_ERRORS: dict[int, type[errors.GatewayError]] = {
     400: errors.InvalidRequest,
@@ -53,6 +56,25 @@ def create_app(gateway: Gateway, settings: Settings, metrics: Metrics) -> QuartT
     app.config["RESPONSE_TIMEOUT"] = None  # our own deadlines bound every stream
     api_keys = tuple(key.encode() for key in settings.api_keys)
     origins = frozenset(settings.cors_origins)
+
+    def cache_control() -> CacheControl:
+        """`Cache-Control: no-cache` (answer anew, store), `no-store` (neither);
+        `X-Mana-LLM-Cache: on` (cache a sampled answer too); the caller's namespace."""
+        directives = {
+            part.split("=", 1)[0].strip().lower()
+            for part in request.headers.get("cache-control", "").split(",")
+        }
+        no_store = "no-store" in directives
+        namespace = "public"
+        if api_keys:  # authenticated already: the token is one of the keys
+            token = request.headers.get("authorization", "").partition(" ")[2].strip()
+            namespace = hashlib.sha256(token.encode()).hexdigest()[:32]
+        return CacheControl(
+            lookup=not no_store and "no-cache" not in directives,
+            store=not no_store,
+            opt_in=request.headers.get("x-mana-llm-cache", "").strip().lower() == "on",
+            namespace=namespace,
+        )
 
     async def read_json() -> dict[str, Any]:
         return wire.parse_json_object(
@@ -98,7 +120,7 @@ def create_app(gateway: Gateway, settings: Settings, metrics: Metrics) -> QuartT
         if chat.stream and settings.stream_keepalive_s:
             return stream_with_keepalives(chat, trace)
         if chat.stream:
-            stream = await gateway.chat_stream(chat, trace)
+            stream = await gateway.chat_stream(chat, trace, cache_control())
             add_cleanup(request.scope, stream.aclose)
             headers = {
                 RESOLVED: stream.target.resolved,
@@ -112,7 +134,7 @@ def create_app(gateway: Gateway, settings: Settings, metrics: Metrics) -> QuartT
             )
             response.timeout = None
             return response
-        answered = await gateway.chat(chat, trace)
+        answered = await gateway.chat(chat, trace, cache_control())
         headers = {RESOLVED: answered.target.resolved, ATTEMPTS: str(answered.attempts)}
         return json_response(answered.result.payload, headers=headers)
 
@@ -122,10 +144,11 @@ def create_app(gateway: Gateway, settings: Settings, metrics: Metrics) -> QuartT
         the request's nursery. The answering model is then only in each chunk's `model`."""
         body = PendingSSEBody(chat.include_usage, settings.stream_keepalive_s, trace)
         scope = request.scope
+        control = cache_control()
 
         async def walk() -> None:
             try:
-                stream = await gateway.chat_stream(chat, trace)
+                stream = await gateway.chat_stream(chat, trace, control)
             except errors.GatewayError as error:
                 body.resolve(error)
                 return
@@ -144,7 +167,8 @@ def create_app(gateway: Gateway, settings: Settings, metrics: Metrics) -> QuartT
     @app.post("/v1/embeddings")
     async def embeddings() -> Response:
         trace = begin("embeddings")
-        answered = await gateway.embed(wire.parse_embedding_request(await read_json()), trace)
+        embedding = wire.parse_embedding_request(await read_json())
+        answered = await gateway.embed(embedding, trace, cache_control())
         headers = {RESOLVED: answered.target.resolved, ATTEMPTS: str(answered.attempts)}
         return json_response(answered.result.payload, headers=headers)
 
@@ -170,7 +194,9 @@ def create_app(gateway: Gateway, settings: Settings, metrics: Metrics) -> QuartT
 
     @app.get("/v1/health")
     async def health_details() -> Response:
-        return json_response({"providers": gateway.health_details()})
+        return json_response(
+            {"providers": gateway.health_details(), "cache": gateway.cache_details()}
+        )
 
     @app.get("/v1/aliases")
     async def aliases() -> Response:
@@ -196,6 +222,8 @@ def create_app(gateway: Gateway, settings: Settings, metrics: Metrics) -> QuartT
         trace = request_trace(request.scope)
         if trace.status is None and response.mimetype != "text/event-stream":
             trace.status = response.status_code  # a stream's outcome is known at its end
+        if trace.cache is not None and response.status_code < 400:
+            response.headers[CACHE] = CACHE_HEADER[trace.cache]
         return response
 
     def failed(error: errors.GatewayError) -> Response:

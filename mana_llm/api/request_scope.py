@@ -107,6 +107,8 @@ def log_request(trace: RequestTrace, now: float) -> None:
     if trace.usage is not None:
         fields["prompt_tokens"] = trace.usage.prompt_tokens
         fields["completion_tokens"] = trace.usage.completion_tokens
+    if trace.cache is not None:
+        fields["cache"] = trace.cache
     if trace.error is not None:
         fields["error_type"] = trace.error
     log.info("request", extra={"fields": fields})

@@ -19,7 +19,10 @@ from mana_llm.routing.targets import ALIAS_PREFIX
 
 log = logging.getLogger(__name__)
 
-_ALIAS_KEYS = frozenset({"description", "chain", "first_token_timeout_s", "attempt_timeout_s"})
+_ALIAS_KEYS = frozenset(
+    {"description", "chain", "first_token_timeout_s", "attempt_timeout_s", "cache"}
+)
+_BOOLEANS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
 
 class AliasFileError(ValueError):
@@ -33,6 +36,7 @@ class Alias:
     chain: tuple[Target, ...]
     first_token_timeout_s: float | None = None
     attempt_timeout_s: float | None = None
+    cache: bool | None = None  # True: cache sampled answers too; False: never; None: deterministic
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -44,6 +48,8 @@ class Alias:
             out["first_token_timeout_s"] = self.first_token_timeout_s
         if self.attempt_timeout_s is not None:
             out["attempt_timeout_s"] = self.attempt_timeout_s
+        if self.cache is not None:
+            out["cache"] = self.cache
         return out
 
 
@@ -108,6 +114,7 @@ def _alias(name: str, node: yaml.Node, providers: Collection[str], source: str) 
         chain=chain,
         first_token_timeout_s=_seconds(fields, "first_token_timeout_s", source),
         attempt_timeout_s=_seconds(fields, "attempt_timeout_s", source),
+        cache=_boolean(fields, "cache", source),
     )
 
 
@@ -131,6 +138,16 @@ def _seconds(fields: dict[str, tuple[yaml.Node, yaml.Node]], key: str, source: s
     value: float = _scalar(node, source, float)
     if not value > 0 or value == float("inf"):
         raise AliasFileError(f"{source}:{_line(node)}: {key} must be a positive number of seconds")
+    return value
+
+
+def _boolean(fields: dict[str, tuple[yaml.Node, yaml.Node]], key: str, source: str) -> bool | None:
+    if key not in fields:
+        return None
+    node = fields[key][1]
+    value = _BOOLEANS.get(str(_scalar(node, source, str)).lower())
+    if value is None:
+        raise AliasFileError(f"{source}:{_line(node)}: {key} must be true or false")
     return value
 
 

@@ -9,13 +9,13 @@ renders as a final error event, never as a truncated answer that looks complete.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
 
 from mana_llm import errors
-from mana_llm.domain import ChatRequest, StreamChunk, Target, Usage
+from mana_llm.domain import JSON, ChatRequest, StreamChunk, Target, Usage
 from mana_llm.errors import GatewayError
 from mana_llm.providers.protocol import ChunkStream, Provider
 
@@ -64,6 +64,13 @@ class CommittedStream:
     usage: Usage | None = None
     finish_reason: str | None = None
     _ended: bool = False
+    _recorded: list[JSON] | None = None
+    _on_complete: Callable[[list[JSON]], Awaitable[None]] | None = None
+
+    @classmethod
+    def replay(cls, target: Target, chunks: list[StreamChunk]) -> CommittedStream:
+        """A complete answer known in advance (a cache hit), relayed like a live one."""
+        return cls(target, _Ended(), chunks, attempts=0)
 
     async def receive(self) -> list[StreamChunk]:
         """The next chunks to relay; [] once the answer is complete. Raises GatewayError when the
@@ -84,26 +91,36 @@ class CommittedStream:
                 return self._fail(error)
             if chunks:
                 return self._note(chunks)
-            if self.finish_reason is not None:
-                self._ended = True
-                return []
+            if self.finish_reason is None:
+                return self._fail(
+                    errors.UpstreamUnavailable(
+                        f"{self.target.resolved} cut the stream before it finished",
+                        provider=self.target.provider,
+                    )
+                )
+        if self.finish_reason is None:
             return self._fail(
-                errors.UpstreamUnavailable(
-                    f"{self.target.resolved} cut the stream before it finished",
+                errors.UpstreamTimeout(
+                    f"{self.target.resolved} stalled mid-stream"
+                    f" (no data for {self.idle_timeout_s:g}s)",
                     provider=self.target.provider,
                 )
             )
-        if self.finish_reason is not None:  # finished, then idle: the answer is complete
-            self._ended = True
-            return []
-        return self._fail(
-            errors.UpstreamTimeout(
-                f"{self.target.resolved} stalled mid-stream (no data for {self.idle_timeout_s:g}s)",
-                provider=self.target.provider,
-            )
-        )
+        # the upstream ended (or went idle) after its finish: the answer is complete
+        self._ended = True
+        if self._on_complete is not None and self._recorded is not None:
+            await self._on_complete(self._recorded)
+        return []
+
+    def record(self, on_complete: Callable[[list[JSON]], Awaitable[None]]) -> None:
+        """Keep every relayed chunk's payload; once the answer is complete (never after a cut,
+        stall or error), hand them to `on_complete` before the stream reports its end."""
+        self._recorded = []
+        self._on_complete = on_complete
 
     def _note(self, chunks: list[StreamChunk]) -> list[StreamChunk]:
+        if self._recorded is not None:
+            self._recorded.extend(chunk.payload for chunk in chunks)
         for chunk in chunks:
             if chunk.finish_reason is not None:
                 self.finish_reason = chunk.finish_reason
@@ -119,3 +136,13 @@ class CommittedStream:
     async def aclose(self) -> None:
         self._ended = True
         await self._upstream.aclose()
+
+
+class _Ended:
+    """The upstream of a replayed stream: nothing more to read."""
+
+    async def receive(self) -> list[StreamChunk]:
+        return []
+
+    async def aclose(self) -> None:
+        pass

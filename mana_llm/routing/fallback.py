@@ -32,10 +32,11 @@ class Answered(Generic[T]):
     target: Target
     failed: tuple[AttemptRecord, ...]  # the entries tried or skipped before the one that answered
     started_at: float = 0.0  # when the answering attempt began
+    cached: bool = False  # a cache hit: no attempt was made
 
     @property
     def attempts(self) -> int:
-        return len(self.failed) + 1
+        return 0 if self.cached else len(self.failed) + 1
 
 
 Attempt = Callable[[Provider, Target], Awaitable[T]]

@@ -174,6 +174,39 @@ def openai_usage_chunk() -> bytes:
     )
 
 
+def openai_completion(
+    model: str, content: str | None, finish: str = "stop", **message: Any
+) -> Reply:
+    """A non-streaming `chat.completion` answer; `message` adds fields (tool_calls...)."""
+    return Reply.json(
+        {
+            "id": "chatcmpl-up",
+            "object": "chat.completion",
+            "created": CREATED,
+            "model": model,
+            "system_fingerprint": "fp_fake",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": content,
+                        "refusal": None,
+                        **message,
+                    },
+                    "finish_reason": finish,
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": 7,
+                "completion_tokens": len(WORDS),
+                "total_tokens": 7 + len(WORDS),
+            },
+        }
+    )
+
+
 def openai_stream(*parts: Part) -> Reply:
     return Reply(200, list(parts), {"content-type": "text/event-stream"}, chunked=True)
 
@@ -223,32 +256,7 @@ class FakeOpenAI:
                 parts.append(openai_usage_chunk())
             parts.append(sse("[DONE]"))
             return openai_stream(*parts)
-        return Reply.json(
-            {
-                "id": "chatcmpl-up",
-                "object": "chat.completion",
-                "created": CREATED,
-                "model": body["model"],
-                "system_fingerprint": "fp_fake",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": "".join(WORDS),
-                            "refusal": None,
-                        },
-                        "finish_reason": "stop",
-                        "logprobs": None,
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": 7,
-                    "completion_tokens": len(WORDS),
-                    "total_tokens": 7 + len(WORDS),
-                },
-            }
-        )
+        return openai_completion(body["model"], "".join(WORDS))
 
     def _embeddings(self, body: dict[str, Any]) -> Reply:
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]

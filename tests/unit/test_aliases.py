@@ -5,12 +5,12 @@ import pathlib
 import pytest
 
 from mana_llm.domain import Target
-from mana_llm.routing.aliases import AliasFileError, AliasStore, parse_alias_table
+from mana_llm.routing.aliases import AliasFileError, AliasStore, AliasTable, parse_alias_table
 
 PROVIDERS = ("ollama", "groq", "openrouter", "together")
 
 
-def parse(text: str) -> object:
+def parse(text: str) -> AliasTable:
     return parse_alias_table(text, PROVIDERS, source="a.yaml", loaded_at=5.0)
 
 
@@ -83,11 +83,28 @@ def test_a_chain_keeps_slashes_in_models_and_order() -> None:
             "aliases:\n  mana/a:\n    chain: [ollama/x]\n  mana/a:\n    chain: [ollama/y]\n",
             "a.yaml:4: 'mana/a' appears twice",
         ),
+        (
+            "aliases:\n  mana/a:\n    chain: [ollama/x]\n    cache: sometimes\n",
+            "a.yaml:4: cache must be true or false",
+        ),
     ],
 )
 def test_validation_errors_name_the_line(text: str, message: str) -> None:
     with pytest.raises(AliasFileError, match="^" + message.replace("[", r"\[").replace("(", r"\(")):
         parse(text)
+
+
+def test_an_alias_may_opt_in_or_out_of_the_cache() -> None:
+    text = (
+        "aliases:\n"
+        "  mana/a:\n    chain: [ollama/x]\n    cache: true\n"
+        "  mana/b:\n    chain: [ollama/x]\n    cache: off\n"
+        "  mana/c:\n    chain: [ollama/x]\n"
+    )
+    table = parse(text)
+    assert [table.aliases[n].cache for n in ("mana/a", "mana/b", "mana/c")] == [True, False, None]
+    assert table.aliases["mana/a"].to_json()["cache"] is True
+    assert "cache" not in table.aliases["mana/c"].to_json()
 
 
 def test_the_store_keeps_the_last_good_table_and_counts() -> None:

@@ -32,7 +32,18 @@ ALLOWED: dict[str, set[str]] = {
         "mana_llm.metrics",
         "mana_llm.routing",
         "mana_llm.providers.protocol",
-        "mana_llm.cache.protocol",
+        "mana_llm.cache.store",
+        "mana_llm.cache.keys",
+        "mana_llm.cache.entries",
+        "mana_llm.read_through",
+    },
+    # the gateway's cache steps: the gateway's view, never a backend
+    "mana_llm.read_through": LEAVES
+    | {
+        "mana_llm.metrics",
+        "mana_llm.routing.commit",
+        "mana_llm.cache.store",
+        "mana_llm.cache.entries",
     },
     "mana_llm.api": LEAVES | {"mana_llm.gateway", "mana_llm.metrics", "mana_llm.api"},
     "mana_llm.signals": set(),

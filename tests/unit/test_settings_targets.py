@@ -26,6 +26,21 @@ def test_defaults() -> None:
     assert settings.max_request_bytes == 20 * 1024 * 1024
 
 
+def test_cache_settings() -> None:
+    default = Settings.from_env({})
+    assert default.cache_enabled and default.redis_url is None
+    assert (default.cache_ttl_s, default.cache_timeout_s) == (3600.0, 0.05)
+    settings = Settings.from_env(
+        {"CACHE_ENABLED": "off", "REDIS_URL": "redis://:hunter2@cache:6379/1", "CACHE_TTL": "60"}
+    )
+    assert not settings.cache_enabled and settings.cache_ttl_s == 60.0
+    assert settings.redis_url == "redis://:hunter2@cache:6379/1"
+    assert "hunter2" not in repr(settings)
+    with pytest.raises(SettingsError) as bad:
+        Settings.from_env({"REDIS_URL": "cache:6379?password=hunter2"})
+    assert "hunter2" not in str(bad.value)
+
+
 def test_keys_are_configuration_not_repr() -> None:
     settings = Settings.from_env(
         {"GROQ_API_KEY": "sk-abc", "MANA_LLM_API_KEYS": "a, b,,", "GROQ_BASE_URL": "http://x/v1/"}
@@ -46,6 +61,11 @@ def test_keys_are_configuration_not_repr() -> None:
         ({"OLLAMA_URL": "ftp://x"}, "OLLAMA_URL"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"MAX_REQUEST_BYTES": "12"}, "MAX_REQUEST_BYTES"),
+        ({"CACHE_ENABLED": "maybe"}, "CACHE_ENABLED"),
+        ({"CACHE_TTL": "-1"}, "CACHE_TTL"),
+        ({"CACHE_TIMEOUT": "0"}, "CACHE_TIMEOUT"),
+        ({"CACHE_MAX_ENTRIES": "0"}, "CACHE_MAX_ENTRIES"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
     ],
 )
 def test_malformed_settings_name_the_variable(env: dict[str, str], variable: str) -> None:

@@ -1,0 +1,119 @@
+"""One request's use of the response cache: look up before the walk, store after a clean
+answer. Part of the gateway's use cases; the api never sees the cache.
+
+The lookup asks for the answer of the target the walk would try first now (the first entry
+whose provider is configured and whose circuit is not open); an answer is stored under the
+target that gave it. So a hit is what the chain would answer now, a fallback's answer serves
+while the entries before it are down, and the entry the chain prefers is asked again once it
+is back. A request whose lookup failed does not store either: a cache in trouble costs at
+most one command deadline per request.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import attrs
+
+from mana_llm.cache.entries import (
+    Entry,
+    completion_from_chunks,
+    decode,
+    fresh_completion,
+    replay_chunks,
+    usage_of,
+)
+from mana_llm.cache.store import Lookup, ResponseCache
+from mana_llm.domain import JSON, CacheControl, ChatResponse, EmbeddingResponse, Target
+from mana_llm.metrics import RequestTrace
+from mana_llm.routing.commit import CommittedStream
+
+
+def plan(
+    cache: ResponseCache | None,
+    control: CacheControl,
+    cacheable: bool,
+    key_of: Callable[[Target], str],
+    valid: Callable[[JSON], bool],
+    trace: RequestTrace | None,
+) -> Plan | None:
+    """None when the cache has no part in this request (the outcome is set on the trace)."""
+    if cache is None:
+        return None
+    if not cacheable or not control.store:
+        _note(trace, Lookup.BYPASS)
+        return None
+    return Plan(cache, key_of, valid, control, trace)
+
+
+def _note(trace: RequestTrace | None, outcome: Lookup) -> None:
+    if trace is not None:
+        trace.cache = outcome.value
+
+
+@attrs.define(eq=False)
+class Plan:
+    cache: ResponseCache
+    key_of: Callable[[Target], str]
+    valid: Callable[[JSON], bool]  # what a readable entry's payload looks like
+    control: CacheControl
+    trace: RequestTrace | None
+    _failed: bool = False
+
+    async def lookup(self, target: Target) -> Entry | None:
+        if not self.control.lookup:
+            _note(self.trace, Lookup.BYPASS)
+            return None
+        outcome, data = await self.cache.get(self.key_of(target))
+        self._failed = outcome is Lookup.ERROR
+        entry = decode(data) if data is not None else None
+        if entry is not None and not self.valid(entry.payload):
+            entry = None
+        if outcome is Lookup.HIT and entry is None:
+            outcome = Lookup.MISS  # not an entry this version can read: answer anew
+        _note(self.trace, outcome)
+        if entry is not None and self.trace is not None:
+            self.trace.resolved = entry.resolved
+        return entry
+
+    async def save(self, target: Target, payload: JSON) -> None:
+        if not self._failed:
+            await self.cache.put(self.key_of(target), Entry(target.resolved, payload).encode())
+
+    async def save_valid(self, target: Target, payload: JSON) -> None:
+        if self.valid(payload):
+            await self.save(target, payload)
+
+    async def save_stream(self, target: Target, payloads: list[JSON]) -> None:
+        completion = completion_from_chunks(payloads)
+        if completion is not None:
+            await self.save_valid(target, completion)
+
+
+def target_of(entry: Entry) -> Target:
+    provider, _, model = entry.resolved.partition("/")
+    return Target(provider, model)
+
+
+def _fresh_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def chat_hit(entry: Entry, now: float) -> ChatResponse:
+    """The stored completion with a fresh id and `created`."""
+    payload = fresh_completion(entry.payload, _fresh_id(), int(now))
+    return ChatResponse(
+        payload, payload["choices"][0]["finish_reason"], usage_of(payload.get("usage"))
+    )
+
+
+def stream_hit(entry: Entry, now: float) -> CommittedStream:
+    """The stored completion replayed as a stream, with a fresh id and `created`."""
+    return CommittedStream.replay(
+        target_of(entry), replay_chunks(entry.payload, _fresh_id(), int(now))
+    )
+
+
+def embedding_hit(entry: Entry) -> EmbeddingResponse:
+    return EmbeddingResponse(entry.payload, usage_of(entry.payload.get("usage")))
