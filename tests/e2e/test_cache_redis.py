@@ -1,0 +1,174 @@
+"""The shared cache on a real redis-server: two gateway instances share answers, a stream hit
+replays through the SDK, a cut stream is not stored, and Redis trouble (killed, hung, down at
+start-up) never fails a request and costs at most one command deadline per request."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from tests.e2e.redis_server import RedisServer, free_port, redis_server_or_skip
+from tests.e2e.stack import Stack, start_stack
+from tests.fakes.server import Cut
+from tests.fakes.upstreams import WORDS, openai_chunk, openai_completion, openai_stream
+
+GROQ = "groq/llama-3.1-8b-instant"
+CHAT = "/v1/chat/completions"
+BODY: dict[str, Any] = {
+    "model": GROQ,
+    "messages": [{"role": "user", "content": "Tag this: redis"}],
+    "temperature": 0,
+}
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[RedisServer]:
+    server = RedisServer(redis_server_or_skip())
+    await server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.resume()
+            await server.kill()
+
+
+def chat_calls(stack: Stack) -> int:
+    return sum(1 for r in stack.cloud.requests if r.path == CHAT)
+
+
+def sample(stack: Stack, name: str, **labels: str) -> float:
+    return stack.registry.get_sample_value(name, labels) or 0.0
+
+
+async def post(stack: Stack, body: dict[str, Any] = BODY) -> httpx.Response:
+    async with stack.client() as client:
+        return await client.post(CHAT, json=body)
+
+
+async def test_two_instances_share_answers_and_streams_replay_through_the_sdk(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    a = await start_stack(nursery, REDIS_URL=redis.url)
+    b = await start_stack(nursery, REDIS_URL=redis.url)
+    a.cloud.script(CHAT, openai_completion("llama-3.1-8b-instant", "answered by a"))
+    stream_body = {**BODY, "messages": [{"role": "user", "content": "stream this"}]}
+    with trio.fail_after(10):
+        first = await post(a)
+        shared = await post(b)
+        live = await post(a, {**stream_body, "stream": True})
+        chunks = [
+            c
+            async for c in await b.sdk().chat.completions.create(
+                **stream_body, stream=True, stream_options={"include_usage": True}
+            )
+        ]
+        async with b.client() as client:
+            health = (await client.get("/v1/health")).json()
+    assert first.headers["x-mana-llm-cache"] == "MISS"
+    assert shared.headers["x-mana-llm-cache"] == "HIT"
+    assert shared.headers["x-mana-llm-resolved"] == GROQ
+    assert shared.json()["choices"][0]["message"]["content"] == "answered by a"
+    assert live.headers["x-mana-llm-cache"] == "MISS"
+    assert chat_calls(a) == 2 and chat_calls(b) == 0  # b never asked its upstream
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "".join(WORDS)
+    assert {c.model for c in chunks} == {GROQ}
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == len(WORDS)
+    assert health["cache"]["backend"] == "redis" and health["cache"]["state"] == "closed"
+    assert sample(b, "mana_llm_cache_requests_total", result="hit") == 2
+
+
+async def test_a_cut_stream_is_not_stored(nursery: trio.Nursery, redis: RedisServer) -> None:
+    a = await start_stack(nursery, REDIS_URL=redis.url)
+    b = await start_stack(nursery, REDIS_URL=redis.url)
+    a.cloud.script(CHAT, openai_stream(openai_chunk("", role=True), openai_chunk("Hal"), Cut()))
+    body = {**BODY, "stream": True}
+    with trio.fail_after(10):
+        cut = await post(a, body)
+        after = await post(b, body)
+    assert "[DONE]" not in cut.text and '"error"' in cut.text
+    assert after.headers["x-mana-llm-cache"] == "MISS"
+    assert after.text.endswith("data: [DONE]\n\n")
+    assert chat_calls(b) == 1
+
+
+async def test_a_killed_redis_fails_no_request_and_the_cache_recovers(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    deadline_s = 0.25
+    stack = await start_stack(
+        nursery,
+        REDIS_URL=redis.url,
+        CACHE_TIMEOUT=str(deadline_s),
+        CACHE_BREAKER_FAILURES="2",
+        CACHE_BREAKER_COOLDOWN="0.3",
+    )
+    with trio.fail_after(20):
+        assert (await post(stack)).headers["x-mana-llm-cache"] == "MISS"
+        assert (await post(stack)).headers["x-mana-llm-cache"] == "HIT"
+        await redis.kill()
+        outcomes: list[str] = []
+        for _ in range(4):
+            started = trio.current_time()
+            r = await post(stack)
+            elapsed = trio.current_time() - started
+            assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+            assert elapsed < deadline_s  # a refused connection fails at once; never a hang
+            outcomes.append(r.headers["x-mana-llm-cache"])
+        assert outcomes == ["BYPASS"] * 4
+        # two failed lookups open the cache's breaker; after that Redis is not asked
+        assert sample(stack, "mana_llm_cache_errors_total", backend="redis") == 2
+        assert sample(stack, "mana_llm_cache_requests_total", result="error") == 2
+        assert chat_calls(stack) == 5
+        await redis.start()  # same port, empty
+        seen: list[str] = []
+        while seen[-2:] != ["MISS", "HIT"]:  # bypassed until the cool-down ends, then a trial
+            r = await post(stack)
+            assert r.status_code == 200
+            seen.append(r.headers["x-mana-llm-cache"])
+    assert set(seen[:-2]) <= {"BYPASS"}
+
+
+async def test_a_hung_redis_costs_one_deadline_per_request_then_none(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    deadline_s = 0.3
+    stack = await start_stack(
+        nursery,
+        REDIS_URL=redis.url,
+        CACHE_TIMEOUT=str(deadline_s),
+        CACHE_BREAKER_FAILURES="2",
+        CACHE_BREAKER_COOLDOWN="60",
+    )
+    with trio.fail_after(20):
+        assert (await post(stack)).headers["x-mana-llm-cache"] == "MISS"
+        redis.pause()
+        took = []
+        for _ in range(3):
+            started = trio.current_time()
+            r = await post(stack)
+            took.append(trio.current_time() - started)
+            assert r.status_code == 200 and r.headers["x-mana-llm-cache"] == "BYPASS"
+    # the lookup waited its deadline (and the request did not store: one deadline, not two)
+    assert all(deadline_s <= t < 2 * deadline_s for t in took[:2]), took
+    assert took[2] < deadline_s, took  # the breaker is open: Redis is not asked at all
+    assert sample(stack, "mana_llm_cache_errors_total", backend="redis") == 2
+    async with stack.client() as client:
+        cache = (await client.get("/v1/health")).json()["cache"]
+    assert cache["state"] == "open"
+    assert cache["last_error"] == "no answer within 300 ms"
+
+
+async def test_redis_down_at_start_up_is_only_a_slower_cache(nursery: trio.Nursery) -> None:
+    redis_server_or_skip()
+    stack = await start_stack(nursery, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    with trio.fail_after(10):
+        answers = [await post(stack) for _ in range(2)]
+    assert [r.status_code for r in answers] == [200, 200]
+    assert [r.headers["x-mana-llm-cache"] for r in answers] == ["BYPASS", "BYPASS"]
+    assert sample(stack, "mana_llm_cache_requests_total", result="error") == 2
