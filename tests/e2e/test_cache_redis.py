@@ -97,30 +97,45 @@ async def test_a_cut_stream_is_not_stored(nursery: trio.Nursery, redis: RedisSer
     assert chat_calls(b) == 1
 
 
-async def test_a_killed_redis_fails_no_request_and_the_cache_recovers(
-    nursery: trio.Nursery, redis: RedisServer
-) -> None:
-    deadline_s = 0.25
+async def fragile_stack(
+    nursery: trio.Nursery, redis: RedisServer, deadline_s: float, cooldown_s: float
+) -> Stack:
+    """A gateway on `redis` whose breaker opens after two failures; one answer is stored."""
     stack = await start_stack(
         nursery,
         REDIS_URL=redis.url,
         CACHE_TIMEOUT=str(deadline_s),
         CACHE_BREAKER_FAILURES="2",
-        CACHE_BREAKER_COOLDOWN="0.3",
+        CACHE_BREAKER_COOLDOWN=str(cooldown_s),
     )
-    with trio.fail_after(20):
+    with trio.fail_after(10):
         assert (await post(stack)).headers["x-mana-llm-cache"] == "MISS"
+    return stack
+
+
+async def timed_posts(stack: Stack, count: int) -> list[tuple[httpx.Response, float]]:
+    """`count` requests in turn, each with how long it took; every one must be answered."""
+    out = []
+    for _ in range(count):
+        started = trio.current_time()
+        r = await post(stack)
+        out.append((r, trio.current_time() - started))
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+    return out
+
+
+async def test_a_killed_redis_fails_no_request_and_the_cache_recovers(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    deadline_s = 0.25
+    stack = await fragile_stack(nursery, redis, deadline_s, cooldown_s=0.3)
+    with trio.fail_after(20):
         assert (await post(stack)).headers["x-mana-llm-cache"] == "HIT"
         await redis.kill()
-        outcomes: list[str] = []
-        for _ in range(4):
-            started = trio.current_time()
-            r = await post(stack)
-            elapsed = trio.current_time() - started
-            assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
-            assert elapsed < deadline_s  # a refused connection fails at once; never a hang
-            outcomes.append(r.headers["x-mana-llm-cache"])
-        assert outcomes == ["BYPASS"] * 4
+        answers = await timed_posts(stack, 4)
+        assert [r.headers["x-mana-llm-cache"] for r, _ in answers] == ["BYPASS"] * 4
+        # a refused connection fails at once: no wait, never a hang
+        assert all(took < deadline_s for _, took in answers)
         # two failed lookups open the cache's breaker; after that Redis is not asked
         assert sample(stack, "mana_llm_cache_errors_total", backend="redis") == 2
         assert sample(stack, "mana_llm_cache_requests_total", result="error") == 2
@@ -138,22 +153,12 @@ async def test_a_hung_redis_costs_one_deadline_per_request_then_none(
     nursery: trio.Nursery, redis: RedisServer
 ) -> None:
     deadline_s = 0.3
-    stack = await start_stack(
-        nursery,
-        REDIS_URL=redis.url,
-        CACHE_TIMEOUT=str(deadline_s),
-        CACHE_BREAKER_FAILURES="2",
-        CACHE_BREAKER_COOLDOWN="60",
-    )
+    stack = await fragile_stack(nursery, redis, deadline_s, cooldown_s=60)
     with trio.fail_after(20):
-        assert (await post(stack)).headers["x-mana-llm-cache"] == "MISS"
         redis.pause()
-        took = []
-        for _ in range(3):
-            started = trio.current_time()
-            r = await post(stack)
-            took.append(trio.current_time() - started)
-            assert r.status_code == 200 and r.headers["x-mana-llm-cache"] == "BYPASS"
+        answers = await timed_posts(stack, 3)
+        assert [r.headers["x-mana-llm-cache"] for r, _ in answers] == ["BYPASS"] * 3
+        took = [t for _, t in answers]
     # the lookup waited its deadline (and the request did not store: one deadline, not two)
     assert all(deadline_s <= t < 2 * deadline_s for t in took[:2]), took
     assert took[2] < deadline_s, took  # the breaker is open: Redis is not asked at all
