@@ -28,6 +28,10 @@ from mana_llm.providers.http_errors import (
 from mana_llm.settings import ProviderSettings
 
 CLEANUP_S = 1.0
+# After an end marker ([DONE]) the body should end at once; read that far (bounded) so the
+# connection goes back to the pool instead of being closed mid-response.
+DRAIN_S = 0.25
+DRAIN_MAX_BYTES = 64 * 1024
 
 
 @attrs.define(eq=False)
@@ -167,6 +171,17 @@ class RawStream:
         except httpx.HTTPError as exc:
             raise error_from_exception(self.upstream.name, exc) from None
 
+    async def drain(self) -> None:
+        """Read to the end of the body, ignoring what comes; a body that does not end within
+        DRAIN_S or DRAIN_MAX_BYTES is left to `aclose`, which closes the connection."""
+        total = 0
+        with trio.move_on_after(DRAIN_S):
+            while total <= DRAIN_MAX_BYTES:
+                try:
+                    total += len(await anext(self._chunks))
+                except (StopAsyncIteration, httpx.HTTPError):
+                    return
+
     async def aclose(self) -> None:
         # bounded, shielded cleanup: the byte iterator and the upstream connection
         with trio.move_on_after(CLEANUP_S, shield=True):
@@ -208,6 +223,7 @@ class FramedChunkStream:
                 parsed = self.parse(frame)
                 if parsed is None:
                     self._ended = True
+                    await self.raw.drain()
                     break
                 chunks.extend(parsed)
             if chunks:

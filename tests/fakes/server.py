@@ -67,6 +67,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     closed: trio.Event = attrs.field(factory=trio.Event)  # the gateway closed this connection
+    connection: int = 0  # which connection it came on (1, 2, ...): reuse is visible
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -89,6 +90,7 @@ class FakeServer:
     requests: list[Request] = attrs.field(factory=list)
     scripts: dict[str, deque[Reply]] = attrs.field(factory=dict)
     port: int = 0
+    connections: int = 0  # accepted so far
     _arrival: trio.Event = attrs.field(factory=trio.Event)
 
     @property
@@ -116,11 +118,14 @@ class FakeServer:
     async def _connection(self, stream: trio.SocketStream) -> None:
         buffer = b""
         current: Request | None = None
+        self.connections += 1
+        number = self.connections
         try:
             while True:
                 request, buffer = await _read_request(stream, buffer)
                 if request is None:
                     return
+                request.connection = number
                 current = request
                 self.requests.append(request)
                 self._arrival.set()
