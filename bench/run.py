@@ -196,6 +196,8 @@ def report(args: argparse.Namespace, up_port: int, gw_port: int, pid: int) -> No
     messages = [{"role": "user", "content": "hi"}]
     plain = json.dumps({"model": "groq/bench", "messages": messages}).encode()
     stream = json.dumps({"model": "groq/bench", "messages": messages, "stream": True}).encode()
+    # temperature 0 is cacheable: after the first request every one is a cache hit
+    cached = json.dumps({"model": "groq/bench", "messages": messages, "temperature": 0}).encode()
     columns = ("direct p50/p99 ms", "gateway p50/p99 ms", "added p50/p99", "rps d/gw")
     widths = (18, 19, 14, 13)
     header = " ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))
@@ -204,6 +206,8 @@ def report(args: argparse.Namespace, up_port: int, gw_port: int, pid: int) -> No
         direct = run(up_port, None, plain, conc, args.seconds)
         ours = run(gw_port, pid, plain, conc, args.seconds)
         line(f"non-stream c={conc}", direct["lat"], ours["lat"], direct, ours, ours["cpu_ms"], None)
+        hits = run(gw_port, pid, cached, conc, args.seconds)
+        line(f"cache hit c={conc}", direct["lat"], hits["lat"], direct, hits, hits["cpu_ms"], None)
         direct_s = run(up_port, None, stream, conc, args.seconds)
         ours_s = run(gw_port, pid, stream, conc, args.seconds)
         chunks = ours_s["events"] / max(1, ours_s["n"])
