@@ -7,6 +7,7 @@ import pathlib
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from tests.e2e.stack import GATEWAY_KEY, Stack, start_stack
@@ -20,6 +21,7 @@ from tests.fakes.upstreams import (
 )
 
 GROQ = "groq/llama-3.1-8b-instant"
+OLLAMA = "ollama/gemma3:4b"
 MSG = [{"role": "user", "content": "Tag this: trio"}]
 DETERMINISTIC: dict[str, Any] = {"model": GROQ, "messages": MSG, "temperature": 0}
 CHAT = "/v1/chat/completions"
@@ -104,35 +106,46 @@ async def test_no_cache_answers_anew_and_stores_no_store_does_neither(
     assert upstream_calls(stack) == 3
 
 
+@pytest.mark.parametrize(
+    "request_body",
+    [DETERMINISTIC, {**DETERMINISTIC, "model": OLLAMA, "reasoning_effort": "low"}],
+    ids=["openai-sse", "ollama-ndjson-thinking"],
+)
 async def test_a_stream_is_stored_once_complete_and_replayed_through_the_sdk(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, request_body: dict[str, Any]
 ) -> None:
     stack = await start_stack(nursery)
     sdk = stack.sdk()
+    model = request_body["model"]
     with trio.fail_after(10):
         live = [
             c
             async for c in await sdk.chat.completions.create(
-                **DETERMINISTIC, stream=True, stream_options={"include_usage": True}
+                **request_body, stream=True, stream_options={"include_usage": True}
             )
         ]
         replayed = [
             c
             async for c in await sdk.chat.completions.create(
-                **DETERMINISTIC, stream=True, stream_options={"include_usage": True}
+                **request_body, stream=True, stream_options={"include_usage": True}
             )
         ]
-        raw = await post(stack, {**DETERMINISTIC, "stream": True})  # no usage asked
-        whole = await post(stack, DETERMINISTIC)  # the stream's answer, as one object
-    assert upstream_calls(stack) == 1
-    tokens = {"provider": "groq", "model": GROQ, "kind": "completion"}
+        raw = await post(stack, {**request_body, "stream": True})  # no usage asked
+        whole = await post(stack, request_body)  # the stream's answer, as one object
+    calls = upstream_calls(stack) + sum(1 for r in stack.ollama.requests if r.path == "/api/chat")
+    assert calls == 1
+    provider = model.split("/")[0]
+    tokens = {"provider": provider, "model": model, "kind": "completion"}
     assert stack.registry.get_sample_value("mana_llm_tokens_total", tokens) == len(WORDS)
+    if provider == "ollama":  # the reasoning is replayed too, before the answer
+        assert whole.json()["choices"][0]["message"]["reasoning_content"] == "Let me think."
+        assert raw.text.index('"reasoning_content":"Let me think."') < raw.text.index(WORDS[0])
 
     def text(chunks: list[Any]) -> str:
         return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
     assert text(replayed) == text(live) == "".join(WORDS)
-    assert {c.model for c in replayed} == {GROQ}
+    assert {c.model for c in replayed} == {model}
     assert len({c.id for c in replayed}) == 1 and replayed[0].id != live[0].id
     assert replayed[0].choices[0].delta.role == "assistant"
     finishes = [c.choices[0].finish_reason for c in replayed if c.choices]
@@ -141,7 +154,7 @@ async def test_a_stream_is_stored_once_complete_and_replayed_through_the_sdk(
     assert replayed[-1].usage is not None and replayed[-1].usage.completion_tokens == len(WORDS)
 
     assert raw.headers["x-mana-llm-cache"] == "HIT"
-    assert raw.headers["x-mana-llm-resolved"] == GROQ
+    assert raw.headers["x-mana-llm-resolved"] == model
     assert raw.headers["content-type"].startswith("text/event-stream")
     assert raw.text.endswith("data: [DONE]\n\n") and '"usage":{' not in raw.text
     assert whole.headers["x-mana-llm-cache"] == "HIT"
