@@ -100,7 +100,7 @@ def create_app(gateway: Gateway, settings: Settings, metrics: Metrics) -> QuartT
                 response.headers["access-control-allow-origin"] = "*" if "*" in origins else origin
                 response.headers["vary"] = "Origin"
                 response.headers["access-control-allow-headers"] = (
-                    "Authorization, Content-Type, X-Request-Id"
+                    "Authorization, Content-Type, X-Request-Id, Cache-Control, X-Mana-LLM-Cache"
                 )
                 response.headers["access-control-allow-methods"] = "GET, POST, OPTIONS"
                 response.headers["access-control-expose-headers"] = EXPOSED

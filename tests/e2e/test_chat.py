@@ -174,3 +174,37 @@ async def test_sdk_plain_and_streaming_against_a_cloud(nursery: trio.Nursery) ->
     assert completion.usage is not None and completion.usage.total_tokens == 12
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ANSWER
     assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 7
+
+
+async def test_cors_lets_allowed_origins_send_and_read_the_gateway_headers(
+    nursery: trio.Nursery,
+) -> None:
+    stack = await start_stack(nursery, CORS_ORIGINS="https://app.example")
+    messages = [{"role": "user", "content": "hi"}]
+    body = {"model": "groq/llama-3.1-8b-instant", "messages": messages, "temperature": 0}
+    with trio.fail_after(10):
+        async with stack.client() as client:
+            preflight = await client.options(
+                "/v1/chat/completions",
+                headers={
+                    "origin": "https://app.example",
+                    "access-control-request-method": "POST",
+                    "access-control-request-headers": "authorization, cache-control",
+                },
+            )
+            allowed = await client.post(
+                "/v1/chat/completions", json=body, headers={"origin": "https://app.example"}
+            )
+            other = await client.post(
+                "/v1/chat/completions", json=body, headers={"origin": "https://evil.example"}
+            )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+    allow = preflight.headers["access-control-allow-headers"].lower()
+    assert {"authorization", "cache-control", "x-mana-llm-cache"} <= {
+        h.strip() for h in allow.split(",")
+    }
+    exposed = allowed.headers["access-control-expose-headers"].lower()
+    assert "x-mana-llm-resolved" in exposed and "x-mana-llm-cache" in exposed
+    assert allowed.headers["x-mana-llm-cache"] == "MISS"
+    assert "access-control-allow-origin" not in other.headers
