@@ -42,8 +42,12 @@ class GatewayError(Exception):
         retry_after_s: float | None = None,
         attempts: Sequence[AttemptRecord] = (),
         status: int | None = None,
+        contacted: bool = True,
     ) -> None:
         super().__init__(message)
+        # False: refused before any upstream contact (a translation the provider cannot
+        # express), so it says nothing about the provider's health either way
+        self.contacted = contacted
         if status is not None:
             self.status = status
         self.message = message

@@ -89,7 +89,7 @@ def messages_json(messages: tuple[Message, ...], images: Mapping[str, str]) -> l
         if message.unsupported:
             where = message.unsupported[0]
             raise errors.UnsupportedCapability(
-                f"{where}: Ollama takes no audio or file parts", param=where
+                f"{where}: Ollama takes no audio or file parts", param=where, contacted=False
             )
         role = {"developer": "system", "function": "tool"}.get(message.role, message.role)
         item: JSON = {"role": role, "content": message.content or ""}
@@ -139,7 +139,9 @@ def chat_body(
     images: Mapping[str, str] | None = None,
 ) -> JSON:
     if request.n is not None and request.n > 1:
-        raise errors.UnsupportedCapability("Ollama answers one choice: n must be 1", param="n")
+        raise errors.UnsupportedCapability(
+            "Ollama answers one choice: n must be 1", param="n", contacted=False
+        )
     body: JSON = {
         "model": model,
         "messages": messages_json(request.messages, images or {}),
@@ -181,7 +183,9 @@ def embed_body(
 ) -> JSON:
     if request.tokens:
         raise errors.UnsupportedCapability(
-            "Ollama embeds text only: 'input' must be a string or a list of strings", param="input"
+            "Ollama embeds text only: 'input' must be a string or a list of strings",
+            param="input",
+            contacted=False,
         )
     body: JSON = {"model": model, "input": list(request.inputs)}
     if request.dimensions is not None:

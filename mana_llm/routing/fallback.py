@@ -53,6 +53,9 @@ class Walker:
         """Feed one outcome to the health cache: success, or a failure that says something about
         the provider. A provider that answered with a model-scoped or caller error is alive."""
         now = self.clock()
+        if error is not None and not error.contacted:  # refused before contact: no evidence
+            self.health.release_trial(provider)
+            return
         if error is None or not error.counts_against_provider:
             if error is None or isinstance(error, errors.ProviderError):
                 self.health.record_success(provider, now)

@@ -116,6 +116,10 @@ class ProviderHealthCache:
             return True
         return False
 
+    def release_trial(self, provider: str) -> None:
+        """The granted call made no contact: a half-open circuit's trial goes to the next call."""
+        self._circuit(provider).trial_since = None
+
     def reopens_at(self, provider: str) -> float | None:
         circuit = self._circuit(provider)
         return circuit.open_until if circuit.state is CircuitState.OPEN else None

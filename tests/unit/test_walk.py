@@ -368,3 +368,22 @@ async def test_the_request_deadline_bounds_a_stream_walk_included(
     with pytest.raises(errors.UpstreamTimeout):
         await stream.receive()
     assert trio_time() == 100.0  # 40 s to commit + 60 s more, not 40 + 100
+
+
+async def test_a_refusal_before_contact_says_nothing_about_health(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A half-open provider whose trial is refused before any upstream contact (a request it
+    cannot express) stays half-open, and the next call is its trial: no contact, no evidence."""
+    refusal = errors.UnsupportedCapability("n must be 1", provider="a", contacted=False)
+    a = FakeProvider("a").script_chat(Fail(refusal)).script_chat(Fail(unavailable("a")))
+    gw = build(a, FakeProvider("b"), FakeProvider("c"))
+    gw.health.record_failure("a", 0.0, "down")
+    gw.health.record_failure("a", 0.0, "down")
+    await trio.sleep(60)
+    assert gw.health.state("a", trio_time()) is CircuitState.HALF_OPEN
+    assert (await gw.chat(chat())).target.resolved == "b/m2"
+    assert gw.health.state("a", trio_time()) is CircuitState.HALF_OPEN  # not closed by it
+    assert (await gw.chat(chat())).target.resolved == "b/m2"
+    assert len(a.calls) == 2  # the second call was the trial again, not skipped
+    assert gw.health.state("a", trio_time()) is CircuitState.OPEN  # and its real failure counts
