@@ -144,7 +144,7 @@ class Gateway:
             trace.upstream_ended_at = self.clock()
             trace.usage = answered.result.usage
         if plan is not None:
-            await plan.save_valid(answered.target, answered.result.payload)
+            await plan.save(answered.target, answered.result.payload)
         return answered
 
     def _chat_plan(

@@ -56,7 +56,7 @@ def _note(trace: RequestTrace | None, outcome: Lookup) -> None:
 class Plan:
     cache: ResponseCache
     key_of: Callable[[Target], str]
-    valid: Callable[[JSON], bool]  # what a readable entry's payload looks like
+    valid: Callable[[JSON], bool]  # a storable answer; also what a readable entry holds
     control: CacheControl
     trace: RequestTrace | None
     _failed: bool = False
@@ -78,17 +78,14 @@ class Plan:
         return entry
 
     async def save(self, target: Target, payload: JSON) -> None:
-        if not self._failed:
+        """Store the answer `target` gave, if it is a storable one."""
+        if not self._failed and self.valid(payload):
             await self.cache.put(self.key_of(target), Entry(target.resolved, payload).encode())
-
-    async def save_valid(self, target: Target, payload: JSON) -> None:
-        if self.valid(payload):
-            await self.save(target, payload)
 
     async def save_stream(self, target: Target, payloads: list[JSON]) -> None:
         completion = completion_from_chunks(payloads)
         if completion is not None:
-            await self.save_valid(target, completion)
+            await self.save(target, completion)
 
 
 def target_of(entry: Entry) -> Target:
