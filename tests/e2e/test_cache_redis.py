@@ -127,7 +127,7 @@ async def timed_posts(stack: Stack, count: int) -> list[tuple[httpx.Response, fl
 async def test_a_killed_redis_fails_no_request_and_the_cache_recovers(
     nursery: trio.Nursery, redis: RedisServer
 ) -> None:
-    deadline_s = 0.25
+    deadline_s = 0.5  # generous: a loaded CI machine must not turn a fast request into a failure
     stack = await fragile_stack(nursery, redis, deadline_s, cooldown_s=0.3)
     with trio.fail_after(20):
         assert (await post(stack)).headers["x-mana-llm-cache"] == "HIT"
@@ -152,7 +152,7 @@ async def test_a_killed_redis_fails_no_request_and_the_cache_recovers(
 async def test_a_hung_redis_costs_one_deadline_per_request_then_none(
     nursery: trio.Nursery, redis: RedisServer
 ) -> None:
-    deadline_s = 0.3
+    deadline_s = 0.4
     stack = await fragile_stack(nursery, redis, deadline_s, cooldown_s=60)
     with trio.fail_after(20):
         redis.pause()
@@ -166,7 +166,7 @@ async def test_a_hung_redis_costs_one_deadline_per_request_then_none(
     async with stack.client() as client:
         cache = (await client.get("/v1/health")).json()["cache"]
     assert cache["state"] == "open"
-    assert cache["last_error"] == "no answer within 300 ms"
+    assert cache["last_error"] == "no answer within 400 ms"
 
 
 async def test_redis_down_at_start_up_is_only_a_slower_cache(nursery: trio.Nursery) -> None:
