@@ -11,6 +11,7 @@ most one command deadline per request.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 
@@ -28,6 +29,8 @@ from mana_llm.cache.store import Lookup, ResponseCache
 from mana_llm.domain import JSON, CacheControl, ChatResponse, EmbeddingResponse, Target
 from mana_llm.metrics import RequestTrace
 from mana_llm.routing.commit import CommittedStream
+
+log = logging.getLogger(__name__)
 
 
 def plan(
@@ -83,7 +86,12 @@ class Plan:
             await self.cache.put(self.key_of(target), Entry(target.resolved, payload).encode())
 
     async def save_stream(self, target: Target, payloads: list[JSON]) -> None:
-        completion = completion_from_chunks(payloads)
+        """Runs as the stream ends: a failure here is logged, never the caller's failure."""
+        try:
+            completion = completion_from_chunks(payloads)
+        except Exception:  # a bug in assembling must not turn a complete answer into an error
+            log.exception("could not assemble a streamed answer for the cache")
+            return
         if completion is not None:
             await self.save(target, completion)
 

@@ -79,14 +79,17 @@ def completion_from_chunks(chunks: Iterable[JSON]) -> JSON | None:
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 return None
-            for name, value in (choice.get("delta") or {}).items():
+            delta, probs = choice.get("delta") or {}, choice.get("logprobs") or {}
+            if not isinstance(delta, dict) or not isinstance(probs, dict):
+                return None  # a shape this module does not know: relayed, not stored
+            for name, value in delta.items():
                 if name in _TEXT_FIELDS and isinstance(value, str):
                     texts.setdefault(name, []).append(value)
                 elif name == "role" and isinstance(value, str):
                     message["role"] = value
                 elif value:  # tool calls, audio, anything new: not replayable as stored
                     return None
-            for name, items in (choice.get("logprobs") or {}).items():
+            for name, items in probs.items():
                 if isinstance(items, list):
                     logprobs.setdefault(name, []).extend(items)
             finish = choice.get("finish_reason") or finish

@@ -120,8 +120,22 @@ def test_logprobs_are_assembled_and_replayed() -> None:
             {**chunk({"content": "a"}), "choices": [{"index": 1, "delta": {"content": "b"}}]},
             chunk({}, "stop"),
         ],  # a second choice
+        [
+            {**chunk(), "choices": [{"index": 0, "delta": {"content": "a"}, "logprobs": [1]}]},
+            chunk({}, "stop"),
+        ],
+        [{**chunk(), "choices": [{"index": 0, "delta": "a"}]}, chunk({}, "stop")],
     ],
-    ids=["cut", "tool-calls-finish", "content-filter", "tool-call-delta", "audio", "n>1"],
+    ids=[
+        "cut",
+        "tool-calls-finish",
+        "content-filter",
+        "tool-call-delta",
+        "audio",
+        "n>1",
+        "odd-logprobs",
+        "odd-delta",
+    ],
 )
 def test_what_cannot_be_replayed_faithfully_is_not_assembled(stream: list[Any]) -> None:
     assert completion_from_chunks(stream) is None
