@@ -4,6 +4,7 @@ OpenAI-compatible cloud (configured as both `groq` and `openrouter`)."""
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import attrs
 import httpx
@@ -31,6 +32,21 @@ class Stack:
 
     def client(self, **kwargs: object) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.base_url, timeout=10, **kwargs)  # type: ignore[arg-type]
+
+    async def chat(
+        self, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        """POST one chat completion body through a fresh client."""
+        async with self.client() as client:
+            return await client.post("/v1/chat/completions", json=body, headers=headers)
+
+    def cloud_calls(self, path: str = "/v1/chat/completions") -> int:
+        """How many requests to `path` reached the fake cloud."""
+        return sum(1 for r in self.cloud.requests if r.path == path)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample's value from this gateway's registry; 0 when it was never set."""
+        return self.registry.get_sample_value(name, labels) or 0.0
 
     def sdk(self, key: str = "unused") -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
-import httpx
 import pytest
 import trio
 
@@ -27,19 +26,8 @@ DETERMINISTIC: dict[str, Any] = {"model": GROQ, "messages": MSG, "temperature": 
 CHAT = "/v1/chat/completions"
 
 
-def upstream_calls(stack: Stack, path: str = CHAT) -> int:
-    return sum(1 for r in stack.cloud.requests if r.path == path)
-
-
 def cache_count(stack: Stack, result: str) -> float:
-    return stack.registry.get_sample_value("mana_llm_cache_requests_total", {"result": result}) or 0
-
-
-async def post(
-    stack: Stack, body: dict[str, Any], headers: dict[str, str] | None = None
-) -> httpx.Response:
-    async with stack.client() as client:
-        return await client.post(CHAT, json=body, headers=headers)
+    return stack.metric("mana_llm_cache_requests_total", result=result)
 
 
 async def test_a_deterministic_answer_is_answered_once_then_from_the_cache(
@@ -48,9 +36,9 @@ async def test_a_deterministic_answer_is_answered_once_then_from_the_cache(
     stack = await start_stack(nursery)
     stack.cloud.script(CHAT, openai_completion("llama-3.1-8b-instant", "trio, async"))
     with trio.fail_after(10):
-        first = await post(stack, DETERMINISTIC)
-        second = await post(stack, {**DETERMINISTIC, "user": "someone-else", "temperature": 0.0})
-    assert upstream_calls(stack) == 1
+        first = await stack.chat(DETERMINISTIC)
+        second = await stack.chat({**DETERMINISTIC, "user": "someone-else", "temperature": 0.0})
+    assert stack.cloud_calls() == 1
     assert first.headers["x-mana-llm-cache"] == "MISS"
     assert second.headers["x-mana-llm-cache"] == "HIT"
     assert second.headers["x-mana-llm-resolved"] == GROQ
@@ -63,20 +51,20 @@ async def test_a_deterministic_answer_is_answered_once_then_from_the_cache(
     assert b["created"] >= a["created"]
     assert cache_count(stack, "miss") == 1 and cache_count(stack, "hit") == 1
     tokens = {"provider": "groq", "model": GROQ, "kind": "completion"}
-    assert stack.registry.get_sample_value("mana_llm_tokens_total", tokens) == len(WORDS)
+    assert stack.metric("mana_llm_tokens_total", **tokens) == len(WORDS)
 
 
 async def test_sampled_answers_pass_by_unless_the_caller_opts_in(nursery: trio.Nursery) -> None:
     stack = await start_stack(nursery)
     sampled = {"model": GROQ, "messages": MSG, "temperature": 0.8}
     with trio.fail_after(10):
-        plain = [await post(stack, sampled) for _ in range(2)]
-        opted = [await post(stack, sampled, {"x-mana-llm-cache": "on"}) for _ in range(2)]
-        many = [await post(stack, {**DETERMINISTIC, "n": 2}) for _ in range(2)]
+        plain = [await stack.chat(sampled) for _ in range(2)]
+        opted = [await stack.chat(sampled, {"x-mana-llm-cache": "on"}) for _ in range(2)]
+        many = [await stack.chat({**DETERMINISTIC, "n": 2}) for _ in range(2)]
     assert [r.headers["x-mana-llm-cache"] for r in plain] == ["BYPASS", "BYPASS"]
     assert [r.headers["x-mana-llm-cache"] for r in opted] == ["MISS", "HIT"]
     assert [r.headers["x-mana-llm-cache"] for r in many] == ["BYPASS", "BYPASS"]
-    assert upstream_calls(stack) == 5
+    assert stack.cloud_calls() == 5
     assert cache_count(stack, "bypass") == 4
 
 
@@ -91,11 +79,11 @@ async def test_no_cache_answers_anew_and_stores_no_store_does_neither(
         openai_completion("llama-3.1-8b-instant", "three"),
     )
     with trio.fail_after(10):
-        await post(stack, DETERMINISTIC)  # "one" is stored
-        fresh = await post(stack, DETERMINISTIC, {"cache-control": "no-cache"})  # "two" replaces
-        hit = await post(stack, DETERMINISTIC)
-        private = await post(stack, DETERMINISTIC, {"cache-control": "private, no-store"})
-        again = await post(stack, DETERMINISTIC)
+        await stack.chat(DETERMINISTIC)  # "one" is stored
+        fresh = await stack.chat(DETERMINISTIC, {"cache-control": "no-cache"})  # "two" replaces
+        hit = await stack.chat(DETERMINISTIC)
+        private = await stack.chat(DETERMINISTIC, {"cache-control": "private, no-store"})
+        again = await stack.chat(DETERMINISTIC)
     assert fresh.headers["x-mana-llm-cache"] == "BYPASS"
     assert fresh.json()["choices"][0]["message"]["content"] == "two"
     assert hit.json()["choices"][0]["message"]["content"] == "two"
@@ -103,7 +91,7 @@ async def test_no_cache_answers_anew_and_stores_no_store_does_neither(
     assert private.json()["choices"][0]["message"]["content"] == "three"
     assert again.headers["x-mana-llm-cache"] == "HIT"
     assert again.json()["choices"][0]["message"]["content"] == "two"  # three was not kept
-    assert upstream_calls(stack) == 3
+    assert stack.cloud_calls() == 3
 
 
 @pytest.mark.parametrize(
@@ -130,13 +118,13 @@ async def test_a_stream_is_stored_once_complete_and_replayed_through_the_sdk(
                 **request_body, stream=True, stream_options={"include_usage": True}
             )
         ]
-        raw = await post(stack, {**request_body, "stream": True})  # no usage asked
-        whole = await post(stack, request_body)  # the stream's answer, as one object
-    calls = upstream_calls(stack) + sum(1 for r in stack.ollama.requests if r.path == "/api/chat")
+        raw = await stack.chat({**request_body, "stream": True})  # no usage asked
+        whole = await stack.chat(request_body)  # the stream's answer, as one object
+    calls = stack.cloud_calls() + sum(1 for r in stack.ollama.requests if r.path == "/api/chat")
     assert calls == 1
     provider = model.split("/")[0]
     tokens = {"provider": provider, "model": model, "kind": "completion"}
-    assert stack.registry.get_sample_value("mana_llm_tokens_total", tokens) == len(WORDS)
+    assert stack.metric("mana_llm_tokens_total", **tokens) == len(WORDS)
     if provider == "ollama":  # the reasoning is replayed too, before the answer
         assert whole.json()["choices"][0]["message"]["reasoning_content"] == "Let me think."
         assert raw.text.index('"reasoning_content":"Let me think."') < raw.text.index(WORDS[0])
@@ -168,14 +156,14 @@ async def test_a_cut_stream_is_not_stored(nursery: trio.Nursery) -> None:
     stack.cloud.script(CHAT, openai_stream(openai_chunk("", role=True), openai_chunk("Hal"), Cut()))
     body = {**DETERMINISTIC, "stream": True}
     with trio.fail_after(10):
-        cut = await post(stack, body)
-        whole = await post(stack, body)
-        hit = await post(stack, body)
+        cut = await stack.chat(body)
+        whole = await stack.chat(body)
+        hit = await stack.chat(body)
     assert cut.status_code == 200 and "[DONE]" not in cut.text and '"error"' in cut.text
     assert whole.headers["x-mana-llm-cache"] == "MISS"  # the cut answer was not kept
     assert whole.text.endswith("data: [DONE]\n\n")
     assert hit.headers["x-mana-llm-cache"] == "HIT"
-    assert upstream_calls(stack) == 2
+    assert stack.cloud_calls() == 2
 
 
 async def test_tool_calls_are_not_replayed(nursery: trio.Nursery) -> None:
@@ -185,10 +173,10 @@ async def test_tool_calls_are_not_replayed(nursery: trio.Nursery) -> None:
     stack.cloud.script(CHAT, reply, reply)
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     with trio.fail_after(10):
-        answers = [await post(stack, {**DETERMINISTIC, "tools": tools}) for _ in range(2)]
+        answers = [await stack.chat({**DETERMINISTIC, "tools": tools}) for _ in range(2)]
     assert [r.headers["x-mana-llm-cache"] for r in answers] == ["MISS", "MISS"]
     assert answers[1].json()["choices"][0]["message"]["tool_calls"][0]["id"] == "call_1"
-    assert upstream_calls(stack) == 2
+    assert stack.cloud_calls() == 2
 
 
 async def test_callers_with_different_keys_never_share_an_answer(nursery: trio.Nursery) -> None:
@@ -203,14 +191,14 @@ async def test_callers_with_different_keys_never_share_an_answer(nursery: trio.N
         return {"authorization": f"Bearer {key}"}
 
     with trio.fail_after(10):
-        first = await post(stack, DETERMINISTIC, auth(GATEWAY_KEY))
-        second = await post(stack, DETERMINISTIC, auth("other-key"))
-        first_again = await post(stack, DETERMINISTIC, auth(GATEWAY_KEY))
-        second_again = await post(stack, DETERMINISTIC, auth("other-key"))
+        first = await stack.chat(DETERMINISTIC, auth(GATEWAY_KEY))
+        second = await stack.chat(DETERMINISTIC, auth("other-key"))
+        first_again = await stack.chat(DETERMINISTIC, auth(GATEWAY_KEY))
+        second_again = await stack.chat(DETERMINISTIC, auth("other-key"))
     assert [r.headers["x-mana-llm-cache"] for r in (first, second)] == ["MISS", "MISS"]
     content = [r.json()["choices"][0]["message"]["content"] for r in (first_again, second_again)]
     assert content == ["for the first caller", "for the second caller"]
-    assert upstream_calls(stack) == 2
+    assert stack.cloud_calls() == 2
 
 
 async def test_embeddings_are_cached_per_encoding(nursery: trio.Nursery) -> None:
@@ -225,7 +213,7 @@ async def test_embeddings_are_cached_per_encoding(nursery: trio.Nursery) -> None
         ]
         async with stack.client() as client:
             r = await client.post("/v1/embeddings", json={"model": model, "input": ["a", "b"]})
-    assert upstream_calls(stack, "/v1/embeddings") == 2  # one per encoding
+    assert stack.cloud_calls("/v1/embeddings") == 2  # one per encoding
     assert b64[1].data[0].embedding == b64[0].data[0].embedding == floats[1].data[0].embedding
     assert b64[1].model == model
     assert r.headers["x-mana-llm-cache"] == "HIT"
@@ -245,23 +233,23 @@ async def test_a_hit_serves_while_the_preferred_entry_is_down(
     stack.cloud.script(CHAT, openai_error(500, "down"))  # one failure opens groq's circuit
     body = {**DETERMINISTIC, "model": "mana/fast-text"}
     with trio.fail_after(10):
-        first = await post(stack, body)
-        second = await post(stack, body)
+        first = await stack.chat(body)
+        second = await stack.chat(body)
     assert first.headers["x-mana-llm-resolved"] == "ollama/gemma3:4b"
     assert first.headers["x-mana-llm-cache"] == "MISS"
     assert second.headers["x-mana-llm-cache"] == "HIT"
     assert second.headers["x-mana-llm-resolved"] == "ollama/gemma3:4b"
     assert second.json()["model"] == "ollama/gemma3:4b"
-    assert upstream_calls(stack) == 1
+    assert stack.cloud_calls() == 1
     assert sum(1 for r in stack.ollama.requests if r.path == "/api/chat") == 1
 
 
 async def test_switched_off_the_cache_takes_no_part(nursery: trio.Nursery) -> None:
     stack = await start_stack(nursery, CACHE_ENABLED="0")
     with trio.fail_after(10):
-        answers = [await post(stack, DETERMINISTIC) for _ in range(2)]
+        answers = [await stack.chat(DETERMINISTIC) for _ in range(2)]
         async with stack.client() as client:
             health = (await client.get("/v1/health")).json()
     assert all("x-mana-llm-cache" not in r.headers for r in answers)
-    assert upstream_calls(stack) == 2
+    assert stack.cloud_calls() == 2
     assert health["cache"] == {"backend": None, "state": "off"}

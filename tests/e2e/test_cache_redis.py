@@ -37,19 +37,6 @@ async def redis() -> AsyncIterator[RedisServer]:
             await server.kill()
 
 
-def chat_calls(stack: Stack) -> int:
-    return sum(1 for r in stack.cloud.requests if r.path == CHAT)
-
-
-def sample(stack: Stack, name: str, **labels: str) -> float:
-    return stack.registry.get_sample_value(name, labels) or 0.0
-
-
-async def post(stack: Stack, body: dict[str, Any] = BODY) -> httpx.Response:
-    async with stack.client() as client:
-        return await client.post(CHAT, json=body)
-
-
 async def test_two_instances_share_answers_and_streams_replay_through_the_sdk(
     nursery: trio.Nursery, redis: RedisServer
 ) -> None:
@@ -58,9 +45,9 @@ async def test_two_instances_share_answers_and_streams_replay_through_the_sdk(
     a.cloud.script(CHAT, openai_completion("llama-3.1-8b-instant", "answered by a"))
     stream_body = {**BODY, "messages": [{"role": "user", "content": "stream this"}]}
     with trio.fail_after(10):
-        first = await post(a)
-        shared = await post(b)
-        live = await post(a, {**stream_body, "stream": True})
+        first = await a.chat(BODY)
+        shared = await b.chat(BODY)
+        live = await a.chat({**stream_body, "stream": True})
         chunks = [
             c
             async for c in await b.sdk().chat.completions.create(
@@ -74,13 +61,13 @@ async def test_two_instances_share_answers_and_streams_replay_through_the_sdk(
     assert shared.headers["x-mana-llm-resolved"] == GROQ
     assert shared.json()["choices"][0]["message"]["content"] == "answered by a"
     assert live.headers["x-mana-llm-cache"] == "MISS"
-    assert chat_calls(a) == 2 and chat_calls(b) == 0  # b never asked its upstream
+    assert a.cloud_calls() == 2 and b.cloud_calls() == 0  # b never asked its upstream
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "".join(WORDS)
     assert {c.model for c in chunks} == {GROQ}
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == len(WORDS)
     assert health["cache"]["backend"] == "redis" and health["cache"]["state"] == "closed"
-    assert sample(b, "mana_llm_cache_requests_total", result="hit") == 2
+    assert b.metric("mana_llm_cache_requests_total", result="hit") == 2
 
 
 async def test_a_cut_stream_is_not_stored(nursery: trio.Nursery, redis: RedisServer) -> None:
@@ -89,12 +76,12 @@ async def test_a_cut_stream_is_not_stored(nursery: trio.Nursery, redis: RedisSer
     a.cloud.script(CHAT, openai_stream(openai_chunk("", role=True), openai_chunk("Hal"), Cut()))
     body = {**BODY, "stream": True}
     with trio.fail_after(10):
-        cut = await post(a, body)
-        after = await post(b, body)
+        cut = await a.chat(body)
+        after = await b.chat(body)
     assert "[DONE]" not in cut.text and '"error"' in cut.text
     assert after.headers["x-mana-llm-cache"] == "MISS"
     assert after.text.endswith("data: [DONE]\n\n")
-    assert chat_calls(b) == 1
+    assert b.cloud_calls() == 1
 
 
 async def fragile_stack(
@@ -109,7 +96,7 @@ async def fragile_stack(
         CACHE_BREAKER_COOLDOWN=str(cooldown_s),
     )
     with trio.fail_after(10):
-        assert (await post(stack)).headers["x-mana-llm-cache"] == "MISS"
+        assert (await stack.chat(BODY)).headers["x-mana-llm-cache"] == "MISS"
     return stack
 
 
@@ -118,7 +105,7 @@ async def timed_posts(stack: Stack, count: int) -> list[tuple[httpx.Response, fl
     out = []
     for _ in range(count):
         started = trio.current_time()
-        r = await post(stack)
+        r = await stack.chat(BODY)
         out.append((r, trio.current_time() - started))
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
     return out
@@ -130,20 +117,20 @@ async def test_a_killed_redis_fails_no_request_and_the_cache_recovers(
     deadline_s = 0.5  # generous: a loaded CI machine must not turn a fast request into a failure
     stack = await fragile_stack(nursery, redis, deadline_s, cooldown_s=0.3)
     with trio.fail_after(20):
-        assert (await post(stack)).headers["x-mana-llm-cache"] == "HIT"
+        assert (await stack.chat(BODY)).headers["x-mana-llm-cache"] == "HIT"
         await redis.kill()
         answers = await timed_posts(stack, 4)
         assert [r.headers["x-mana-llm-cache"] for r, _ in answers] == ["BYPASS"] * 4
         # a refused connection fails at once: no wait, never a hang
         assert all(took < deadline_s for _, took in answers)
         # two failed lookups open the cache's breaker; after that Redis is not asked
-        assert sample(stack, "mana_llm_cache_errors_total", backend="redis") == 2
-        assert sample(stack, "mana_llm_cache_requests_total", result="error") == 2
-        assert chat_calls(stack) == 5
+        assert stack.metric("mana_llm_cache_errors_total", backend="redis") == 2
+        assert stack.metric("mana_llm_cache_requests_total", result="error") == 2
+        assert stack.cloud_calls() == 5
         await redis.start()  # same port, empty
         seen: list[str] = []
         while seen[-2:] != ["MISS", "HIT"]:  # bypassed until the cool-down ends, then a trial
-            r = await post(stack)
+            r = await stack.chat(BODY)
             assert r.status_code == 200
             seen.append(r.headers["x-mana-llm-cache"])
     assert set(seen[:-2]) <= {"BYPASS"}
@@ -162,7 +149,7 @@ async def test_a_hung_redis_costs_one_deadline_per_request_then_none(
     # the lookup waited its deadline (and the request did not store: one deadline, not two)
     assert all(deadline_s <= t < 2 * deadline_s for t in took[:2]), took
     assert took[2] < deadline_s, took  # the breaker is open: Redis is not asked at all
-    assert sample(stack, "mana_llm_cache_errors_total", backend="redis") == 2
+    assert stack.metric("mana_llm_cache_errors_total", backend="redis") == 2
     async with stack.client() as client:
         cache = (await client.get("/v1/health")).json()["cache"]
     assert cache["state"] == "open"
@@ -173,7 +160,7 @@ async def test_redis_down_at_start_up_is_only_a_slower_cache(nursery: trio.Nurse
     redis_server_or_skip()
     stack = await start_stack(nursery, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     with trio.fail_after(10):
-        answers = [await post(stack) for _ in range(2)]
+        answers = [await stack.chat(BODY) for _ in range(2)]
     assert [r.status_code for r in answers] == [200, 200]
     assert [r.headers["x-mana-llm-cache"] for r in answers] == ["BYPASS", "BYPASS"]
-    assert sample(stack, "mana_llm_cache_requests_total", result="error") == 2
+    assert stack.metric("mana_llm_cache_requests_total", result="error") == 2

@@ -40,11 +40,6 @@ def valid(instance: Any, name: str) -> None:
     jsonschema.validate(instance, {"$ref": f"#/$defs/{name}", "$defs": DEFS})
 
 
-async def post(stack: Stack, body: dict[str, Any]) -> Any:
-    async with stack.client() as client:
-        return await client.post("/v1/chat/completions", json=body)
-
-
 def ollama_body(stack: Stack) -> Any:
     return [r for r in stack.ollama.requests if r.path == "/api/chat"][-1].json()
 
@@ -91,9 +86,9 @@ async def test_tool_call_round_trip_through_the_sdk(nursery: trio.Nursery) -> No
 async def test_tool_calls_raw_shape_and_streaming(nursery: trio.Nursery) -> None:
     stack = await start_stack(nursery)
     with trio.fail_after(10):
-        plain = await post(stack, {"model": "gemma3:4b", "messages": MSG, "tools": [WEATHER]})
-        streamed = await post(
-            stack, {"model": "gemma3:4b", "messages": MSG, "tools": [WEATHER], "stream": True}
+        plain = await stack.chat({"model": "gemma3:4b", "messages": MSG, "tools": [WEATHER]})
+        streamed = await stack.chat(
+            {"model": "gemma3:4b", "messages": MSG, "tools": [WEATHER], "stream": True}
         )
     data = plain.json()
     valid(data, "CreateChatCompletionResponse")
@@ -121,8 +116,7 @@ async def test_tool_choice(
     stack = await start_stack(nursery)
     other = {"type": "function", "function": {"name": "other", "parameters": {"type": "object"}}}
     with trio.fail_after(10):
-        await post(
-            stack,
+        await stack.chat(
             {
                 "model": "gemma3:4b",
                 "messages": MSG,
@@ -146,7 +140,7 @@ async def test_invalid_tool_call_arguments_are_a_400_naming_the_message(
         ],
     }
     with trio.fail_after(10):
-        r = await post(stack, {"model": "gemma3:4b", "messages": [*MSG, bad]})
+        r = await stack.chat({"model": "gemma3:4b", "messages": [*MSG, bad]})
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "messages[1].tool_calls[0].function.arguments"
 
@@ -163,11 +157,11 @@ async def test_vision_data_uri(nursery: trio.Nursery) -> None:
     stack = await start_stack(nursery)
     b64 = base64.b64encode(PNG).decode()
     with trio.fail_after(10):
-        ok = await post(
-            stack, {"model": "gemma3:4b", "messages": image_message(f"data:image/png;base64,{b64}")}
+        ok = await stack.chat(
+            {"model": "gemma3:4b", "messages": image_message(f"data:image/png;base64,{b64}")}
         )
-        broken = await post(
-            stack, {"model": "gemma3:4b", "messages": image_message("data:image/png;base64,@@@")}
+        broken = await stack.chat(
+            {"model": "gemma3:4b", "messages": image_message("data:image/png;base64,@@@")}
         )
     assert ok.status_code == 200
     assert ollama_body(stack)["messages"][0] == {
@@ -193,11 +187,11 @@ async def test_vision_fetched_url_allowed_for_loopback_in_settings(nursery: trio
     images = await images_server(nursery)
     stack = await start_stack(nursery, IMAGE_FETCH_ALLOW_NETWORKS="127.0.0.0/8")
     with trio.fail_after(10):
-        ok = await post(
-            stack, {"model": "gemma3:4b", "messages": image_message(f"{images.url}/cat.png")}
+        ok = await stack.chat(
+            {"model": "gemma3:4b", "messages": image_message(f"{images.url}/cat.png")}
         )
-        html = await post(
-            stack, {"model": "gemma3:4b", "messages": image_message(f"{images.url}/page")}
+        html = await stack.chat(
+            {"model": "gemma3:4b", "messages": image_message(f"{images.url}/page")}
         )
     assert ok.status_code == 200
     assert ollama_body(stack)["messages"][0]["images"] == [base64.b64encode(PNG).decode()]
@@ -208,8 +202,8 @@ async def test_vision_private_url_refused_by_default(nursery: trio.Nursery) -> N
     images = await images_server(nursery)
     stack = await start_stack(nursery)
     with trio.fail_after(10):
-        r = await post(
-            stack, {"model": "gemma3:4b", "messages": image_message(f"{images.url}/cat.png")}
+        r = await stack.chat(
+            {"model": "gemma3:4b", "messages": image_message(f"{images.url}/cat.png")}
         )
     assert r.status_code == 400
     error = r.json()["error"]
@@ -231,8 +225,8 @@ async def test_vision_private_url_refused_by_default(nursery: trio.Nursery) -> N
 async def test_json_modes(nursery: trio.Nursery, response_format: Any, expected: Any) -> None:
     stack = await start_stack(nursery)
     with trio.fail_after(10):
-        r = await post(
-            stack, {"model": "gemma3:4b", "messages": MSG, "response_format": response_format}
+        r = await stack.chat(
+            {"model": "gemma3:4b", "messages": MSG, "response_format": response_format}
         )
     assert r.status_code == 200
     assert ollama_body(stack).get("format") == expected
@@ -241,17 +235,15 @@ async def test_json_modes(nursery: trio.Nursery, response_format: Any, expected:
 async def test_reasoning_both_ways(nursery: trio.Nursery) -> None:
     stack = await start_stack(nursery)
     with trio.fail_after(10):
-        plain = await post(
-            stack, {"model": "gemma3:4b", "messages": MSG, "reasoning_effort": "xhigh"}
+        plain = await stack.chat(
+            {"model": "gemma3:4b", "messages": MSG, "reasoning_effort": "xhigh"}
         )
         assert ollama_body(stack)["think"] == "max"
-        streamed = await post(
-            stack,
+        streamed = await stack.chat(
             {"model": "gemma3:4b", "messages": MSG, "reasoning_effort": "none", "stream": True},
         )
         assert ollama_body(stack)["think"] is False
-        thought = await post(
-            stack,
+        thought = await stack.chat(
             {"model": "gemma3:4b", "messages": MSG, "reasoning_effort": "low", "stream": True},
         )
     assert plain.json()["choices"][0]["message"]["reasoning_content"] == "Let me think."
@@ -275,8 +267,8 @@ async def test_length_limited_answer_and_parameters(nursery: trio.Nursery) -> No
         "keep_alive": "10m",
     }
     with trio.fail_after(10):
-        r = await post(stack, body)
-        n2 = await post(stack, {"model": "gemma3:4b", "messages": MSG, "n": 2})
+        r = await stack.chat(body)
+        n2 = await stack.chat({"model": "gemma3:4b", "messages": MSG, "n": 2})
     data = r.json()
     valid(data, "CreateChatCompletionResponse")
     assert data["choices"][0]["finish_reason"] == "length"
@@ -338,9 +330,9 @@ async def test_providers_file(nursery: trio.Nursery, tmp_path: pathlib.Path) -> 
         OPENROUTER_BASE_URL=stack0.cloud.url + "/v1",
     )
     with trio.fail_after(10):
-        extra = await post(stack, {"model": "vllm/llama-3.1-8b-instant", "messages": MSG})
-        await post(stack, {"model": "openrouter/llama-3.1-8b-instant", "messages": MSG})
-        await post(stack, {"model": "gemma3:4b", "messages": MSG})
+        extra = await stack.chat({"model": "vllm/llama-3.1-8b-instant", "messages": MSG})
+        await stack.chat({"model": "openrouter/llama-3.1-8b-instant", "messages": MSG})
+        await stack.chat({"model": "gemma3:4b", "messages": MSG})
     assert extra.status_code == 200 and extra.json()["model"] == "vllm/llama-3.1-8b-instant"
     cloud = stack0.cloud.requests
     assert cloud[-2].headers["x-title"] == "mana-llm"

@@ -20,10 +20,6 @@ aliases:
 MSG = [{"role": "user", "content": "hi"}]
 
 
-def value(stack: Stack, name: str, **labels: str) -> float:
-    return stack.registry.get_sample_value(name, labels) or 0.0
-
-
 def label_values(stack: Stack, metric: str, label: str) -> set[str]:
     return {
         sample.labels[label]
@@ -43,34 +39,34 @@ async def test_a_plain_answer(nursery: trio.Nursery) -> None:
     assert r.status_code == 200
     model = "ollama/gemma3:4b"
     assert (
-        value(
-            stack, "mana_llm_llm_requests_total", provider="ollama", model=model, status="requested"
+        stack.metric(
+            "mana_llm_llm_requests_total", provider="ollama", model=model, status="requested"
         )
         == 1
     )
     assert (
-        value(
-            stack, "mana_llm_llm_requests_total", provider="ollama", model=model, status="success"
+        stack.metric(
+            "mana_llm_llm_requests_total", provider="ollama", model=model, status="success"
         )
         == 1
     )
-    assert value(stack, "mana_llm_tokens_total", provider="ollama", model=model, kind="prompt") == 7
+    assert stack.metric("mana_llm_tokens_total", provider="ollama", model=model, kind="prompt") == 7
     assert (
-        value(stack, "mana_llm_tokens_total", provider="ollama", model=model, kind="completion")
+        stack.metric("mana_llm_tokens_total", provider="ollama", model=model, kind="completion")
         == 5
     )
     assert (
-        value(stack, "mana_llm_request_duration_seconds_count", endpoint="chat", stream="false")
+        stack.metric("mana_llm_request_duration_seconds_count", endpoint="chat", stream="false")
         == 1
     )
-    assert value(stack, "mana_llm_upstream_duration_seconds_count", provider="ollama") == 1
-    assert value(stack, "mana_llm_gateway_overhead_seconds_count", endpoint="chat") == 1
-    total = value(stack, "mana_llm_request_duration_seconds_sum", endpoint="chat", stream="false")
-    upstream = value(stack, "mana_llm_upstream_duration_seconds_sum", provider="ollama")
-    overhead = value(stack, "mana_llm_gateway_overhead_seconds_sum", endpoint="chat")
+    assert stack.metric("mana_llm_upstream_duration_seconds_count", provider="ollama") == 1
+    assert stack.metric("mana_llm_gateway_overhead_seconds_count", endpoint="chat") == 1
+    total = stack.metric("mana_llm_request_duration_seconds_sum", endpoint="chat", stream="false")
+    upstream = stack.metric("mana_llm_upstream_duration_seconds_sum", provider="ollama")
+    overhead = stack.metric("mana_llm_gateway_overhead_seconds_sum", endpoint="chat")
     assert 0 < upstream < total and abs(total - upstream - overhead) < 1e-6
-    assert value(stack, "mana_llm_active_requests", stream="false") == 0
-    assert value(stack, "mana_llm_errors_total", error_type="internal") == 0
+    assert stack.metric("mana_llm_active_requests", stream="false") == 0
+    assert stack.metric("mana_llm_errors_total", error_type="internal") == 0
 
 
 async def test_a_fallback_through_an_alias(nursery: trio.Nursery, tmp_path: pathlib.Path) -> None:
@@ -84,8 +80,7 @@ async def test_a_fallback_through_an_alias(nursery: trio.Nursery, tmp_path: path
             )
     assert r.status_code == 200
     assert (
-        value(
-            stack,
+        stack.metric(
             "mana_llm_llm_requests_total",
             provider="mana",
             model="mana/fast-text",
@@ -94,8 +89,7 @@ async def test_a_fallback_through_an_alias(nursery: trio.Nursery, tmp_path: path
         == 1
     )
     assert (
-        value(
-            stack,
+        stack.metric(
             "mana_llm_llm_requests_total",
             provider="ollama",
             model="ollama/gemma3:4b",
@@ -104,8 +98,7 @@ async def test_a_fallback_through_an_alias(nursery: trio.Nursery, tmp_path: path
         == 1
     )
     assert (
-        value(
-            stack,
+        stack.metric(
             "mana_llm_alias_resolved_total",
             alias="mana/fast-text",
             target="ollama/gemma3:4b",
@@ -114,8 +107,7 @@ async def test_a_fallback_through_an_alias(nursery: trio.Nursery, tmp_path: path
     )
     fallback = "mana_llm_fallback_total"
     assert (
-        value(
-            stack,
+        stack.metric(
             fallback,
             from_model="groq/no-such-model",
             to_model="together/anything",
@@ -124,8 +116,7 @@ async def test_a_fallback_through_an_alias(nursery: trio.Nursery, tmp_path: path
         == 1
     )
     assert (
-        value(
-            stack,
+        stack.metric(
             fallback,
             from_model="together/anything",
             to_model="ollama/gemma3:4b",
@@ -146,19 +137,18 @@ async def test_a_stream_and_a_disconnect(nursery: trio.Nursery) -> None:
             async with client.stream("POST", "/v1/chat/completions", json=body) as s:
                 async for line in s.aiter_lines():
                     if "Hi" in line:
-                        assert value(stack, "mana_llm_active_requests", stream="true") == 1
+                        assert stack.metric("mana_llm_active_requests", stream="true") == 1
                         break
         await stack.ollama.requests[-1].closed.wait()
         async with stack.client() as client:  # a later request: the disconnected one has finished
             await client.get("/health")
-    assert value(stack, "mana_llm_time_to_first_token_seconds_count", provider="ollama") == 2
+    assert stack.metric("mana_llm_time_to_first_token_seconds_count", provider="ollama") == 2
     assert (
-        value(stack, "mana_llm_request_duration_seconds_count", endpoint="chat", stream="true") == 2
+        stack.metric("mana_llm_request_duration_seconds_count", endpoint="chat", stream="true") == 2
     )
-    assert value(stack, "mana_llm_errors_total", error_type="client_disconnected") == 1
-    assert value(stack, "mana_llm_active_requests", stream="true") == 0
-    success = value(
-        stack,
+    assert stack.metric("mana_llm_errors_total", error_type="client_disconnected") == 1
+    assert stack.metric("mana_llm_active_requests", stream="true") == 0
+    success = stack.metric(
         "mana_llm_llm_requests_total",
         provider="ollama",
         model="ollama/gemma3:4b",
@@ -166,8 +156,7 @@ async def test_a_stream_and_a_disconnect(nursery: trio.Nursery) -> None:
     )
     assert success == 1  # the cut-off stream is not a success
     assert (
-        value(
-            stack,
+        stack.metric(
             "mana_llm_tokens_total",
             provider="ollama",
             model="ollama/gemma3:4b",
@@ -187,9 +176,9 @@ async def test_errors_by_type(nursery: trio.Nursery) -> None:
                 "/v1/chat/completions", json={"model": "ollama/missing:1b", "messages": MSG}
             )
             await client.get("/nowhere")
-    assert value(stack, "mana_llm_errors_total", error_type="invalid_request") == 1
-    assert value(stack, "mana_llm_errors_total", error_type="provider_not_configured") == 1
-    assert value(stack, "mana_llm_errors_total", error_type="not_found") == 2
+    assert stack.metric("mana_llm_errors_total", error_type="invalid_request") == 1
+    assert stack.metric("mana_llm_errors_total", error_type="provider_not_configured") == 1
+    assert stack.metric("mana_llm_errors_total", error_type="not_found") == 2
 
 
 async def test_callers_cannot_create_unbounded_series(nursery: trio.Nursery) -> None:

@@ -21,10 +21,7 @@ GROQ = "groq/llama-3.1-8b-instant"
 
 
 async def post_stream(stack: Stack, model: str) -> httpx.Response:
-    async with stack.client() as client:
-        return await client.post(
-            "/v1/chat/completions", json={"model": model, "messages": MSG, "stream": True}
-        )
+    return await stack.chat({"model": model, "messages": MSG, "stream": True})
 
 
 def events(r: httpx.Response) -> list[str]:
