@@ -108,19 +108,6 @@ class Gateway:
             trace.attempts = answered.failed
             trace.upstream_started_at = answered.started_at
 
-    def _cache_target(self, route: Route) -> Target:
-        """The entry the walk would try first now; the first of all when none is up."""
-        now = self.clock()
-        for target in route.targets:
-            provider = self.providers.get(target.provider)
-            if (
-                provider is not None
-                and provider.configured
-                and self.health.state(target.provider, now) is not CircuitState.OPEN
-            ):
-                return target
-        return route.targets[0]
-
     async def _answer(
         self,
         route: Route,
@@ -132,7 +119,7 @@ class Gateway:
         """A whole answer (not a stream): from the cache, or walk, record who answered and the
         usage, and store it."""
         if plan is not None:
-            entry = await plan.lookup(self._cache_target(route))
+            entry = await plan.lookup(self._walker.first_candidate(route.targets))
             if entry is not None:
                 target = read_through.target_of(entry)
                 return Answered(from_entry(entry), target, (), self.clock(), cached=True)
@@ -196,7 +183,7 @@ class Gateway:
         route = self._route(request.model, trace)
         plan = self._chat_plan(route, request, control, trace)
         if plan is not None:
-            entry = await plan.lookup(self._cache_target(route))
+            entry = await plan.lookup(self._walker.first_candidate(route.targets))
             if entry is not None:
                 return read_through.stream_hit(entry, self.wall_clock())
         answered = await self._walker.walk(

@@ -18,7 +18,7 @@ from mana_llm import errors
 from mana_llm.domain import Target
 from mana_llm.errors import AttemptRecord, GatewayError
 from mana_llm.providers.protocol import Provider
-from mana_llm.routing.health import ProviderHealthCache
+from mana_llm.routing.health import CircuitState, ProviderHealthCache
 
 T = TypeVar("T")
 
@@ -115,6 +115,20 @@ class Walker:
             failures.append((current, error))
             self.report(current.provider, error)
         raise self._exhausted(failures, direct)
+
+    def first_candidate(self, targets: Sequence[Target]) -> Target:
+        """The entry a walk starting now would try first (its provider configured, its circuit
+        not open), without taking a half-open circuit's trial; the first of all when none is."""
+        now = self.clock()
+        for target in targets:
+            provider = self.providers.get(target.provider)
+            if (
+                provider is not None
+                and provider.configured
+                and self.health.state(target.provider, now) is not CircuitState.OPEN
+            ):
+                return target
+        return targets[0]
 
     def _skip_reason(self, provider: Provider) -> GatewayError | None:
         if not provider.configured:
