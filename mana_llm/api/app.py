@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from prometheus_client.exposition import choose_encoder
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -54,7 +54,10 @@ def create_app(gateway: Gateway, settings: Settings, metrics: Metrics) -> QuartT
     app = QuartTrio("mana_llm")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["RESPONSE_TIMEOUT"] = None  # our own deadlines bound every stream
-    api_keys = tuple(key.encode() for key in settings.api_keys)
+    # each gateway key with its cache namespace (the key hashed), computed once
+    api_keys = tuple(
+        (key.encode(), hashlib.sha256(key.encode()).hexdigest()[:32]) for key in settings.api_keys
+    )
     origins = frozenset(settings.cors_origins)
 
     def cache_control() -> CacheControl:
@@ -65,15 +68,11 @@ def create_app(gateway: Gateway, settings: Settings, metrics: Metrics) -> QuartT
             for part in request.headers.get("cache-control", "").split(",")
         }
         no_store = "no-store" in directives
-        namespace = "public"
-        if api_keys:  # authenticated already: the token is one of the keys
-            token = request.headers.get("authorization", "").partition(" ")[2].strip()
-            namespace = hashlib.sha256(token.encode()).hexdigest()[:32]
         return CacheControl(
             lookup=not no_store and "no-cache" not in directives,
             store=not no_store,
             opt_in=request.headers.get("x-mana-llm-cache", "").strip().lower() == "on",
-            namespace=namespace,
+            namespace=g.get("cache_namespace", "public"),  # set by `authenticate`
         )
 
     async def read_json() -> dict[str, Any]:
@@ -87,9 +86,10 @@ def create_app(gateway: Gateway, settings: Settings, metrics: Metrics) -> QuartT
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         given = token.strip().encode()
-        ok = scheme.lower() == "bearer" and any(hmac.compare_digest(given, k) for k in api_keys)
-        if not ok:
+        namespace = next((ns for key, ns in api_keys if hmac.compare_digest(given, key)), None)
+        if scheme.lower() != "bearer" or namespace is None:
             raise errors.Unauthorized("a valid API key is required: Authorization: Bearer <key>")
+        g.cache_namespace = namespace
 
     if origins:
 
