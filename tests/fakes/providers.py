@@ -78,6 +78,18 @@ def chunk_payload(
     }
 
 
+async def perform(step: object) -> bool:
+    """Wait, hang or fail as a Sleep, Hang or Fail step says; False for any other step."""
+    if isinstance(step, Sleep):
+        await trio.sleep(step.seconds)
+        return True
+    if isinstance(step, Hang):
+        await trio.sleep_forever()
+    if isinstance(step, Fail):
+        raise step.error
+    return False
+
+
 @attrs.define(eq=False)
 class FakeStream:
     target: Target
@@ -87,25 +99,21 @@ class FakeStream:
     async def receive(self) -> list[StreamChunk]:
         while self.steps:
             step = self.steps.popleft()
-            if isinstance(step, Sleep):
-                await trio.sleep(step.seconds)
-            elif isinstance(step, Hang):
-                await trio.sleep_forever()
-            elif isinstance(step, Fail):
-                raise step.error
-            elif isinstance(step, End):
+            if await perform(step):
+                continue
+            if isinstance(step, End):
                 return []
-            elif isinstance(step, Content):
+            if isinstance(step, Content):
                 return [
                     StreamChunk(chunk_payload(self.target, {"content": step.text}), commits=True)
                 ]
-            elif isinstance(step, RoleOnly):
+            if isinstance(step, RoleOnly):
                 return [
                     StreamChunk(chunk_payload(self.target, {"role": "assistant", "content": ""}))
                 ]
-            else:
-                payload = chunk_payload(self.target, {}, step.reason)
-                return [StreamChunk(payload, finish_reason=step.reason)]
+            assert isinstance(step, Finish)
+            payload = chunk_payload(self.target, {}, step.reason)
+            return [StreamChunk(payload, finish_reason=step.reason)]
         return []
 
     async def aclose(self) -> None:
@@ -134,13 +142,8 @@ class FakeProvider:
     async def chat(self, target: Target, request: ChatRequest) -> ChatResponse:
         self.calls.append(("chat", target.resolved, trio.current_time()))
         for step in self.chat_steps.popleft() if self.chat_steps else (Answer(),):
-            if isinstance(step, Sleep):
-                await trio.sleep(step.seconds)
-            elif isinstance(step, Hang):
-                await trio.sleep_forever()
-            elif isinstance(step, Fail):
-                raise step.error
-            else:
+            if not await perform(step):
+                assert isinstance(step, Answer)
                 message = {"role": "assistant", "content": step.text, "refusal": None}
                 payload = {"model": target.resolved, "choices": [{"index": 0, "message": message}]}
                 return ChatResponse(payload, "stop", Usage(1, 1))
@@ -153,13 +156,7 @@ class FakeProvider:
         )
         opening: deque[StreamStep] = deque(steps)
         while opening and isinstance(opening[0], Fail | Sleep | Hang):
-            step = opening.popleft()  # failures and waits before the response headers
-            if isinstance(step, Fail):
-                raise step.error
-            if isinstance(step, Hang):
-                await trio.sleep_forever()
-            if isinstance(step, Sleep):
-                await trio.sleep(step.seconds)
+            await perform(opening.popleft())  # failures and waits before the response headers
         stream = FakeStream(target, opening)
         self.streams.append(stream)
         return stream
@@ -170,10 +167,7 @@ class FakeProvider:
     async def list_models(self) -> tuple[ModelInfo, ...]:
         self.calls.append(("models", self.name, trio.current_time()))
         for step in self.chat_steps.popleft() if self.chat_steps else (Answer(),):
-            if isinstance(step, Fail):
-                raise step.error
-            if isinstance(step, Hang):
-                await trio.sleep_forever()
+            await perform(step)
         return (ModelInfo(f"{self.name}/m", 0, self.name),)
 
 
