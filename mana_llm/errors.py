@@ -150,9 +150,14 @@ class UpstreamUnavailable(ProviderError):
 
 
 class CircuitOpen(UpstreamUnavailable):
-    """Skipped: the provider's circuit is open after recent failures."""
+    """Skipped: the provider's circuit is open after recent failures. Refused at once, without
+    contact; resending before `retry_after_s` cannot help, so SDKs are told not to."""
 
     label = "cache-unhealthy"
+    status = 503
+    type = "server_error"
+    default_code = "provider_unavailable"
+    transient = False
 
 
 class UpstreamTimeout(ProviderError):

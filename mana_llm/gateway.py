@@ -80,7 +80,11 @@ class Gateway:
 
     def __attrs_post_init__(self) -> None:
         self._walker = Walker(
-            self.providers, self.health, self.settings.request_timeout_s, self.clock
+            self.providers,
+            self.health,
+            self.settings.request_timeout_s,
+            self.clock,
+            self.wall_clock,
         )
 
     def resolve(self, model: str) -> Route:
@@ -289,13 +293,16 @@ class Gateway:
                 continue
             stats = self.health.statistics(name, now)
             out[name] = {
-                "state": stats.state.value,
+                "state": stats.state.value if stats.checked else "unknown",
                 "consecutive_failures": stats.consecutive_failures,
                 "last_error": stats.last_error,
                 "last_failure_at": at(stats.last_failure_at),
                 "last_success_at": at(stats.last_success_at),
+                "opened_at": at(stats.opened_at),
+                "opened_because": stats.opened_because,
                 "reopens_at": at(stats.reopens_at),
                 "last_probe_at": at(stats.last_probe_at),
+                "last_probe_ok": stats.last_probe_ok,
             }
         return out
 
@@ -305,12 +312,17 @@ class Gateway:
         return self.cache.statistics()
 
     def health_summary(self) -> dict[str, str]:
+        """Per provider: unconfigured, unknown (nobody has checked it yet), healthy (circuit
+        closed) or unhealthy."""
         now = self.clock()
         out: dict[str, str] = {}
         for name, provider in self.providers.items():
+            stats = self.health.statistics(name, now)
             if not provider.configured:
                 out[name] = "unconfigured"
-            elif self.health.state(name, now) is CircuitState.CLOSED:
+            elif not stats.checked:
+                out[name] = "unknown"
+            elif stats.state is CircuitState.CLOSED:
                 out[name] = "healthy"
             else:
                 out[name] = "unhealthy"

@@ -67,10 +67,25 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class _DropRunningOn(logging.Filter):
+    """hypercorn says "Running on ..." for each socket; the gateway says where it listens once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Running on ")
+
+
+# Their DEBUG lines print request and response headers, upstream keys included.
+HEADER_LOGGERS = ("httpx", "httpcore", "hpack")
+
+
 def configure(level: str, fmt: str) -> None:
+    """Every line, hypercorn's included, goes through one handler on stderr in one format."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(_RequestIdFilter())
+    handler.addFilter(_DropRunningOn())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in HEADER_LOGGERS:  # never below INFO, whatever LOG_LEVEL says
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))

@@ -202,10 +202,20 @@ class Metrics:
             ["backend"],
             registry=r,
         )
+        # label sets known in advance are exported at 0, so alerts see them before any event
         for kind in ERROR_TYPES:
             self.errors.labels(kind)
         for result in CACHE_RESULTS:
             self.cache_requests.labels(result)
+        for result in ("success", "error"):
+            self.alias_reloads.labels(result)
+
+    def start_providers(self, configured: list[str]) -> None:
+        """Configured providers start with a closed circuit and probe counters at 0."""
+        for name in configured:
+            self.provider_healthy.labels(name).set(1)
+            for result in ("success", "failure"):
+                self.probes.labels(name, result)
 
     def know_models(self, models: Any) -> None:
         """Configured model names (aliases and their targets) may appear as labels."""
@@ -254,14 +264,12 @@ class Metrics:
         requested = self.model_label(trace.label_model)
         requested_provider = _provider_of(requested)
         self.llm_requests.labels(requested_provider, requested, "requested").inc()
-        tried = [a.model for a in trace.attempts] + ([trace.resolved] if trace.resolved else [])
-        for i, attempt in enumerate(trace.attempts):
-            to_model = tried[i + 1] if i + 1 < len(tried) else "none"
-            self.fallbacks.labels(
-                self.model_label(attempt.model),
-                self.model_label(to_model) if to_model != "none" else "none",
-                attempt.kind,
-            ).inc()
+        if trace.model.startswith("mana/"):  # a move down a chain; a direct request has none
+            tried = [a.model for a in trace.attempts] + ([trace.resolved] if trace.resolved else [])
+            for attempt, to_model in zip(trace.attempts, tried[1:], strict=False):
+                self.fallbacks.labels(
+                    self.model_label(attempt.model), self.model_label(to_model), attempt.kind
+                ).inc()
         if not answered or trace.resolved is None:
             self.llm_requests.labels(requested_provider, requested, "error").inc()
             return

@@ -8,19 +8,22 @@ trio.run(service.run, settings)
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import socket
 import time
+import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import httpx
 import trio
 from hypercorn.config import Config, Sockets
 from hypercorn.trio import serve
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from mana_llm.api.app import create_app
 from mana_llm.api.request_scope import with_request_scope
@@ -28,6 +31,7 @@ from mana_llm.cache.memory import MemoryBackend
 from mana_llm.cache.protocol import CacheBackend
 from mana_llm.cache.store import ResponseCache
 from mana_llm.gateway import Gateway
+from mana_llm.lifecycle import Lifecycle
 from mana_llm.metrics import Metrics
 from mana_llm.providers.images import ImageFetcher
 from mana_llm.providers.ollama import OllamaProvider
@@ -48,7 +52,12 @@ CLIENT_SEND_TIMEOUT_MS = 30_000
 
 class _Config(Config):
     def create_sockets(self) -> Sockets:
-        sockets = super().create_sockets()
+        try:
+            sockets = super().create_sockets()
+        except OSError as exc:  # e.g. the port is taken: one line, exit 2
+            raise StartupError(
+                f"cannot listen on {', '.join(self.bind)}: {exc.strerror or exc}"
+            ) from None
         for sock in sockets.insecure_sockets:
             if sock.family in (socket.AF_INET, socket.AF_INET6) and hasattr(
                 socket, "TCP_USER_TIMEOUT"
@@ -57,8 +66,76 @@ class _Config(Config):
         return sockets
 
 
+_LOGGING = "LOG_LEVEL and LOG_FORMAT (the gateway logs one line per request itself)"
+# hypercorn.toml keys the gateway sets itself, with the setting to use instead
+GATEWAY_OWNED = {
+    "bind": "HOST and PORT (or --host/--port)",
+    "insecure_bind": "HOST and PORT (or --host/--port)",
+    "quic_bind": "HOST and PORT (or --host/--port)",
+    "graceful_timeout": "GRACEFUL_TIMEOUT",
+    "accesslog": _LOGGING,
+    "access_log_format": _LOGGING,
+    "errorlog": _LOGGING,
+    "loglevel": _LOGGING,
+    "logconfig": _LOGGING,
+    "logconfig_dict": _LOGGING,
+    "logger_class": _LOGGING,
+    "workers": "one gateway process per instance: run more instances behind a load balancer",
+    "max_requests": "nothing: it would stop the gateway after that many requests",
+    "max_requests_jitter": "nothing: it would stop the gateway after that many requests",
+}
+# keys only the hypercorn command line reads; mana-llm runs its own process
+CLI_ONLY = frozenset(
+    {"application_path", "daemon", "group", "pid_path", "umask", "use_reloader", "user"}
+    | {"worker_class", "debug"}
+)
+
+
+def read_hypercorn_toml(path: str) -> dict[str, Any]:
+    """The file's settings, each checked: unknown keys (a typo such as `keep_alive_timout`),
+    keys the gateway sets itself and values of the wrong type stop start-up by name."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise StartupError(f"--config {path}: cannot read it ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StartupError(f"--config {path}: not valid TOML ({exc})") from None
+    known = sorted(
+        name
+        for name in dir(Config)
+        if not name.startswith("_") and not callable(getattr(Config, name, None))
+    )
+    for key, value in data.items():
+        if key in GATEWAY_OWNED:
+            instead = GATEWAY_OWNED[key]
+            raise StartupError(f"--config {path}: {key} is set by the gateway; use {instead}")
+        if key in CLI_ONLY:
+            raise StartupError(
+                f"--config {path}: {key} is read only by the hypercorn command line, "
+                "which mana-llm does not use"
+            )
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise StartupError(f"--config {path}: unknown key {key!r}{hint}")
+        default = getattr(Config, key)
+        if isinstance(default, bool | int | float | str) and not _same_kind(default, value):
+            kind = "true or false" if isinstance(default, bool) else type(default).__name__
+            raise StartupError(f"--config {path}: {key} must be {kind}, not {value!r}")
+    return data
+
+
+def _same_kind(default: object, value: object) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, int | float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(default))
+
+
 def hypercorn_config(settings: Settings, config_path: str | None = None) -> Config:
-    config = _Config.from_toml(config_path) if config_path else _Config()
+    config = _Config.from_mapping(read_hypercorn_toml(config_path) if config_path else {})
     config.bind = [
         f"[{settings.host}]:{settings.port}"
         if ":" in settings.host
@@ -66,6 +143,8 @@ def hypercorn_config(settings: Settings, config_path: str | None = None) -> Conf
     ]
     config.graceful_timeout = settings.graceful_timeout_s
     config.accesslog = None
+    # hypercorn's own lines go through the root handler (text or JSON, like every other line)
+    config.errorlog = logging.getLogger("hypercorn.error")
     return config
 
 
@@ -104,8 +183,38 @@ async def run(
     handle_signals: bool = True,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until `shutdown` is set (by a signal or the caller), then drain and return."""
-    shutdown = trio.Event() if shutdown is None else shutdown
+    """Serve until `shutdown` is set (by a signal or the caller), then drain and return:
+    /readyz turns 503 at once, new requests are still taken for DRAIN_DELAY, then the listener
+    closes and in-flight work has up to GRACEFUL_TIMEOUT."""
+    try:
+        await _run(settings, config_path, registry, shutdown, handle_signals, task_status)
+    except BaseExceptionGroup as group:
+        startup, _ = group.split(StartupError)
+        if startup is None:
+            raise
+        raise _first(startup) from None
+
+
+def _first(group: BaseExceptionGroup[StartupError]) -> StartupError:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    assert isinstance(error, StartupError)
+    return error
+
+
+async def _run(
+    settings: Settings,
+    config_path: str | None,
+    registry: CollectorRegistry | None,
+    shutdown: trio.Event | None,
+    handle_signals: bool,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
+    stop = trio.Event() if shutdown is None else shutdown
+    config = hypercorn_config(settings, config_path)
+    # no `*_created` series: noise beside every counter and histogram
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     metrics = Metrics(registry or CollectorRegistry())
     aliases = load_aliases(settings)
     aliases.on_reload = partial(_aliases_reloaded, metrics, aliases)
@@ -115,41 +224,54 @@ async def run(
     )
     health = ProviderHealthCache(policy)
     health.add_listener(partial(_export_health, metrics))
+    lifecycle = Lifecycle()
+    for warning in settings.warnings():
+        log.warning("%s", warning)
     async with http_transport(settings) as transport, open_cache(settings, metrics) as cache:
         providers = build_providers(settings, transport)
-        for name, provider in providers.items():
-            if provider.configured:
-                metrics.provider_healthy.labels(name).set(1)
+        configured = [p for p in providers.values() if p.configured]
+        metrics.start_providers([p.name for p in configured])
         gateway = Gateway(settings, providers, health, aliases, cache=cache)
-        app = with_request_scope(create_app(gateway, settings, metrics), metrics)
-        config = hypercorn_config(settings, config_path)
+        app = with_request_scope(create_app(gateway, settings, metrics, lifecycle), metrics)
+        serving = trio.Event()  # set after the drain delay: hypercorn closes its listener
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 await nursery.start(
-                    run_signal_listener, shutdown, nursery.cancel_scope.cancel, aliases.reload
+                    run_signal_listener, stop, nursery.cancel_scope.cancel, aliases.reload
                 )
             await nursery.start(
                 run_probe_loop,
-                list(providers.values()),
+                configured,
                 health,
                 settings.probe_interval_s,
                 settings.probe_timeout_s,
                 trio.current_time,
                 partial(_probed, metrics),
+                lifecycle.mark_started,
             )
 
+            async def drain_after_stop() -> None:
+                await stop.wait()
+                lifecycle.begin_drain()
+                delay = settings.drain_delay_s
+                if delay:
+                    log.info("draining: accepting for %gs more (DRAIN_DELAY)", delay)
+                    await trio.sleep(delay)
+                serving.set()
+
             async def serve_then_stop(*, task_status: trio.TaskStatus[list[str]]) -> None:
-                # serve() returns once shutdown is set and in-flight requests have drained
+                # serve() returns once `serving` is set and in-flight requests have drained
                 # (up to graceful_timeout); then the rest of the root nursery goes too.
                 await serve(
                     app,
                     config,
-                    shutdown_trigger=shutdown.wait,
+                    shutdown_trigger=serving.wait,
                     task_status=task_status,
                     mode="asgi",
                 )
                 nursery.cancel_scope.cancel()
 
+            nursery.start_soon(drain_after_stop)
             binds: list[str] = await nursery.start(serve_then_stop)
             log.info("mana-llm listening on %s", ", ".join(binds))
             task_status.started(binds)

@@ -27,6 +27,7 @@ class ProviderSettings:
     base_url: str
     api_key: str | None = attrs.field(default=None, repr=False)
     key_env: str | None = None  # the variable that holds the key; None: keyless (local servers)
+    url_env: str | None = None  # where base_url was set (a variable, or the providers file)
     timeout_s: float = 120.0
     headers: Mapping[str, str] = attrs.field(factory=dict)  # e.g. OpenRouter's X-Title
     models: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)  # Ollama per-model
@@ -61,6 +62,7 @@ class Settings:
     request_timeout_s: float = 600.0
     models_timeout_s: float = 5.0
     graceful_timeout_s: float = 30.0
+    drain_delay_s: float = 0.0  # after SIGTERM: keep accepting with /readyz at 503, then drain
     max_connections: int = 256
     aliases_path: str = "aliases.yaml"
     aliases_required: bool = False  # ALIASES_PATH was set: a missing file is an error
@@ -83,6 +85,25 @@ class Settings:
     cache_breaker_failures: int = 3  # consecutive command failures that switch the cache off...
     cache_breaker_cooldown_s: float = 30.0  # ...for this long, then one trial command
 
+    def warnings(self) -> list[str]:
+        """Settings that are valid but almost certainly not what was meant: said at start-up."""
+        found: list[str] = []
+        ollama = self.provider("ollama")
+        if ollama is not None:
+            for suffix in ("/v1", "/api"):
+                if ollama.base_url.endswith(suffix):
+                    root = ollama.base_url.removesuffix(suffix)
+                    found.append(
+                        f"OLLAMA_URL={ollama.base_url} ends in {suffix}: the gateway speaks "
+                        f"Ollama's native API under it itself; set OLLAMA_URL={root}"
+                    )
+        if not _is_loopback(self.host) and not self.api_keys:
+            found.append(
+                f"listening on {self.host} without MANA_LLM_API_KEYS: anyone who can reach "
+                "this port can spend the configured cloud keys"
+            )
+        return found
+
     def provider(self, name: str) -> ProviderSettings | None:
         for p in self.providers:
             if p.name == name:
@@ -101,6 +122,7 @@ class Settings:
                 name="ollama",
                 kind="ollama",
                 base_url=read.url("OLLAMA_URL", "http://localhost:11434"),
+                url_env="OLLAMA_URL",
                 timeout_s=read.seconds("OLLAMA_TIMEOUT", 120.0),
             )
         ]
@@ -113,6 +135,7 @@ class Settings:
                     base_url=read.url(url_env, url),
                     api_key=env.get(key_env, "").strip() or None,
                     key_env=key_env,
+                    url_env=url_env,
                     timeout_s=cloud_timeout_s,
                 )
             )
@@ -143,6 +166,7 @@ class Settings:
             request_timeout_s=read.seconds("REQUEST_TIMEOUT", 600.0),
             models_timeout_s=read.seconds("MODELS_TIMEOUT", 5.0),
             graceful_timeout_s=read.seconds("GRACEFUL_TIMEOUT", 30.0),
+            drain_delay_s=read.seconds_or_off("DRAIN_DELAY"),
             max_connections=read.integer("MAX_UPSTREAM_CONNECTIONS", 256, low=1),
             aliases_path=env.get("ALIASES_PATH", "").strip() or "aliases.yaml",
             aliases_required=bool(env.get("ALIASES_PATH", "").strip()),
@@ -165,6 +189,15 @@ class Settings:
             cache_breaker_failures=read.integer("CACHE_BREAKER_FAILURES", 3, low=1),
             cache_breaker_cooldown_s=read.seconds("CACHE_BREAKER_COOLDOWN", 30.0),
         )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 _PROVIDER_KEYS = frozenset({"base_url", "api_key_env", "timeout_s", "headers"})
@@ -225,6 +258,7 @@ def _apply_providers_file(
             base_url=url.rstrip("/"),
             api_key=(env.get(key_env, "").strip() or None) if isinstance(key_env, str) else None,
             key_env=key_env if isinstance(key_env, str) else None,
+            url_env=f"providers.{name}.base_url in PROVIDERS_PATH",
             timeout_s=float(timeout or 120.0),
             headers=headers,
         )
@@ -283,9 +317,15 @@ class _Reader:
         return value
 
     def seconds_or_off(self, name: str) -> float:
-        """0 (or unset) means off."""
-        if self._raw(name) in (None, "0"):
+        """0, off, false, no (or unset) mean off."""
+        raw = self._raw(name)
+        if raw is None or _FLAGS.get(raw.lower()) is False:
             return 0.0
+        try:
+            if float(raw) == 0:
+                return 0.0
+        except ValueError:
+            pass
         return self.seconds(name, 0.0)
 
     def url(self, name: str, default: str) -> str:

@@ -20,6 +20,7 @@ from mana_llm.api.sse import PendingSSEBody, SSEBody
 from mana_llm.codec import dumps
 from mana_llm.domain import CacheControl, ChatRequest
 from mana_llm.gateway import Gateway
+from mana_llm.lifecycle import Lifecycle
 from mana_llm.metrics import Metrics, RequestTrace
 from mana_llm.settings import Settings
 
@@ -50,7 +51,9 @@ def error_response(error: errors.GatewayError) -> Response:
     return Response(dumps(error_object(error)), status=error.status, headers=error_headers(error))
 
 
-def create_app(gateway: Gateway, settings: Settings, metrics: Metrics) -> QuartTrio:
+def create_app(
+    gateway: Gateway, settings: Settings, metrics: Metrics, lifecycle: Lifecycle
+) -> QuartTrio:
     app = QuartTrio("mana_llm")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["RESPONSE_TIMEOUT"] = None  # our own deadlines bound every stream
@@ -185,12 +188,26 @@ def create_app(gateway: Gateway, settings: Settings, metrics: Metrics) -> QuartT
 
     @app.get("/health")
     async def health() -> Response:
+        """ok: every configured provider healthy; down (503): every one unhealthy;
+        degraded otherwise (some unhealthy, or not checked yet)."""
         providers = gateway.health_summary()
         states = [s for s in providers.values() if s != "unconfigured"]
         status = "ok" if all(s == "healthy" for s in states) else "degraded"
-        if states and not any(s == "healthy" for s in states):
+        if states and all(s == "unhealthy" for s in states):
             status = "down"
-        return json_response({"status": status, "providers": providers})
+        body = {"status": status, "providers": providers}
+        return json_response(body, 503 if status == "down" else 200)
+
+    @app.get("/livez")
+    async def livez() -> Response:
+        return json_response({"status": "alive"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if lifecycle.ready:
+            return json_response({"status": "ready"})
+        status = "draining" if lifecycle.draining else "starting"
+        return json_response({"status": status}, 503)
 
     @app.get("/v1/health")
     async def health_details() -> Response:

@@ -20,15 +20,24 @@ _CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"
 _POLICY_CODES = frozenset({"content_filter", "content_policy_violation", "moderation_blocked"})
 
 # Some upstreams say these only in text (API-NOTES section 7): Together's 403 and OpenRouter's
-# 400 for context length, Ollama's "does not support tools|vision|thinking" and its embed
-# "input length exceeds the context length". Read only on 4xx bodies without a decisive code.
+# 400 for context length, Ollama's embed "input length exceeds the context length". Read only
+# on 4xx bodies without a decisive code.
 _CONTEXT_TEXT = re.compile(
     r"context[ _-]?(length|window)|maximum context|too many tokens|reduce the length", re.I
 )
-_CAPABILITY_TEXT = re.compile(
-    r"does not support (tools|vision|images?|thinking|chat|embedding)", re.I
-)
 _TEXT_STATUSES = frozenset({400, 403, 413, 422})
+# A model that cannot do what the request asks. Ollama's own texts (server/routes.go,
+# server/images.go, model/model.go): 400 `"gemma3:4b" does not support thinking|chat|generate`,
+# 400 `registry.ollama.ai/library/gemma3:4b does not support tools|vision|embedding|insert`
+# (CheckCapabilities), and `this model is missing data required for image input`
+# (ErrNoVisionModel), which reaches the client as a 500 (or a 400). Model-scoped: read on 4xx
+# and on 500, never counted against the provider.
+_CAPABILITY_TEXT = re.compile(
+    r"does not support (tools|vision|images?|audio|thinking|chat|generate|completion|insert"
+    r"|embeddings?)\b|missing data required for image input",
+    re.I,
+)
+_CAPABILITY_STATUSES = frozenset({400, 403, 422, 500})
 
 
 class Redactor:
@@ -84,16 +93,24 @@ def error_from_status(
     body: bytes | Mapping[str, Any],
     headers: Mapping[str, str],
     redact: Redactor,
+    target: str | None = None,
 ) -> errors.ProviderError:
-    """Classify an upstream error response (DESIGN.md section 6)."""
+    """Classify an upstream error response (DESIGN.md section 6). `target`: the
+    `provider/model` the request named, which a model-scoped error names."""
     message, code, err = parse_error_body(body)
     text = redact(f"{provider} answered {status}: {message}")
     kind = _classify(status, code, err)
-    if kind in (errors.UpstreamBadRequest, errors.UpstreamAuthFailed) and status in _TEXT_STATUSES:
-        if _CONTEXT_TEXT.search(message):
-            kind = errors.ContextLengthExceeded
-        elif _CAPABILITY_TEXT.search(message):
-            kind = errors.UnsupportedCapability
+    vague = kind in (errors.UpstreamBadRequest, errors.UpstreamAuthFailed)
+    if vague and status in _TEXT_STATUSES and _CONTEXT_TEXT.search(message):
+        kind = errors.ContextLengthExceeded
+    elif (
+        (vague or kind is errors.UpstreamUnavailable)
+        and status in _CAPABILITY_STATUSES
+        and _CAPABILITY_TEXT.search(message)
+    ):
+        kind = errors.UnsupportedCapability
+        if target is not None:
+            text = redact(f"{provider} answered {status}: {message} (model {target})")
     retry_after = _retry_after_s(headers) if kind is errors.UpstreamRateLimited else None
     keep_status = status if kind is errors.UpstreamBadRequest and status in (413, 422) else None
     return kind(text, provider=provider, retry_after_s=retry_after, status=keep_status)
@@ -121,11 +138,15 @@ def _classify(status: int, code: str | None, err: Mapping[str, Any]) -> type[err
     return errors.UpstreamProtocolError  # 1xx/3xx where a final answer was due
 
 
-def error_from_exception(provider: str, exc: httpx.HTTPError) -> errors.ProviderError:
-    """Classify an httpx exception by its type; the message never carries request headers."""
+def error_from_exception(
+    provider: str, exc: httpx.HTTPError, where: str = ""
+) -> errors.ProviderError:
+    """Classify an httpx exception by its type; the message never carries request headers.
+    `where` (`OLLAMA_URL=http://localhost:11434`) tells the operator what to check."""
+    check = f"; check {where}" if where else ""
     if isinstance(exc, httpx.TimeoutException):
         return errors.UpstreamTimeout(
-            f"{provider} timed out ({type(exc).__name__})", provider=provider
+            f"{provider} timed out ({type(exc).__name__}{check})", provider=provider
         )
     if isinstance(exc, httpx.DecodingError):
         return errors.UpstreamProtocolError(
@@ -133,24 +154,24 @@ def error_from_exception(provider: str, exc: httpx.HTTPError) -> errors.Provider
         )
     if isinstance(exc, httpx.ConnectError):
         return errors.UpstreamUnavailable(
-            f"{provider} is unreachable (connect failed)", provider=provider
+            f"{provider} is unreachable (connect failed{check})", provider=provider
         )
     if isinstance(exc, httpx.RemoteProtocolError):
         return errors.UpstreamUnavailable(
             f"{provider} closed the connection mid-response", provider=provider
         )
     return errors.UpstreamUnavailable(
-        f"{provider} connection failed ({type(exc).__name__})", provider=provider
+        f"{provider} connection failed ({type(exc).__name__}{check})", provider=provider
     )
 
 
-async def read_error_body(response: httpx.Response) -> bytes:
-    """Read at most MAX_ERROR_BODY_BYTES of a streamed error response."""
+async def read_error_body(response: httpx.Response, limit: int = MAX_ERROR_BODY_BYTES) -> bytes:
+    """Read at most `limit` bytes of a streamed response (an error's body, a probe's)."""
     parts: list[bytes] = []
     size = 0
     async for part in response.aiter_bytes():
         parts.append(part)
         size += len(part)
-        if size >= MAX_ERROR_BODY_BYTES:
+        if size >= limit:
             break
-    return b"".join(parts)[:MAX_ERROR_BODY_BYTES]
+    return b"".join(parts)[:limit]

@@ -99,6 +99,9 @@ class OllamaProvider:
             raise self.upstream.protocol_error(str(exc)) from None
         return EmbeddingResponse(payload, usage)
 
+    async def probe(self) -> None:
+        await self.upstream.check("/api/tags")
+
     async def list_models(self) -> tuple[ModelInfo, ...]:
         data = await self.upstream.get_json("/api/tags")
         try:

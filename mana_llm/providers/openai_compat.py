@@ -90,6 +90,7 @@ class OpenAICompatProvider:
                 choice["finish_reason"] = "stop"
             choice.setdefault("logprobs", None)
         data["model"] = target.resolved
+        drop_disallowed_nulls(data, "message")
         return ChatResponse(data, choices[0]["finish_reason"], usage_from_json(data.get("usage")))
 
     async def open_stream(self, target: Target, request: ChatRequest) -> FramedChunkStream:
@@ -119,10 +120,12 @@ class OpenAICompatProvider:
         prompt = data["usage"].get("prompt_tokens")
         return EmbeddingResponse(data, Usage(prompt, 0) if isinstance(prompt, int) else None)
 
+    async def probe(self) -> None:
+        await self.upstream.check("/models")
+
     async def list_models(self) -> tuple[ModelInfo, ...]:
-        data = await self.upstream.get_json("/models")
-        items = data.get("data") if isinstance(data, dict) else None
-        if not isinstance(items, list):
+        items = model_items(await self.upstream.get_json("/models"))
+        if items is None:
             raise self.upstream.protocol_error("a model list without data")
         return tuple(
             ModelInfo(
@@ -133,6 +136,45 @@ class OpenAICompatProvider:
             for item in items
             if isinstance(item, dict) and isinstance(item.get("id"), str)
         )
+
+
+def model_items(data: Any) -> list[Any] | None:
+    """The entries of a model list in every shape real OpenAI-compatible servers send:
+    OpenAI's `{"object": "list", "data": [...]}`, Together's bare array `[{...}, ...]` (its
+    SDK types `GET /models` as `List[ModelInfo]`), and `{"models": [...]}`."""
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict):
+        for key in ("data", "models"):
+            if isinstance(data.get(key), list):
+                return list(data[key])
+    return None
+
+
+# Fields the OpenAI spec lets be null (CreateChatCompletionResponse and its stream chunk);
+# any other null an upstream sends (OpenRouter's `system_fingerprint: null`) is dropped.
+_NULLABLE_TOP = frozenset({"metadata", "moderation", "service_tier"})
+_NULLABLE_CHOICE = frozenset({"logprobs", "finish_reason"})
+_NULLABLE_MESSAGE = frozenset({"content", "refusal", "audio"})
+
+
+def _drop_nulls(obj: dict[str, Any], keep: frozenset[str]) -> None:
+    for key in [k for k, v in obj.items() if v is None and k not in keep]:
+        del obj[key]
+
+
+def drop_disallowed_nulls(data: JSON, message_key: str) -> None:
+    """In place: a completion (`message`) or a chunk (`delta`) without nulls the spec forbids."""
+    _drop_nulls(data, _NULLABLE_TOP)
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        _drop_nulls(usage, frozenset())
+    for choice in data.get("choices") or ():
+        if isinstance(choice, dict):
+            _drop_nulls(choice, _NULLABLE_CHOICE)
+            message = choice.get(message_key)
+            if isinstance(message, dict):
+                _drop_nulls(message, _NULLABLE_MESSAGE)
 
 
 def sse_chunks(upstream: Upstream, target: Target, event: bytes) -> list[StreamChunk] | None:
@@ -146,6 +188,7 @@ def sse_chunks(upstream: Upstream, target: Target, event: bytes) -> list[StreamC
     if not isinstance(choices, list):
         raise upstream.protocol_error("a stream chunk without choices")
     data["model"] = target.resolved
+    drop_disallowed_nulls(data, "delta")
     commits, finish = False, None
     for choice in choices:
         delta = choice.get("delta") if isinstance(choice, dict) else None
@@ -164,5 +207,5 @@ def sse_chunks(upstream: Upstream, target: Target, event: bytes) -> list[StreamC
     # Some clouds put usage on the finish chunk; the caller wants it on a chunk of its own.
     usage_chunk = {k: v for k, v in data.items() if k != "choices"}
     usage_chunk["choices"] = []
-    data["usage"] = None
+    del data["usage"]
     return [StreamChunk(data, commits, finish), StreamChunk(usage_chunk, usage=usage)]

@@ -20,6 +20,7 @@ import trio
 from mana_llm import codec, errors
 from mana_llm.domain import StreamChunk
 from mana_llm.providers.http_errors import (
+    MAX_ERROR_BODY_BYTES,
     Redactor,
     error_from_exception,
     error_from_status,
@@ -32,6 +33,8 @@ CLEANUP_S = 1.0
 # connection goes back to the pool instead of being closed mid-response.
 DRAIN_S = 0.25
 DRAIN_MAX_BYTES = 64 * 1024
+# A probe reads this much of a model list (OpenRouter's is over a megabyte), then lets go.
+CHECK_MAX_BYTES = 8 * 1024 * 1024
 
 
 @attrs.define(eq=False)
@@ -43,6 +46,7 @@ class Upstream:
     _extensions: dict[str, Any] = attrs.field(init=False)
     _urls: dict[str, httpx.URL] = attrs.field(init=False, factory=dict)
     redact: Redactor = attrs.field(init=False)
+    where: str = attrs.field(init=False)  # `OLLAMA_URL=http://...`: what an operator checks
 
     def __attrs_post_init__(self) -> None:
         parsed = httpx.URL(self.settings.base_url)
@@ -55,6 +59,7 @@ class Upstream:
         timeout = {"connect": self.connect_timeout_s, "read": None, "write": None, "pool": None}
         self._extensions = {"timeout": timeout}
         self.redact = Redactor(self.settings.api_key)
+        self.where = where_set(self.settings)
 
     @property
     def name(self) -> str:
@@ -79,26 +84,35 @@ class Upstream:
             method, self.url(path), headers=headers, content=content, extensions=self._extensions
         )
 
+    def failed(self, exc: httpx.HTTPError) -> errors.ProviderError:
+        return error_from_exception(self.name, exc, self.where)
+
     async def _send(self, request: httpx.Request) -> httpx.Response:
         try:
             return await self.transport.handle_async_request(request)
         except httpx.HTTPError as exc:
-            raise error_from_exception(self.name, exc) from None
+            raise self.failed(exc) from None
 
     async def _read(self, request: httpx.Request) -> httpx.Response:
         response = await self._send(request)
         try:
             await response.aread()
         except httpx.HTTPError as exc:
-            raise error_from_exception(self.name, exc) from None
+            raise self.failed(exc) from None
         finally:
             await aclose_response(response)
         return response
 
     def error(
-        self, status: int, body: bytes | Mapping[str, Any], headers: Mapping[str, str]
+        self,
+        status: int,
+        body: bytes | Mapping[str, Any],
+        headers: Mapping[str, str],
+        model: Any = None,
     ) -> errors.ProviderError:
-        return error_from_status(self.name, status, body, headers, self.redact)
+        """`model`: the upstream model the request named, for errors scoped to it."""
+        target = f"{self.name}/{model}" if isinstance(model, str) else None
+        return error_from_status(self.name, status, body, headers, self.redact, target)
 
     def json_object(self, frame: bytes, what: str) -> dict[str, Any]:
         """One streamed frame as a JSON object, or the protocol error naming `what`."""
@@ -116,14 +130,32 @@ class Upstream:
         )
 
     async def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
-        return self._decode(await self._read(self._request("POST", path, body)))
+        response = await self._read(self._request("POST", path, body))
+        return self._decode(response, body.get("model"))
 
     async def get_json(self, path: str) -> Any:
         return self._decode(await self._read(self._request("GET", path)))
 
-    def _decode(self, response: httpx.Response) -> Any:
+    async def check(self, path: str) -> None:
+        """GET `path` and judge the status alone: a 2xx returns, anything else raises. The
+        body is read (bounded) and ignored, so the connection goes back to the pool."""
+        response = await self._send(self._request("GET", path))
+        try:
+            try:
+                ok = 200 <= response.status_code < 300
+                raw = await read_error_body(
+                    response, CHECK_MAX_BYTES if ok else MAX_ERROR_BODY_BYTES
+                )
+            except httpx.HTTPError as exc:
+                raise self.failed(exc) from None
+            if not ok:
+                raise self.error(response.status_code, raw, response.headers)
+        finally:
+            await aclose_response(response)
+
+    def _decode(self, response: httpx.Response, model: Any = None) -> Any:
         if response.status_code != 200:
-            raise self.error(response.status_code, response.content, response.headers)
+            raise self.error(response.status_code, response.content, response.headers, model)
         try:
             return codec.loads(response.content)
         except ValueError:
@@ -140,7 +172,15 @@ class Upstream:
             raw = b""
         finally:
             await aclose_response(response)
-        raise self.error(response.status_code, raw, response.headers)
+        raise self.error(response.status_code, raw, response.headers, body.get("model"))
+
+
+def where_set(settings: ProviderSettings) -> str:
+    """Where a provider's URL came from, for errors that say where to look: the variable (or
+    the providers file entry) and the URL, without any credentials in it."""
+    url = httpx.URL(settings.base_url)
+    shown = str(url.copy_with(username=None, password=None)) if url.userinfo else str(url)
+    return f"{settings.url_env or 'base_url'}={shown}"
 
 
 async def aclose_response(response: httpx.Response) -> None:
@@ -169,7 +209,7 @@ class RawStream:
         except StopAsyncIteration:
             return b""
         except httpx.HTTPError as exc:
-            raise error_from_exception(self.upstream.name, exc) from None
+            raise self.upstream.failed(exc) from None
 
     async def drain(self) -> None:
         """Read to the end of the body, ignoring what comes; a body that does not end within

@@ -8,6 +8,7 @@ failures, return on the first answer. The whole walk runs under one overall dead
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Generic, TypeVar
 
@@ -48,6 +49,7 @@ class Walker:
     health: ProviderHealthCache
     request_timeout_s: float
     clock: Callable[[], float] = trio.current_time
+    wall_clock: Callable[[], float] = time.time
 
     def report(self, provider: str, error: GatewayError | None) -> None:
         """Feed one outcome to the health cache: success, or a failure that says something about
@@ -60,7 +62,7 @@ class Walker:
             if error is None or isinstance(error, errors.ProviderError):
                 self.health.record_success(provider, now)
             return
-        self.health.record_failure(provider, now, error.reason, retry_after_s=error.retry_after_s)
+        self.health.record_failure(provider, now, error.message, retry_after_s=error.retry_after_s)
 
     async def walk(
         self,
@@ -136,16 +138,30 @@ class Walker:
                 f"provider {provider.name!r} is not configured: set {provider.key_env}",
                 provider=provider.name,
             )
-        if not self.health.try_acquire(provider.name, self.clock()):
-            reopens = self.health.reopens_at(provider.name)
-            retry = None if reopens is None else max(1.0, math.ceil(reopens - self.clock()))
-            when = f", retry in {retry:g}s" if retry else ""
-            return errors.CircuitOpen(
-                f"provider {provider.name!r} is unhealthy (circuit open{when})",
-                provider=provider.name,
-                retry_after_s=retry,
-            )
+        now = self.clock()
+        if not self.health.try_acquire(provider.name, now):
+            return self._circuit_open(provider.name, now)
         return None
+
+    def _circuit_open(self, name: str, now: float) -> errors.CircuitOpen:
+        """The refusal, with the failure that opened the circuit, when, and when to retry:
+        `groq is unavailable: its circuit opened at 12:00:03 UTC after groq answered 503:
+        overloaded; retry in 57s`. Half-open: another request holds the one trial call."""
+        stats = self.health.statistics(name, now)
+        retry = 1.0 if stats.reopens_at is None else max(1.0, math.ceil(stats.reopens_at - now))
+        cause = ""
+        if stats.opened_at is not None:
+            wall = self.wall_clock() - (now - stats.opened_at)
+            cause = f": its circuit opened at {time.strftime('%H:%M:%S', time.gmtime(wall))} UTC"
+            if stats.opened_because:
+                cause += f" after {stats.opened_because}"
+        if stats.reopens_at is None:
+            cause += " (a trial call is under way)"
+        return errors.CircuitOpen(
+            f"{name} is unavailable{cause}; retry in {retry:g}s",
+            provider=name,
+            retry_after_s=retry,
+        )
 
     def _exhausted(self, failures: list[tuple[Target, GatewayError]], direct: bool) -> GatewayError:
         records = _records(failures)

@@ -5,6 +5,11 @@ backoff. Open: calls are skipped until the backoff ends. Half-open: the next cal
 (others keep skipping); its success closes the circuit and resets the backoff, its failure
 re-opens it with the backoff doubled up to `max_backoff_s`. A rate limit with Retry-After opens
 the circuit for at least that long. Pure state: every method takes `now`.
+
+Probes are weaker evidence than requests: a model list answering 200 says nothing about chat.
+A probe success moves an open circuit to half-open at most (the next real call is the trial)
+and resets nothing in a closed one; a probe failure counts like a request failure. Until the
+first probe or request outcome, nobody has checked the provider (`checked` is False).
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ class ProviderHealth:
     last_success_at: float | None
     reopens_at: float | None
     last_probe_at: float | None
+    last_probe_ok: bool | None = None
+    opened_at: float | None = None  # when the circuit last opened (open or half-open)...
+    opened_because: str | None = None  # ...and the failure that opened it
+    checked: bool = False  # any probe or request outcome seen yet
 
 
 @attrs.frozen
@@ -61,6 +70,10 @@ class _Circuit:
     last_failure_at: float | None = None
     last_success_at: float | None = None
     last_probe_at: float | None = None
+    last_probe_ok: bool | None = None
+    opened_at: float | None = None
+    opened_because: str | None = None
+    checked: bool = False
 
 
 Listener = Callable[[Transition], None]
@@ -124,15 +137,26 @@ class ProviderHealthCache:
         circuit = self._circuit(provider)
         return circuit.open_until if circuit.state is CircuitState.OPEN else None
 
-    def record_success(self, provider: str, now: float, *, probe: bool = False) -> None:
+    def record_success(self, provider: str, now: float) -> None:
+        """A real call succeeded: the circuit closes and the backoff resets."""
         circuit = self._circuit(provider)
+        circuit.checked = True
         circuit.failures = 0
         circuit.last_success_at = now
         circuit.trial_since = None
         circuit.backoff_s = self._policy.backoff_s
-        if probe:
-            circuit.last_probe_at = now
         self._move(provider, circuit, CircuitState.CLOSED, now)
+
+    def record_probe_success(self, provider: str, now: float) -> None:
+        """The provider is reachable: an open circuit may try a real call now (half-open);
+        a half-open or closed one is left as it is."""
+        circuit = self._circuit(provider)
+        circuit.checked = True
+        circuit.last_probe_at, circuit.last_probe_ok = now, True
+        self._refresh(provider, circuit, now)
+        if circuit.state is CircuitState.OPEN:
+            circuit.open_until = now
+            self._refresh(provider, circuit, now)
 
     def record_failure(
         self,
@@ -145,14 +169,18 @@ class ProviderHealthCache:
     ) -> None:
         circuit = self._circuit(provider)
         self._refresh(provider, circuit, now)
+        circuit.checked = True
         circuit.failures += 1
         circuit.last_error = reason
         circuit.last_failure_at = now
         if probe:
-            circuit.last_probe_at = now
+            circuit.last_probe_at, circuit.last_probe_ok = now, False
         if circuit.state is CircuitState.HALF_OPEN:
-            circuit.backoff_s = min(circuit.backoff_s * 2, self._policy.max_backoff_s)
-            self._open(provider, circuit, now, circuit.backoff_s, retry_after_s)
+            if retry_after_s:  # the upstream said when to come back: that, not a guess
+                self._open(provider, circuit, now, 0.0, retry_after_s)
+            else:
+                circuit.backoff_s = min(circuit.backoff_s * 2, self._policy.max_backoff_s)
+                self._open(provider, circuit, now, circuit.backoff_s, None)
         elif circuit.state is CircuitState.CLOSED:
             if circuit.failures >= self._policy.failure_threshold:
                 self._open(provider, circuit, now, circuit.backoff_s, retry_after_s)
@@ -171,6 +199,7 @@ class ProviderHealthCache:
     ) -> None:
         circuit.open_until = now + max(backoff_s, retry_after_s or 0.0)
         circuit.trial_since = None
+        circuit.opened_at, circuit.opened_because = now, circuit.last_error
         self._move(provider, circuit, CircuitState.OPEN, now)
 
     def statistics(self, provider: str, now: float) -> ProviderHealth:
@@ -184,4 +213,8 @@ class ProviderHealthCache:
             last_success_at=circuit.last_success_at,
             reopens_at=circuit.open_until if circuit.state is CircuitState.OPEN else None,
             last_probe_at=circuit.last_probe_at,
+            last_probe_ok=circuit.last_probe_ok,
+            opened_at=None if circuit.state is CircuitState.CLOSED else circuit.opened_at,
+            opened_because=None if circuit.state is CircuitState.CLOSED else circuit.opened_because,
+            checked=circuit.checked,
         )

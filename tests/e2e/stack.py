@@ -30,6 +30,14 @@ class Stack:
     registry: CollectorRegistry
     shutdown: trio.Event
 
+    async def wait_ready(self) -> None:
+        """Until /readyz says 200: the first probe round is over, so its requests to the fakes
+        are done before a test scripts them."""
+        with trio.fail_after(10):
+            async with self.client() as client:
+                while (await client.get("/readyz")).status_code != 200:
+                    await trio.sleep(0.01)  # a poll of the real service; bounded above
+
     def client(self, **kwargs: object) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.base_url, timeout=10, **kwargs)  # type: ignore[arg-type]
 
@@ -84,4 +92,9 @@ async def start_stack(nursery: trio.Nursery, **overrides: str) -> Stack:
     shutdown = trio.Event()
     run = partial(service.run, settings, registry=registry, shutdown=shutdown, handle_signals=False)
     binds: list[str] = await nursery.start(run)
-    return Stack(ollama, cloud, binds[0], settings, registry, shutdown)
+    stack = Stack(ollama, cloud, binds[0], settings, registry, shutdown)
+    await stack.wait_ready()
+    # the fakes' logs start after the start-up probes: tests count what their requests caused
+    ollama.requests.clear()
+    cloud.requests.clear()
+    return stack

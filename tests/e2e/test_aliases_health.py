@@ -120,7 +120,7 @@ async def test_v1_health_reports_circuit_state_after_failures(nursery: trio.Nurs
     assert terse["status"] == "degraded"
 
 
-async def test_probe_loop_marks_a_dead_upstream_unhealthy_and_a_revived_one_healthy(
+async def test_probe_loop_opens_a_dead_upstream_and_a_revived_one_waits_for_a_real_call(
     nursery: trio.Nursery,
 ) -> None:
     stack = await start_stack(nursery, PROBE_INTERVAL="0.1", PROBE_TIMEOUT="5")
@@ -134,9 +134,17 @@ async def test_probe_loop_marks_a_dead_upstream_unhealthy_and_a_revived_one_heal
             dead = (await client.get("/v1/health")).json()["providers"]["ollama"]
             revive.set()
             await stack.ollama.wait_requests(4)  # the third succeeded and the next round began
+            probed = (await client.get("/v1/health")).json()["providers"]["ollama"]
+            assert {r.path for r in stack.ollama.requests} == {"/api/tags"}  # no tokens spent
+            assert {r.path for r in stack.cloud.requests} == {"/v1/models"}
+            answered = await client.post(  # the trial call
+                "/v1/chat/completions", json={"model": "ollama/gemma3:4b", "messages": MSG}
+            )
             alive = (await client.get("/v1/health")).json()["providers"]["ollama"]
-    assert dead["state"] == "open"
-    assert dead["last_probe_at"] is not None and "probe" in dead["last_error"]
+    assert dead["state"] == "open" and "probe" in dead["last_error"]
+    assert dead["last_probe_at"] is not None and dead["last_probe_ok"] is False
+    assert dead["opened_because"].startswith("probe: ollama connection failed (ReadError; check")
+    # a model list answering 200 says nothing about chat: half-open, never closed by a probe
+    assert probed["state"] == "half_open" and probed["last_probe_ok"] is True
+    assert answered.status_code == 200
     assert alive["state"] == "closed" and alive["consecutive_failures"] == 0
-    assert {r.path for r in stack.ollama.requests} == {"/api/tags"}  # probes never spend tokens
-    assert {r.path for r in stack.cloud.requests} == {"/v1/models"}

@@ -170,6 +170,12 @@ class FakeProvider:
             await perform(step)
         return (ModelInfo(f"{self.name}/m", 0, self.name),)
 
+    async def probe(self) -> None:
+        """Scripted with script_chat, like a chat call: Answer succeeds, Fail/Hang/Sleep act."""
+        self.calls.append(("probe", self.name, trio.current_time()))
+        for step in self.chat_steps.popleft() if self.chat_steps else (Answer(),):
+            await perform(step)
+
 
 def unavailable(provider: str, message: str = "boom") -> errors.UpstreamUnavailable:
     return errors.UpstreamUnavailable(message, provider=provider)

@@ -110,11 +110,68 @@ def test_listener_sees_transitions_only_and_a_failing_one_breaks_nothing() -> No
 
 def test_statistics_and_probe_time() -> None:
     health, _ = cache()
+    assert not health.statistics("p", 0.0).checked  # nobody has looked yet: "unknown"
     health.record_failure("p", 5.0, "refused", probe=True)
     stats = health.statistics("p", 6.0)
     assert (stats.last_error, stats.last_failure_at, stats.last_probe_at) == ("refused", 5.0, 5.0)
-    health.record_success("p", 7.0, probe=True)
-    assert health.statistics("p", 7.0).last_success_at == 7.0
+    assert stats.checked and stats.last_probe_ok is False
+    health.record_probe_success("p", 7.0)
+    stats = health.statistics("p", 7.0)
+    assert (stats.last_probe_at, stats.last_probe_ok, stats.last_success_at) == (7.0, True, None)
+    health.record_success("p", 8.0)
+    assert health.statistics("p", 8.0).last_success_at == 8.0
+
+
+def test_a_probe_success_moves_an_open_circuit_to_half_open_never_to_closed() -> None:
+    health, seen = cache()
+    health.record_failure("p", 0.0, "503 overloaded")
+    health.record_failure("p", 1.0, "503 overloaded")
+    assert health.reopens_at("p") == 61.0
+    health.record_probe_success("p", 10.0)  # the model list answers 200: chat may still fail
+    assert health.state("p", 10.0) is HALF
+    assert seen[-1] == Transition("p", OPEN, HALF, 10.0)
+    health.record_probe_success("p", 11.0)  # half-open stays half-open
+    assert health.state("p", 11.0) is HALF
+    assert health.try_acquire("p", 11.0)  # the next real call is the trial...
+    assert not health.try_acquire("p", 11.0)
+    health.record_failure("p", 12.0, "503 again")  # ...and its failure re-opens, backoff doubled
+    assert health.state("p", 12.0) is OPEN
+    assert health.reopens_at("p") == 132.0
+    health.record_probe_success("p", 13.0)
+    assert health.try_acquire("p", 13.0)
+    health.record_success("p", 14.0)  # only a real success closes it
+    assert health.state("p", 14.0) is CLOSED
+
+
+def test_a_probe_success_resets_nothing_in_a_closed_circuit() -> None:
+    health, _ = cache()
+    health.record_failure("p", 0.0, "503")
+    health.record_probe_success("p", 1.0)
+    assert health.statistics("p", 1.0).consecutive_failures == 1
+    health.record_failure("p", 2.0, "503")  # the second real failure still opens it
+    assert health.state("p", 2.0) is OPEN
+
+
+def test_open_circuit_keeps_when_and_why_it_opened() -> None:
+    health, _ = cache()
+    health.record_failure("p", 3.0, "groq answered 503: overloaded")
+    health.record_failure("p", 4.0, "groq answered 503: busy")
+    stats = health.statistics("p", 5.0)
+    assert (stats.opened_at, stats.opened_because) == (4.0, "groq answered 503: busy")
+    health.record_success("p", 70.0)
+    assert health.statistics("p", 70.0).opened_at is None
+
+
+def test_retry_after_sets_the_reopen_time_when_a_half_open_circuit_reopens() -> None:
+    health, _ = cache()
+    health.record_failure("p", 0.0, "429", retry_after_s=1.0)
+    assert health.reopens_at("p") == 1.0
+    assert health.try_acquire("p", 1.0)  # the trial
+    health.record_failure("p", 1.0, "429", retry_after_s=1.0)
+    assert health.reopens_at("p") == 2.0  # not the doubled backoff (121 s)
+    assert health.try_acquire("p", 2.0)
+    health.record_failure("p", 2.0, "503")  # without Retry-After the backoff doubles as before
+    assert health.reopens_at("p") == 122.0
 
 
 @pytest.mark.parametrize("threshold", [1, 3])

@@ -323,6 +323,44 @@ PROVIDER_TABLE = [
         {"error": "registry.ollama.ai/library/gemma:2b does not support tools"},
         (400, "invalid_request_error", "unsupported_capability", True),
     ),
+    # Ollama's capability refusals, texts from its source (server/routes.go, server/images.go,
+    # model/model.go): model-scoped, whatever the status, never the provider's fault
+    (
+        "ollama",
+        500,
+        {"error": "this model is missing data required for image input"},
+        (400, "invalid_request_error", "unsupported_capability", True),
+    ),
+    (
+        "ollama",
+        400,
+        {"error": "this model is missing data required for image input"},
+        (400, "invalid_request_error", "unsupported_capability", True),
+    ),
+    (
+        "ollama",
+        400,
+        {"error": '"llama3.2:1b" does not support thinking'},
+        (400, "invalid_request_error", "unsupported_capability", True),
+    ),
+    (
+        "ollama",
+        400,
+        {"error": '"nomic-embed-text" does not support chat'},
+        (400, "invalid_request_error", "unsupported_capability", True),
+    ),
+    (
+        "ollama",
+        400,
+        {"error": '"nomic-embed-text" does not support generate'},
+        (400, "invalid_request_error", "unsupported_capability", True),
+    ),
+    (
+        "ollama",
+        400,
+        {"error": "registry.ollama.ai/library/gemma3:4b does not support embedding"},
+        (400, "invalid_request_error", "unsupported_capability", True),
+    ),
     (
         "ollama",
         400,
@@ -364,3 +402,29 @@ def test_every_documented_status_of_every_provider(
     error = error_from_status(provider, status, raw, {}, Redactor(None))
     assert (error.status, error.type, error.code, error.retryable) == expected
     assert error.message.startswith(f"{provider} answered {status}")
+
+
+def test_a_capability_error_names_the_model_and_never_counts_against_the_provider() -> None:
+    body = b'{"error": "this model is missing data required for image input"}'
+    error = error_from_status("ollama", 500, body, {}, Redactor(None), "ollama/gemma3:1b")
+    assert isinstance(error, errors.UnsupportedCapability)
+    assert error.message == (
+        "ollama answered 500: this model is missing data required for image input"
+        " (model ollama/gemma3:1b)"
+    )
+    assert not error.counts_against_provider and error.retryable
+
+
+def test_a_plain_500_still_counts_against_the_provider() -> None:
+    body = b'{"error": "model runner has unexpectedly stopped"}'
+    error = error_from_status("ollama", 500, body, {}, Redactor(None), "ollama/gemma3:1b")
+    assert isinstance(error, errors.UpstreamUnavailable) and error.counts_against_provider
+
+
+def test_connection_errors_name_the_url_and_its_variable() -> None:
+    error = error_from_exception(
+        "ollama", httpx.ConnectError("refused"), "OLLAMA_URL=http://localhost:11434"
+    )
+    assert error.message == (
+        "ollama is unreachable (connect failed; check OLLAMA_URL=http://localhost:11434)"
+    )

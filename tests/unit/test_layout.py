@@ -14,6 +14,7 @@ LEAVES = {
     "mana_llm.settings",
     "mana_llm.codec",
     "mana_llm.logs",
+    "mana_llm.lifecycle",
 }
 
 # layer -> internal modules (prefixes) it may import
@@ -23,6 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "mana_llm.settings": set(),
     "mana_llm.codec": set(),
     "mana_llm.logs": set(),
+    "mana_llm.lifecycle": set(),
     "mana_llm.providers": LEAVES | {"mana_llm.providers"},
     "mana_llm.cache": LEAVES | {"mana_llm.cache"},
     "mana_llm.routing": LEAVES | {"mana_llm.routing", "mana_llm.providers.protocol"},

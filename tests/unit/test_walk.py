@@ -37,6 +37,7 @@ aliases:
     chain: [a/m1, b/m2]
 """
 MSG = (Message("user", "hi"),)
+WALL = 1_795_687_200.0  # 2026-11-26 10:00:00 UTC, the wall clock's answer at virtual time 0
 
 
 def build(
@@ -51,7 +52,9 @@ def build(
     aliases = AliasStore("aliases.yaml", names, lambda: 0.0, lambda path: ALIASES)
     assert aliases.reload()
     health = ProviderHealthCache(BreakerPolicy(failure_threshold=2, backoff_s=60.0))
-    return Gateway(settings, {p.name: p for p in providers}, health, aliases)
+    return Gateway(
+        settings, {p.name: p for p in providers}, health, aliases, wall_clock=lambda: WALL
+    )
 
 
 def chat(model: str = "mana/chain", stream: bool = False) -> ChatRequest:
@@ -294,7 +297,10 @@ async def test_a_flapping_primary(autojump_clock: trio.testing.MockClock) -> Non
     for _ in range(3):  # served by the fallback while the circuit is open, primary untouched
         answered = await gw.chat(chat())
         assert answered.target.provider == "b"
-        assert "circuit open, retry in 60s" in answered.failed[0].reason
+        assert answered.failed[0].reason == (
+            "CircuitOpen: a is unavailable: its circuit opened at 10:00:00 UTC after boom;"
+            " retry in 60s"
+        )
     assert len(a.calls) == 2
     await trio.sleep(60)
     answered = await gw.chat(chat())  # half-open: the trial goes to the primary, and succeeds
@@ -350,7 +356,7 @@ async def test_all_circuits_open_gives_retry_after_of_the_earliest_reopening(
     with pytest.raises(errors.AllProvidersFailed) as raised:
         await gw.chat(chat())
     assert raised.value.retry_after_s == 15
-    assert all("circuit open" in r.reason for r in raised.value.attempts)
+    assert all("is unavailable: its circuit opened at" in r.reason for r in raised.value.attempts)
     assert all(p.calls == [] for p in providers)
 
 
