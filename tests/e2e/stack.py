@@ -35,8 +35,9 @@ class Stack:
         are done before a test scripts them."""
         with trio.fail_after(10):
             async with self.client() as client:
-                while (await client.get("/readyz")).status_code != 200:
-                    await trio.sleep(0.01)  # a poll of the real service; bounded above
+                # a poll of the real endpoint over HTTP, as an orchestrator does; bounded above
+                while (await client.get("/readyz")).status_code != 200:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
 
     def client(self, **kwargs: object) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.base_url, timeout=10, **kwargs)  # type: ignore[arg-type]
