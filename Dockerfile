@@ -10,7 +10,7 @@ USER mana
 ENV PORT=3025 HOST=0.0.0.0
 EXPOSE 3025
 HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
-  CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"PORT\", \"3025\")}/health', timeout=2)"
+  CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"PORT\", \"3025\")}/livez', timeout=2)"
 # SIGTERM drains in-flight requests and streams (GRACEFUL_TIMEOUT), then exits 0.
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "mana_llm", "--config", "hypercorn.toml"]

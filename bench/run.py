@@ -175,7 +175,7 @@ def main() -> None:
         "HOST": "127.0.0.1",
         "PORT": str(gw_port),
         "LOG_LEVEL": "WARNING",
-        "PROBE_INTERVAL": "86400",  # the fake answers chat only; probes would open circuits
+        "PROBE_INTERVAL": "86400",  # one probe round at start-up only, off the measured path
         "GROQ_API_KEY": "bench",
         "GROQ_BASE_URL": f"http://127.0.0.1:{up_port}/v1",
         "OLLAMA_URL": f"http://127.0.0.1:{up_port}",

@@ -121,7 +121,13 @@ def read_hypercorn_toml(path: str) -> dict[str, Any]:
             raise StartupError(f"--config {path}: unknown key {key!r}{hint}")
         default = getattr(Config, key)
         if isinstance(default, bool | int | float | str) and not _same_kind(default, value):
-            kind = "true or false" if isinstance(default, bool) else type(default).__name__
+            kind = (
+                "true or false"
+                if isinstance(default, bool)
+                else "a string"
+                if isinstance(default, str)
+                else "a number"
+            )
             raise StartupError(f"--config {path}: {key} must be {kind}, not {value!r}")
     return data
 

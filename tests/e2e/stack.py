@@ -3,6 +3,7 @@ OpenAI-compatible cloud (configured as both `groq` and `openrouter`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -86,16 +87,31 @@ def stack_env(ollama: FakeServer, cloud: FakeServer, **overrides: str) -> dict[s
 
 
 async def start_stack(nursery: trio.Nursery, **overrides: str) -> Stack:
+    """The stack, ready (/readyz says 200), with the fakes' request logs emptied after the
+    start-up probes: tests count what their own requests caused."""
+    return await open_stack(nursery, overrides)
+
+
+async def open_stack(
+    nursery: trio.Nursery,
+    overrides: dict[str, str],
+    *,
+    prepare: Callable[[FakeServer, FakeServer], None] = lambda ollama, cloud: None,
+    ready: bool = True,
+) -> Stack:
+    """`prepare` scripts the fakes before the gateway starts (its start-up probes see them);
+    `ready=False` returns as soon as it listens."""
     ollama: FakeServer = await nursery.start(FakeServer(FakeOllama()).serve)
     cloud: FakeServer = await nursery.start(FakeServer(FakeOpenAI(key=UPSTREAM_KEY)).serve)
+    prepare(ollama, cloud)
     settings = Settings.from_env(stack_env(ollama, cloud, **overrides))
     registry = CollectorRegistry()
     shutdown = trio.Event()
     run = partial(service.run, settings, registry=registry, shutdown=shutdown, handle_signals=False)
     binds: list[str] = await nursery.start(run)
     stack = Stack(ollama, cloud, binds[0], settings, registry, shutdown)
-    await stack.wait_ready()
-    # the fakes' logs start after the start-up probes: tests count what their requests caused
-    ollama.requests.clear()
-    cloud.requests.clear()
+    if ready:
+        await stack.wait_ready()
+        ollama.requests.clear()
+        cloud.requests.clear()
     return stack

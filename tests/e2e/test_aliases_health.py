@@ -75,6 +75,16 @@ async def test_all_failed_is_503_with_attempts_and_the_sdk_does_not_retry(
         "openrouter/meta-llama/llama-3.1-8b-instruct",
     ]
     assert len(stack.cloud.requests) == 2  # one per entry, no SDK retries
+    fallbacks = [
+        (s.labels["from_model"], s.labels["to_model"])
+        for family in stack.registry.collect()
+        for s in family.samples
+        if s.name == "mana_llm_fallback_total"
+    ]
+    # one real move down the chain; the last entry's failure moved nowhere
+    assert fallbacks == [
+        ("groq/llama-3.1-8b-instant", "openrouter/meta-llama/llama-3.1-8b-instruct")
+    ]
 
 
 async def test_aliases_endpoint_shows_chains_load_time_and_hash(

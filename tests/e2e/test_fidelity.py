@@ -14,6 +14,7 @@ import trio
 
 from tests.e2e.stack import Stack, start_stack
 from tests.fakes.server import FakeServer, Reply, Request
+from tests.fakes.upstreams import CREATED, openai_stream, sse
 
 DEFS = json.loads((pathlib.Path(__file__).parents[1] / "fixtures/openai_schemas.json").read_text())[
     "$defs"
@@ -36,8 +37,27 @@ PNG = base64.b64decode(
 MSG: Any = [{"role": "user", "content": "weather in Paris?"}]
 
 
+# one validator per response shape, built once (jsonschema.validate re-checks the schema itself
+# on every call, which cost seconds over this file)
+VALIDATORS = {
+    name: jsonschema.Draft202012Validator({"$ref": f"#/$defs/{name}", "$defs": DEFS})
+    for name in (
+        "CreateChatCompletionResponse",
+        "CreateChatCompletionStreamResponse",
+        "CreateEmbeddingResponse",
+        "ListModelsResponse",
+        "ErrorResponse",
+    )
+}
+
+
 def valid(instance: Any, name: str) -> None:
-    jsonschema.validate(instance, {"$ref": f"#/$defs/{name}", "$defs": DEFS})
+    VALIDATORS[name].validate(instance)
+
+
+def events(text: str) -> list[Any]:
+    """The JSON events of an SSE body ([DONE] left out)."""
+    return [json.loads(e[6:]) for e in text.split("\n\n") if e.startswith("data: {")]
 
 
 def ollama_body(stack: Stack) -> Any:
@@ -284,33 +304,137 @@ async def test_length_limited_answer_and_parameters(nursery: trio.Nursery) -> No
     assert n2.status_code == 400 and n2.json()["error"]["param"] == "n"
 
 
+# OpenRouter passes nulls through where the spec has none (`system_fingerprint: null`, usage
+# details null) and adds fields of its own (`provider`, `native_finish_reason`, `reasoning`)
+def openrouter_completion() -> Reply:
+    return Reply.json(
+        {
+            "id": "gen-1",
+            "provider": "Groq",
+            "model": "meta-llama/llama-3.1-8b-instruct",
+            "object": "chat.completion",
+            "created": CREATED,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": 0,
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                    "native_finish_reason": "stop",
+                    "message": {
+                        "role": "assistant",
+                        "content": "Hi.",
+                        "refusal": None,
+                        "reasoning": None,
+                        "tool_calls": None,
+                        "function_call": None,
+                    },
+                }
+            ],
+            "usage": {
+                "prompt_tokens": 7,
+                "completion_tokens": 2,
+                "total_tokens": 9,
+                "prompt_tokens_details": None,
+                "completion_tokens_details": None,
+            },
+        }
+    )
+
+
+def openrouter_chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    chunk = {
+        "id": "gen-1",
+        "provider": "Groq",
+        "model": "meta-llama/llama-3.1-8b-instruct",
+        "object": "chat.completion.chunk",
+        "created": CREATED,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": None, "tool_calls": None, **delta},
+                "finish_reason": finish,
+                "native_finish_reason": finish,
+                "logprobs": None,
+            }
+        ],
+    }
+    return sse(chunk)
+
+
 async def test_every_answer_shape_validates(nursery: trio.Nursery) -> None:
     stack = await start_stack(nursery)
+    stack.cloud.script("/v1/chat/completions", openrouter_completion())
+    usage = {"stream_options": {"include_usage": True}}
     with trio.fail_after(10):
         async with stack.client() as client:
-            chat = await client.post(
-                "/v1/chat/completions", json={"model": "groq/llama-3.1-8b-instant", "messages": MSG}
-            )
-            stream = await client.post(
+            answers = [
+                await client.post(
+                    "/v1/chat/completions", json={"model": "openrouter/x", "messages": MSG}
+                ),
+                await client.post(
+                    "/v1/chat/completions", json={"model": "gemma3:4b", "messages": MSG}
+                ),
+                await client.post(
+                    "/v1/chat/completions",
+                    json={"model": "groq/llama-3.1-8b-instant", "messages": MSG},
+                ),
+            ]
+            stack.cloud.script(
                 "/v1/chat/completions",
-                json={
-                    "model": "gemma3:4b",
-                    "messages": MSG,
-                    "stream": True,
-                    "stream_options": {"include_usage": True},
-                },
+                openai_stream(
+                    openrouter_chunk({"content": "Hi"}),
+                    openrouter_chunk({"content": "."}),
+                    openrouter_chunk({}, "stop"),
+                    sse("[DONE]"),
+                ),
             )
-            emb = await client.post(
-                "/v1/embeddings", json={"model": "nomic-embed-text", "input": ["a", "b"]}
-            )
+            streams = [
+                await client.post(
+                    "/v1/chat/completions",
+                    json={"model": "openrouter/x", "messages": MSG, "stream": True},
+                ),
+                await client.post(
+                    "/v1/chat/completions",
+                    json={"model": "gemma3:4b", "messages": MSG, "stream": True, **usage},
+                ),
+                await client.post(
+                    "/v1/chat/completions",
+                    json={"model": "groq/llama-3.1-8b-instant", "messages": MSG, "stream": True},
+                ),
+            ]
+            embeddings = [
+                await client.post(
+                    "/v1/embeddings", json={"model": "nomic-embed-text", "input": ["a", "b"]}
+                ),
+                await client.post(
+                    "/v1/embeddings", json={"model": "groq/embed-small", "input": "a"}
+                ),
+            ]
             models = await client.get("/v1/models")
             error = await client.post("/v1/chat/completions", json={"model": "gemma3:4b"})
-    valid(chat.json(), "CreateChatCompletionResponse")
-    for event in stream.text.split("\n\n"):
-        if event.startswith("data: {"):
-            valid(json.loads(event[6:]), "CreateChatCompletionStreamResponse")
-    valid(emb.json(), "CreateEmbeddingResponse")
+    for answer in answers:
+        assert answer.status_code == 200
+        valid(answer.json(), "CreateChatCompletionResponse")
+    passthrough = answers[0].json()
+    assert "system_fingerprint" not in passthrough  # null is not allowed there: dropped
+    assert passthrough["provider"] == "Groq"  # unknown fields pass through
+    assert passthrough["usage"] == {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
+    # OpenRouter: 3 chunks; Ollama: 5 words + finish + usage; the fake cloud: role + 5 + finish
+    for stream, count in zip(streams, (3, 7, 7), strict=True):
+        assert stream.status_code == 200 and stream.text.endswith("data: [DONE]\n\n")
+        chunks = events(stream.text)
+        assert len(chunks) == count
+        for chunk in chunks:
+            valid(chunk, "CreateChatCompletionStreamResponse")
+    assert all("system_fingerprint" not in c for c in events(streams[0].text))
+    for embedding in embeddings:
+        assert embedding.status_code == 200
+        valid(embedding.json(), "CreateEmbeddingResponse")
+    assert models.status_code == 200
     valid(models.json(), "ListModelsResponse")
+    assert error.status_code == 400
     valid(error.json(), "ErrorResponse")
 
 

@@ -10,7 +10,7 @@ import trio
 
 from tests.e2e.stack import Stack, start_stack
 from tests.fakes.server import Stall
-from tests.fakes.upstreams import ollama_line, ollama_stream
+from tests.fakes.upstreams import ollama_line, ollama_stream, openai_error
 
 ALIASES = """
 aliases:
@@ -237,3 +237,32 @@ async def test_metrics_content_type_follows_accept(nursery: trio.Nursery) -> Non
     assert "mana_llm_errors_total" in plain.text
     assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")
     assert open_metrics.text.rstrip().endswith("# EOF")
+
+
+async def test_series_known_in_advance_exist_at_zero_and_no_created_series(
+    nursery: trio.Nursery,
+) -> None:
+    stack = await start_stack(nursery)
+    with trio.fail_after(10):
+        async with stack.client() as client:
+            text = (await client.get("/metrics")).text
+    assert "_created" not in text
+    for line in (
+        'mana_llm_alias_reloads_total{result="error"} 0.0',
+        'mana_llm_alias_reloads_total{result="success"} 0.0',
+        'mana_llm_health_probe_total{provider="groq",result="failure"} 0.0',
+        'mana_llm_health_probe_total{provider="ollama",result="failure"} 0.0',
+        'mana_llm_health_probe_total{provider="ollama",result="success"} 1.0',
+        'mana_llm_errors_total{error_type="all_providers_failed"} 0.0',
+    ):
+        assert line in text.splitlines(), line
+    assert 'provider="together"' not in text  # not configured: no probe series
+
+
+async def test_a_failed_direct_request_is_no_fallback(nursery: trio.Nursery) -> None:
+    stack = await start_stack(nursery)
+    stack.cloud.script("/v1/chat/completions", openai_error(503, "overloaded"))
+    with trio.fail_after(10):
+        r = await stack.chat({"model": "groq/llama-3.1-8b-instant", "messages": MSG})
+    assert r.status_code == 502
+    assert label_values(stack, "mana_llm_fallback_total", "from_model") == set()

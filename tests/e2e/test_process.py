@@ -7,6 +7,7 @@ import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -14,8 +15,10 @@ from contextlib import asynccontextmanager
 
 import attrs
 import httpx
+import pytest
 import trio
 
+from mana_llm.service import read_hypercorn_toml
 from tests.e2e.stack import UPSTREAM_KEY, stack_env
 from tests.fakes.server import FakeServer, WaitFor
 from tests.fakes.upstreams import FakeOllama, FakeOpenAI, ollama_line, ollama_stream
@@ -198,7 +201,11 @@ async def test_json_logs_carry_the_fields_and_never_prompts_or_keys(nursery: tri
                 rb'"request_id": "req-bad-2"[^\n]*"message": "request"|"message": "request"[^\n]*"request_id": "req-bad-2"'
             )
     assert ok.status_code == 200 and refused.status_code == 502
-    lines = [json.loads(line) for line in gw.log.decode().splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in gw.log.decode().splitlines()]  # every line is JSON
+    assert [line["logger"] for line in lines if "listening on" in line["message"]] == [
+        "mana_llm.service"
+    ]  # said once: hypercorn's own "Running on" is not repeated
+    assert not [line for line in lines if "Running on" in line["message"]]
     requests = {line["request_id"]: line for line in lines if line["message"] == "request"}
     first = requests["req-ok-1"]
     assert first["endpoint"] == "chat" and first["stream"] is True and first["status"] == 200
@@ -216,3 +223,88 @@ async def test_json_logs_carry_the_fields_and_never_prompts_or_keys(nursery: tri
     assert "PROMPT-TEXT-4711" not in text
     assert UPSTREAM_KEY not in text and "sk-other-key" not in text
     assert "Hello" not in text  # the answer is not logged either
+
+
+def one_line_exit_2(*args: str, **env: str) -> str:
+    """Run the CLI expecting a start-up failure: exit code 2 and exactly one line on stderr."""
+    result = run_cli(*args, LOG_LEVEL="WARNING", HOST="127.0.0.1", **env)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_a_port_in_use_is_one_line_and_exit_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = one_line_exit_2(PORT=str(port))
+    assert line == f"mana-llm: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+@pytest.mark.parametrize(
+    ("toml", "says"),
+    [
+        ("keep_alive_timeout = [", "not valid TOML"),
+        (
+            "keep_alive_timout = 75",
+            "unknown key 'keep_alive_timout' (did you mean 'keep_alive_timeout'?)",
+        ),
+        ('bind = ["0.0.0.0:80"]', "bind is set by the gateway; use HOST and PORT"),
+        ("graceful_timeout = 5", "graceful_timeout is set by the gateway; use GRACEFUL_TIMEOUT"),
+        ('accesslog = "-"', "accesslog is set by the gateway; use LOG_LEVEL and LOG_FORMAT"),
+        ("workers = 4", "workers is set by the gateway; use one gateway process per instance"),
+        ("use_reloader = true", "use_reloader is read only by the hypercorn command line"),
+        ('keep_alive_timeout = "long"', "keep_alive_timeout must be a number, not 'long'"),
+    ],
+)
+def test_a_bad_hypercorn_toml_is_one_line_and_exit_2(
+    tmp_path: pathlib.Path, toml: str, says: str
+) -> None:
+    path = tmp_path / "hypercorn.toml"
+    path.write_text(toml + "\n")
+    line = one_line_exit_2("--config", str(path), PORT="0")
+    assert line.startswith(f"mana-llm: --config {path}: ") and says in line, line
+
+
+def test_the_shipped_hypercorn_toml_is_accepted() -> None:
+    root = pathlib.Path(__file__).parents[2]
+    assert read_hypercorn_toml(str(root / "hypercorn.toml"))["keep_alive_timeout"] == 75
+
+
+async def test_readyz_turns_503_on_sigterm_while_a_stream_completes(nursery: trio.Nursery) -> None:
+    """DRAIN_DELAY: after SIGTERM /readyz says 503 at once, new requests are still served for
+    the delay (load balancers stop sending), and the stream in flight completes."""
+    ollama: FakeServer = await nursery.start(FakeServer(FakeOllama()).serve)
+    cloud: FakeServer = await nursery.start(FakeServer(FakeOpenAI()).serve)
+    release = trio.Event()
+    ollama.script(
+        "/api/chat",
+        ollama_stream(ollama_line("Hi"), WaitFor(release), ollama_line(done=True)),
+    )
+    env = stack_env(ollama, cloud, GRACEFUL_TIMEOUT="10", DRAIN_DELAY="2")
+    body = {"model": "gemma3:4b", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    with trio.fail_after(20):
+        async with gateway_process(env) as gw:
+            async with httpx.AsyncClient(base_url=gw.base_url, timeout=10) as client:
+                while (await client.get("/readyz")).status_code != 200:  # noqa: ASYNC110
+                    await trio.sleep(0.01)  # start-up: the first probe round, bounded above
+                async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+                    lines = r.aiter_lines()
+                    assert "Hi" in await anext(lines)
+                    gw.proc.send_signal(signal.SIGTERM)
+                    await gw.wait_log(rb"SIGTERM: draining")
+                    async with httpx.AsyncClient(base_url=gw.base_url, timeout=10) as fresh:
+                        ready = await fresh.get("/readyz")
+                        live = await fresh.get("/livez")
+                        served = await fresh.post(
+                            "/v1/chat/completions", json={**body, "stream": False}
+                        )
+                    release.set()
+                    rest = [line async for line in lines if line.startswith("data: ")]
+            assert await gw.proc.wait() == 0
+    assert ready.status_code == 503 and ready.json() == {"status": "draining"}
+    assert live.status_code == 200
+    assert served.status_code == 200  # still accepting during the drain delay
+    assert rest[-1] == "data: [DONE]"

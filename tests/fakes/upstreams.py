@@ -60,9 +60,31 @@ def ollama_stream(*parts: Part) -> Reply:
     return Reply(200, list(parts), {"content-type": "application/x-ndjson"}, chunked=True)
 
 
+# A text-only model (no vision, tools or thinking), refused the way Ollama refuses it. Texts and
+# statuses from Ollama's source: server/routes.go (ChatHandler: 400 `"<model>" does not support
+# thinking`; handleScheduleError: 400 for errCapabilities, whose text CheckCapabilities builds
+# in server/images.go as `<full name> does not support tools`) and model/model.go
+# (ErrNoVisionModel, which streamResponse sends as a 500 before any content).
+TEXT_ONLY = "gemma3:270m"
+
+
+def capability_refusal(name: str, body: dict[str, Any]) -> Reply | None:
+    if name != TEXT_ONLY:
+        return None
+    if body.get("tools"):
+        error = f"registry.ollama.ai/library/{name} does not support tools"
+        return Reply.json({"error": error}, 400)
+    if body.get("think"):
+        return Reply.json({"error": f'"{name}" does not support thinking'}, 400)
+    if any(m.get("images") for m in body.get("messages", ())):
+        error = "this model is missing data required for image input"
+        return Reply.json({"error": error}, 500)
+    return None
+
+
 @attrs.define
 class FakeOllama:
-    models: tuple[str, ...] = ("gemma3:4b", "nomic-embed-text:latest")
+    models: tuple[str, ...] = ("gemma3:4b", "nomic-embed-text:latest", TEXT_ONLY)
 
     def __call__(self, request: Request) -> Reply:
         if request.path == "/api/tags":
@@ -76,7 +98,7 @@ class FakeOllama:
         ) not in self.models and name not in self.models:
             return Reply.json({"error": f"model '{name}' not found"}, 404)
         if request.path == "/api/chat":
-            return self._chat(body)
+            return capability_refusal(name, body) or self._chat(body)
         if request.path == "/api/embed":
             inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
             dims = body.get("dimensions", 4)
@@ -216,6 +238,23 @@ def openai_error(status: int, message: str, code: str | None = None, **headers: 
     return Reply.json({"error": error}, status, headers)
 
 
+def together_model(model: str) -> dict[str, Any]:
+    """One entry of Together's model list, as its API reference documents `GET /models`
+    (docs.together.ai/reference/models; its SDK types the answer `List[ModelInfo]`)."""
+    return {
+        "id": model,
+        "object": "model",
+        "created": CREATED,
+        "type": "chat",
+        "display_name": model.rsplit("/", 1)[-1],
+        "organization": model.split("/", 1)[0],
+        "link": "https://huggingface.co/" + model,
+        "license": "other",
+        "context_length": 131072,
+        "pricing": {"hourly": 0, "input": 0.18, "output": 0.18, "base": 0, "finetune": 0},
+    }
+
+
 @attrs.define
 class FakeOpenAI:
     key: str = "sk-upstream-secret"
@@ -224,6 +263,9 @@ class FakeOpenAI:
         "meta-llama/llama-3.1-8b-instruct",
         "embed-small",
     )
+    # the model list's shape: OpenAI's {"object": "list", "data": [...]}; "together": a bare
+    # array; "models": {"models": [...]} as some self-hosted servers answer
+    list_shape: str = "openai"
 
     def __call__(self, request: Request) -> Reply:
         if request.headers.get("authorization") != f"Bearer {self.key}":
@@ -231,10 +273,14 @@ class FakeOpenAI:
                 401, f"Invalid API key provided: {request.headers.get('authorization')}"
             )
         if request.path == "/v1/models":
+            if self.list_shape == "together":
+                return Reply.json([together_model(m) for m in self.models])
             data = [
                 {"id": m, "object": "model", "created": CREATED, "owned_by": "fake"}
                 for m in self.models
             ]
+            if self.list_shape == "models":
+                return Reply.json({"models": data})
             return Reply.json({"object": "list", "data": data})
         body = request.json()
         if body.get("model") not in self.models:

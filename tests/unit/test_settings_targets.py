@@ -99,3 +99,60 @@ def test_provider_without_model_is_a_400() -> None:
     with pytest.raises(errors.InvalidRequest) as raised:
         parse_target("groq/", PROVIDERS, "x")
     assert raised.value.param == "model"
+
+
+@pytest.mark.parametrize("off", ["off", "false", "0", "0.0", "no", ""])
+def test_stream_keepalive_off_in_every_spelling(off: str) -> None:
+    assert Settings.from_env({"STREAM_KEEPALIVE": off}).stream_keepalive_s == 0.0
+
+
+def test_drain_delay() -> None:
+    assert Settings.from_env({}).drain_delay_s == 0.0
+    assert Settings.from_env({"DRAIN_DELAY": "5"}).drain_delay_s == 5.0
+    with pytest.raises(SettingsError, match="DRAIN_DELAY"):
+        Settings.from_env({"DRAIN_DELAY": "soon"})
+
+
+@pytest.mark.parametrize("suffix", ["/v1", "/api"])
+def test_an_ollama_url_ending_in_v1_or_api_is_a_warning_saying_what_to_set(suffix: str) -> None:
+    settings = Settings.from_env({"OLLAMA_URL": "http://gpu:11434" + suffix, "HOST": "127.0.0.1"})
+    assert settings.warnings() == [
+        f"OLLAMA_URL=http://gpu:11434{suffix} ends in {suffix}: the gateway speaks Ollama's"
+        " native API under it itself; set OLLAMA_URL=http://gpu:11434"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("host", "keys", "warned"),
+    [
+        ("0.0.0.0", "", True),
+        ("192.0.2.7", "", True),
+        ("0.0.0.0", "gw-key", False),
+        ("127.0.0.1", "", False),
+        ("127.0.0.2", "", False),
+        ("::1", "", False),
+        ("localhost", "", False),
+    ],
+)
+def test_listening_beyond_loopback_without_keys_is_a_warning(
+    host: str, keys: str, warned: bool
+) -> None:
+    warnings = Settings.from_env({"HOST": host, "MANA_LLM_API_KEYS": keys}).warnings()
+    assert warnings == (
+        [
+            f"listening on {host} without MANA_LLM_API_KEYS: anyone who can reach this port"
+            " can spend the configured cloud keys"
+        ]
+        if warned
+        else []
+    )
+
+
+def test_each_provider_knows_where_its_url_was_set() -> None:
+    settings = Settings.from_env({})
+    assert [(p.name, p.url_env) for p in settings.providers] == [
+        ("ollama", "OLLAMA_URL"),
+        ("openrouter", "OPENROUTER_BASE_URL"),
+        ("groq", "GROQ_BASE_URL"),
+        ("together", "TOGETHER_BASE_URL"),
+    ]
