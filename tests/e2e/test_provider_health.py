@@ -229,3 +229,13 @@ async def test_capability_refusals_move_an_alias_on_and_never_open_ollamas_circu
         reason="UnsupportedCapability",
     )
     assert moves == 3
+
+
+async def test_liveness_and_readiness_need_no_api_key(nursery: trio.Nursery) -> None:
+    stack = await start_stack(nursery, MANA_LLM_API_KEYS="gw-key")
+    with trio.fail_after(10):
+        async with stack.client() as client:
+            live, ready, health = [await client.get(p) for p in ("/livez", "/readyz", "/health")]
+            details = await client.get("/v1/health")
+    assert (live.status_code, ready.status_code, health.status_code) == (200, 200, 200)
+    assert details.status_code == 401
