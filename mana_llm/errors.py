@@ -1,5 +1,31 @@
 """The GatewayError tree: each class declares its HTTP status, OpenAI error type and code,
-whether a fallback chain may continue after it, and whether it counts against the provider.
+its metrics label (`error_type`), whether a fallback chain may continue after it (retryable),
+whether it counts against the provider, and whether resending could help (transient).
+
+GatewayError (500 internal_error)
+├── InvalidRequest        400 the caller's request is malformed; `param` names the field
+├── Unauthorized          401 no or a wrong gateway key
+├── NotFound              404 no such route or model
+│   └── ModelNotFound         an unknown alias or model
+├── MethodNotAllowed      405
+├── RequestTimeout        408 the request body did not arrive in time
+├── PayloadTooLarge       413
+├── ProviderNotConfigured 503 the provider has no key here (a chain skips it)
+├── AllProvidersFailed    503 every chain entry failed or was skipped; `attempts` lists them
+├── InternalError         500 a bug
+└── ProviderError         502 talking to an upstream failed (retryable, counts)
+    ├── UpstreamUnavailable   refused, reset, 5xx, in-band error, empty answer
+    │   └── CircuitOpen       503 skipped without contact: the circuit is open
+    ├── UpstreamTimeout       504 no answer within a deadline (ours, 408, 504, 524)
+    ├── UpstreamRateLimited   429 (+ Retry-After)
+    ├── UpstreamAuthFailed    502 the provider refused our key or has no credits
+    ├── UpstreamProtocolError 502 an answer that is not the provider's wire format
+    ├── ModelScopedError      the provider is fine, this model cannot (never counts)
+    │   ├── UpstreamModelNotFound 404
+    │   ├── UnsupportedCapability 400 images, tools, thinking the model cannot take
+    │   └── ContextLengthExceeded 400
+    └── UpstreamBadRequest    400/413/422 the caller's request, refused upstream (final)
+        └── ContentPolicy         a refusal on policy grounds (never shopped around)
 
 No framework imports: providers raise these, the gateway walks on them, the api renders them.
 """
@@ -22,6 +48,7 @@ class AttemptRecord:
 
 
 class GatewayError(Exception):
+    error_type: ClassVar[str] = "internal"  # the metrics label
     status: int = 500  # a class default; an instance may carry the upstream's own 4xx
     type: ClassVar[str] = "api_error"
     default_code: ClassVar[str | None] = None
@@ -73,18 +100,21 @@ class GatewayError(Exception):
 
 
 class InvalidRequest(GatewayError):
+    error_type = "invalid_request"
     status = 400
     type = "invalid_request_error"
     default_code = "invalid_request"
 
 
 class Unauthorized(GatewayError):
+    error_type = "unauthorized"
     status = 401
     type = "authentication_error"
     default_code = "invalid_api_key"
 
 
 class NotFound(GatewayError):
+    error_type = "not_found"
     status = 404
     type = "invalid_request_error"
     default_code = "not_found"
@@ -95,12 +125,24 @@ class ModelNotFound(NotFound):
 
 
 class MethodNotAllowed(GatewayError):
+    error_type = "invalid_request"
     status = 405
     type = "invalid_request_error"
     default_code = "method_not_allowed"
 
 
+class RequestTimeout(GatewayError):
+    """The request body did not arrive in time."""
+
+    error_type = "invalid_request"
+
+    status = 408
+    type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
 class PayloadTooLarge(GatewayError):
+    error_type = "payload_too_large"
     status = 413
     type = "invalid_request_error"
     default_code = "payload_too_large"
@@ -112,6 +154,8 @@ class PayloadTooLarge(GatewayError):
 class ProviderNotConfigured(GatewayError):
     """The named provider has no API key on this gateway; another chain entry may serve."""
 
+    error_type = "provider_not_configured"
+
     label = "unconfigured"
     status = 503
     type = "server_error"
@@ -120,6 +164,7 @@ class ProviderNotConfigured(GatewayError):
 
 
 class AllProvidersFailed(GatewayError):
+    error_type = "all_providers_failed"
     status = 503
     type = "server_error"
     default_code = "all_providers_failed"
@@ -136,6 +181,8 @@ class InternalError(GatewayError):
 
 class ProviderError(GatewayError):
     """A failure reported by, or in talking to, an upstream provider."""
+
+    error_type = "upstream_error"
 
     status = 502
     type = "api_error"
@@ -161,11 +208,13 @@ class CircuitOpen(UpstreamUnavailable):
 
 
 class UpstreamTimeout(ProviderError):
+    error_type = "upstream_timeout"
     status = 504
     default_code = "upstream_timeout"
 
 
 class UpstreamRateLimited(ProviderError):
+    error_type = "upstream_rate_limited"
     status = 429
     type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
@@ -187,11 +236,14 @@ class UpstreamProtocolError(ProviderError):
 class ModelScopedError(ProviderError):
     """The provider is fine but this model cannot serve this request; a later entry may."""
 
+    error_type = "invalid_request"
+
     counts_against_provider = False
     transient = False
 
 
 class UpstreamModelNotFound(ModelScopedError):
+    error_type = "not_found"
     status = 404
     type = "invalid_request_error"
     default_code = "model_not_found"
@@ -211,6 +263,8 @@ class ContextLengthExceeded(ModelScopedError):
 
 class UpstreamBadRequest(ProviderError):
     """The caller's request was refused by the upstream (400/413/422): not worth shopping around."""
+
+    error_type = "invalid_request"
 
     status = 400
     type = "invalid_request_error"

@@ -57,33 +57,6 @@ ERROR_TYPES = (
 )
 
 
-def error_type(error: errors.GatewayError) -> str:
-    """The closed vocabulary: the caller's faults, upstream faults, the gateway's own."""
-    if isinstance(error, errors.Unauthorized):
-        return "unauthorized"
-    if isinstance(error, errors.PayloadTooLarge):
-        return "payload_too_large"
-    if isinstance(error, errors.NotFound | errors.UpstreamModelNotFound):
-        return "not_found"
-    if isinstance(
-        error, errors.InvalidRequest | errors.MethodNotAllowed | errors.UpstreamBadRequest
-    ):
-        return "invalid_request"
-    if isinstance(error, errors.ContextLengthExceeded | errors.UnsupportedCapability):
-        return "invalid_request"
-    if isinstance(error, errors.ProviderNotConfigured):
-        return "provider_not_configured"
-    if isinstance(error, errors.UpstreamTimeout):
-        return "upstream_timeout"
-    if isinstance(error, errors.UpstreamRateLimited):
-        return "upstream_rate_limited"
-    if isinstance(error, errors.ProviderError):
-        return "upstream_error"
-    if isinstance(error, errors.AllProvidersFailed):
-        return "all_providers_failed"
-    return "internal"
-
-
 @attrs.define(eq=False)
 class RequestTrace:
     """What happened to one request; filled in as it goes, observed once at its end."""
@@ -107,7 +80,7 @@ class RequestTrace:
 
     def fail(self, error: errors.GatewayError) -> None:
         self.status = error.status
-        self.error = error_type(error)
+        self.error = error.error_type
         if error.attempts and not self.attempts:
             self.attempts = error.attempts
 

@@ -56,6 +56,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     api_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
     max_request_bytes: int = 20 * MIB
+    body_timeout_s: float = 30.0  # a request body that takes longer to arrive is a 408
     connect_timeout_s: float = 5.0
     first_token_timeout_s: float = 60.0
     stream_idle_timeout_s: float = 60.0
@@ -160,6 +161,7 @@ class Settings:
             cors_origins=read.csv("CORS_ORIGINS"),
             api_keys=read.csv("MANA_LLM_API_KEYS"),
             max_request_bytes=read.integer("MAX_REQUEST_BYTES", 20 * MIB, low=1024),
+            body_timeout_s=read.seconds("REQUEST_BODY_TIMEOUT", 30.0),
             connect_timeout_s=read.seconds("CONNECT_TIMEOUT", 5.0),
             first_token_timeout_s=read.seconds("FIRST_TOKEN_TIMEOUT", 60.0),
             stream_idle_timeout_s=read.seconds("STREAM_IDLE_TIMEOUT", 60.0),

@@ -7,6 +7,7 @@ import hmac
 import logging
 from typing import Any
 
+import trio
 from prometheus_client.exposition import choose_encoder
 from quart import Response, g, request
 from quart_trio import QuartTrio
@@ -79,8 +80,11 @@ def create_app(
         )
 
     async def read_json() -> dict[str, Any]:
-        return wire.parse_json_object(
-            await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        with trio.move_on_after(settings.body_timeout_s):
+            raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+            return wire.parse_json_object(raw)
+        raise errors.RequestTimeout(
+            f"the request body did not arrive within {settings.body_timeout_s:g}s"
         )
 
     @app.before_request

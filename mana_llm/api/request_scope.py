@@ -28,6 +28,11 @@ TRACE = "mana_llm.trace"
 
 log = logging.getLogger("mana_llm.request")
 
+# A response sent before the request body has fully arrived closes the connection: the rest of
+# the body would otherwise be read as the next request, or leave the connection waiting.
+CLOSE = (b"connection", b"close")
+LAST_SEND_S = 10.0
+
 
 def add_cleanup(scope: Any, cleanup: Cleanup) -> None:
     scope[CLEANUPS].append(cleanup)
@@ -59,6 +64,17 @@ def with_request_scope(
         scope[TRACE] = trace
         rid_header = (b"x-request-id", rid.encode())
         finished = False
+        body_complete = not any(  # a request without a body has all of it from the start
+            k in (b"transfer-encoding", b"content-length") and v.strip() != b"0"
+            for k, v in scope["headers"]
+        )
+
+        async def receive_tracked() -> Any:
+            nonlocal body_complete
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_complete = True
+            return message
 
         def finish() -> None:
             nonlocal finished
@@ -69,15 +85,24 @@ def with_request_scope(
 
         async def send_with_id(message: Any) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), rid_header]
+                headers = [*message.get("headers", ()), rid_header]
+                if not body_complete:  # answered early (401, 404, 405, 413): see LAST_SEND_S
+                    headers.append(CLOSE)
+                message["headers"] = headers
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 finish()  # before the last byte: a client that has its answer sees the metrics
+                # Hypercorn recycles or closes the connection inside this send, while Quart
+                # cancels the exchange's tasks as the stream closes; unshielded, that close is
+                # cancelled half-way and the connection hangs (bounded, shielded: the socket)
+                with trio.move_on_after(LAST_SEND_S, shield=True):
+                    await send(message)
+                return
             await send(message)
 
         try:
             async with trio.open_nursery() as nursery:
                 scope[NURSERY] = nursery
-                await app(scope, receive, send_with_id)
+                await app(scope, receive_tracked, send_with_id)
                 nursery.cancel_scope.cancel()
         finally:
             for cleanup in cleanups:

@@ -308,3 +308,24 @@ async def test_readyz_turns_503_on_sigterm_while_a_stream_completes(nursery: tri
     assert live.status_code == 200
     assert served.status_code == 200  # still accepting during the drain delay
     assert rest[-1] == "data: [DONE]"
+
+
+async def test_sigterm_is_not_held_by_a_connection_answered_before_its_body(
+    nursery: trio.Nursery,
+) -> None:
+    ollama: FakeServer = await nursery.start(FakeServer(FakeOllama()).serve)
+    cloud: FakeServer = await nursery.start(FakeServer(FakeOpenAI()).serve)
+    env = stack_env(ollama, cloud, GRACEFUL_TIMEOUT="10")
+    with trio.fail_after(20):
+        async with gateway_process(env) as gw:
+            host, port = gw.base_url.removeprefix("http://").rsplit(":", 1)
+            stream = await trio.open_tcp_stream(host, int(port))
+            await stream.send_all(b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n")
+            assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 404")
+            # the body never comes and the client keeps the connection open
+            gw.proc.send_signal(signal.SIGTERM)
+            stopping = trio.current_time()
+            assert await gw.proc.wait() == 0
+            took = trio.current_time() - stopping
+            await stream.aclose()
+    assert took < 3  # not the 10 s graceful timeout

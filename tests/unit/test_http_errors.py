@@ -428,3 +428,17 @@ def test_connection_errors_name_the_url_and_its_variable() -> None:
     assert error.message == (
         "ollama is unreachable (connect failed; check OLLAMA_URL=http://localhost:11434)"
     )
+
+
+def test_every_error_class_has_a_metrics_label_exported_from_start_up() -> None:
+    from mana_llm.metrics import ERROR_TYPES
+
+    def subclasses(cls: type[errors.GatewayError]) -> list[type[errors.GatewayError]]:
+        return [cls, *(s for sub in cls.__subclasses__() for s in subclasses(sub))]
+
+    found = {cls.__name__: cls.error_type for cls in subclasses(errors.GatewayError)}
+    assert set(found.values()) <= set(ERROR_TYPES)
+    assert found["RequestTimeout"] == "invalid_request"
+    assert found["UpstreamModelNotFound"] == "not_found"
+    assert found["ContentPolicy"] == "invalid_request"
+    assert found["CircuitOpen"] == "upstream_error"
