@@ -68,6 +68,21 @@ class Route:
 
 
 @attrs.define(eq=False)
+class Prepared:
+    """One request as each provider needs it, prepared once per provider whatever the number
+    of attempts (Ollama fetches image URLs once per request, not once per chain entry)."""
+
+    request: ChatRequest
+    _by_provider: dict[str, ChatRequest] = attrs.field(factory=dict)
+
+    async def for_provider(self, provider: Provider) -> ChatRequest:
+        found = self._by_provider.get(provider.name)
+        if found is None:
+            found = self._by_provider[provider.name] = await provider.prepare(self.request)
+        return found
+
+
+@attrs.define(eq=False)
 class Gateway:
     settings: Settings
     providers: Mapping[str, Provider]
@@ -161,8 +176,10 @@ class Gateway:
         trace: RequestTrace | None = None,
         control: CacheControl = NO_DIRECTIVES,
     ) -> Answered[ChatResponse]:
+        prepared = Prepared(request)
+
         async def attempt(provider: Provider, target: Target) -> ChatResponse:
-            return await provider.chat(target, request)
+            return await provider.chat(target, await prepared.for_provider(provider))
 
         route = self._route(request.model, trace)
         plan = self._chat_plan(route, request, control, trace)
@@ -181,8 +198,10 @@ class Gateway:
         first_token_s = self.settings.first_token_timeout_s
         began = self.clock()
 
+        prepared = Prepared(request)
+
         async def attempt(provider: Provider, target: Target) -> CommittedStream:
-            return await open_committed(provider, target, request)
+            return await open_committed(provider, target, await prepared.for_provider(provider))
 
         route = self._route(request.model, trace)
         plan = self._chat_plan(route, request, control, trace)

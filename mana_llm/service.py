@@ -154,16 +154,14 @@ def hypercorn_config(settings: Settings, config_path: str | None = None) -> Conf
     return config
 
 
-def build_providers(settings: Settings, transport: httpx.AsyncHTTPTransport) -> dict[str, Provider]:
-    images = ImageFetcher(
-        transport,
-        settings.image_fetch_max_bytes,
-        settings.image_fetch_timeout_s,
-        settings.image_fetch_allow_networks,
-    )
+def build_providers(
+    settings: Settings, transport: httpx.AsyncHTTPTransport, images: ImageFetcher
+) -> dict[str, Provider]:
     providers: dict[str, Provider] = {}
     for ps in settings.providers:
-        upstream = Upstream(ps, transport, settings.connect_timeout_s)
+        upstream = Upstream(
+            ps, transport, settings.connect_timeout_s, settings.max_upstream_response_bytes
+        )
         if ps.kind == "ollama":
             providers[ps.name] = OllamaProvider(upstream, images)
         else:
@@ -171,13 +169,24 @@ def build_providers(settings: Settings, transport: httpx.AsyncHTTPTransport) -> 
     return providers
 
 
-def http_transport(settings: Settings) -> httpx.AsyncHTTPTransport:
-    """The one upstream connection pool, shared by every provider."""
+def http_transport(connections: int) -> httpx.AsyncHTTPTransport:
+    """A connection pool: one shared by every provider, one for image fetches."""
     limits = httpx.Limits(
-        max_connections=settings.max_connections,
-        max_keepalive_connections=settings.max_connections,  # else httpcore evicts and reopens
+        max_connections=connections,
+        max_keepalive_connections=connections,  # else httpcore evicts and reopens
     )
     return httpx.AsyncHTTPTransport(limits=limits, retries=0)
+
+
+def image_fetcher(settings: Settings, transport: httpx.AsyncHTTPTransport) -> ImageFetcher:
+    return ImageFetcher(
+        transport,
+        settings.image_fetch_max_bytes,
+        settings.image_fetch_timeout_s,
+        settings.image_fetch_allow_networks,
+        settings.image_fetch_max_count,
+        settings.image_fetch_concurrency,
+    )
 
 
 async def run(
@@ -233,8 +242,13 @@ async def _run(
     lifecycle = Lifecycle()
     for warning in settings.warnings():
         log.warning("%s", warning)
-    async with http_transport(settings) as transport, open_cache(settings, metrics) as cache:
-        providers = build_providers(settings, transport)
+    async with (
+        http_transport(settings.max_connections) as transport,
+        http_transport(settings.image_fetch_concurrency) as image_transport,
+        open_cache(settings, metrics) as cache,
+    ):
+        images = image_fetcher(settings, image_transport)
+        providers = build_providers(settings, transport, images)
         configured = [p for p in providers.values() if p.configured]
         metrics.start_providers([p.name for p in configured])
         gateway = Gateway(settings, providers, health, aliases, cache=cache)

@@ -57,6 +57,8 @@ class Settings:
     api_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
     max_request_bytes: int = 20 * MIB
     body_timeout_s: float = 30.0  # a request body that takes longer to arrive is a 408
+    max_embedding_inputs: int = 2048  # OpenAI's own limit per embeddings request
+    max_upstream_response_bytes: int = 64 * MIB  # an answer read whole; larger is a 502
     connect_timeout_s: float = 5.0
     first_token_timeout_s: float = 60.0
     stream_idle_timeout_s: float = 60.0
@@ -75,6 +77,8 @@ class Settings:
     stream_keepalive_s: float = 0.0  # 0: off; else SSE comments while waiting for a first token
     image_fetch_max_bytes: int = 10 * MIB
     image_fetch_timeout_s: float = 10.0
+    image_fetch_max_count: int = 16  # image URLs one request may name
+    image_fetch_concurrency: int = 8  # fetches at once, over all requests (their own pool)
     image_fetch_allow_networks: tuple[str, ...] = ()  # CIDRs let through the private-address guard
     cache_enabled: bool = True
     redis_url: str | None = attrs.field(default=None, repr=False)  # None: the in-memory cache
@@ -162,6 +166,10 @@ class Settings:
             api_keys=read.csv("MANA_LLM_API_KEYS"),
             max_request_bytes=read.integer("MAX_REQUEST_BYTES", 20 * MIB, low=1024),
             body_timeout_s=read.seconds("REQUEST_BODY_TIMEOUT", 30.0),
+            max_embedding_inputs=read.integer("MAX_EMBEDDING_INPUTS", 2048, low=1),
+            max_upstream_response_bytes=read.integer(
+                "MAX_UPSTREAM_RESPONSE_BYTES", 64 * MIB, low=1024
+            ),
             connect_timeout_s=read.seconds("CONNECT_TIMEOUT", 5.0),
             first_token_timeout_s=read.seconds("FIRST_TOKEN_TIMEOUT", 60.0),
             stream_idle_timeout_s=read.seconds("STREAM_IDLE_TIMEOUT", 60.0),
@@ -180,6 +188,8 @@ class Settings:
             stream_keepalive_s=read.seconds_or_off("STREAM_KEEPALIVE"),
             image_fetch_max_bytes=read.integer("IMAGE_FETCH_MAX_BYTES", 10 * MIB, low=1024),
             image_fetch_timeout_s=read.seconds("IMAGE_FETCH_TIMEOUT", 10.0),
+            image_fetch_max_count=read.integer("IMAGE_FETCH_MAX_COUNT", 16, low=1),
+            image_fetch_concurrency=read.integer("IMAGE_FETCH_CONCURRENCY", 8, low=1),
             image_fetch_allow_networks=networks,
             cache_enabled=read.flag("CACHE_ENABLED", True),
             redis_url=read.redis_url("REDIS_URL"),

@@ -174,7 +174,7 @@ def create_app(
     @app.post("/v1/embeddings")
     async def embeddings() -> Response:
         trace = begin("embeddings")
-        embedding = wire.parse_embedding_request(await read_json())
+        embedding = wire.parse_embedding_request(await read_json(), settings.max_embedding_inputs)
         answered = await gateway.embed(embedding, trace, cache_control())
         headers = {RESOLVED: answered.target.resolved, ATTEMPTS: str(answered.attempts)}
         return json_response(answered.result.payload, headers=headers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import attrs
 
@@ -19,14 +19,55 @@ def _bad(message: str, param: str | None) -> errors.InvalidRequest:
     return errors.InvalidRequest(message, param=param)
 
 
+# Deeper documents are refused: every accepted one serializes on orjson's fast path (its limit
+# is 254) and no recursive walk over it comes near Python's recursion limit.
+MAX_DEPTH = 128
+
+
 def parse_json_object(raw: bytes) -> JSON:
     try:
-        data = codec.loads(raw)
-    except ValueError:
-        raise _bad("the request body is not valid JSON", None) from None
+        data, slow = codec.loads_strict(raw)
+    except ValueError as exc:
+        raise _bad(f"the request body is not valid JSON ({exc})", None) from None
     if not isinstance(data, dict):
         raise _bad("the request body must be a JSON object", None)
+    # only a document with that many brackets can be that deep; only one orjson refused can
+    # hold a lone surrogate: the walk runs when one of them is possible
+    if slow or raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
+        _check_document(data, surrogates=slow)
     return data
+
+
+def _check_document(data: JSON, *, surrogates: bool) -> None:
+    """Refuse nesting deeper than MAX_DEPTH and lone surrogates, naming where they are."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, dict | list) and depth > MAX_DEPTH:
+            raise _bad(f"the request body nests deeper than {MAX_DEPTH} levels", path or None)
+        if isinstance(value, dict):
+            for key, item in value.items():
+                at = f"{path}.{key}" if path else key
+                if surrogates and not _encodable(key):
+                    raise _bad(f"a key in {path or 'the body'} is not valid Unicode", path or None)
+                stack.append((item, at, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
+        elif surrogates and isinstance(value, str) and not _encodable(value):
+            raise _bad(f"'{path}' is not valid Unicode (a lone surrogate)", path)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _one_of(value: Any, allowed: frozenset[str]) -> TypeGuard[str]:
+    """Membership that a list or an object (unhashable) cannot crash."""
+    return isinstance(value, str) and value in allowed
 
 
 def _is_number(value: Any) -> bool:
@@ -61,11 +102,20 @@ def _boolean(body: JSON, key: str) -> bool:
     return value
 
 
+MAX_MODEL_CHARS = 256
+
+
 def _model(body: JSON) -> str:
+    """Printable, bounded: it is echoed in headers, labels and log lines."""
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise _bad("'model' is required and must be a non-empty string", "model")
-    return model.strip()
+    model = model.strip()
+    if len(model) > MAX_MODEL_CHARS:
+        raise _bad(f"'model' is longer than {MAX_MODEL_CHARS} characters", "model")
+    if not model.isprintable():
+        raise _bad("'model' must not contain control characters", "model")
+    return model
 
 
 def _stop(body: JSON) -> tuple[str, ...]:
@@ -86,14 +136,23 @@ class _Content:
     unsupported: tuple[str, ...] = ()
 
 
+MAX_IMAGE_URL_CHARS = 8192
+
+
 def _image(url: str, at: str) -> Image:
     if not url.startswith("data:"):
         if not url.startswith(("http://", "https://")):
             raise _bad(f"{at}.image_url.url must be a data: URI or an http(s) URL", at)
+        if len(url) > MAX_IMAGE_URL_CHARS:
+            raise _bad(f"{at}.image_url.url is longer than {MAX_IMAGE_URL_CHARS} characters", at)
+        if not url.isprintable() or any(c.isspace() for c in url):
+            raise _bad(f"{at}.image_url.url must not contain spaces or control characters", at)
         return Image(at, url=url)
     header, sep, data = url.partition(",")
     if not sep or not header.endswith(";base64"):
         raise _bad(f"{at}.image_url.url must be a base64 data: URI", at)
+    if not data:
+        raise _bad(f"{at}.image_url.url holds no image data", at)
     try:
         base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
@@ -164,7 +223,7 @@ def _message(raw: Any, index: int) -> Message:
     if not isinstance(raw, dict):
         raise _bad(f"{where} must be an object", where)
     role = raw.get("role")
-    if role not in ROLES:
+    if not _one_of(role, ROLES):
         raise _bad(f"{where}.role must be one of {', '.join(sorted(ROLES))}", f"{where}.role")
     content = _content(raw.get("content"), where, role)
     name = raw.get("name")
@@ -173,6 +232,10 @@ def _message(raw: Any, index: int) -> Message:
     tool_call_id = raw.get("tool_call_id")
     if role == "tool" and not isinstance(tool_call_id, str):
         raise _bad(f"{where}.tool_call_id is required for role 'tool'", f"{where}.tool_call_id")
+    if role != "tool" and tool_call_id is not None:
+        raise _bad(f"{where}.tool_call_id belongs to role 'tool' only", f"{where}.tool_call_id")
+    if role != "assistant" and raw.get("tool_calls") is not None:
+        raise _bad(f"{where}.tool_calls belongs to role 'assistant' only", f"{where}.tool_calls")
     reasoning = raw.get("reasoning_content", raw.get("reasoning"))
     return Message(
         role=role,
@@ -218,7 +281,7 @@ def _response_format(body: JSON) -> JSON | None:
     fmt = body.get("response_format")
     if fmt is None:
         return None
-    if not isinstance(fmt, dict) or fmt.get("type") not in RESPONSE_FORMATS:
+    if not isinstance(fmt, dict) or not _one_of(fmt.get("type"), RESPONSE_FORMATS):
         raise _bad(
             "'response_format.type' must be text, json_object or json_schema", "response_format"
         )
@@ -241,7 +304,7 @@ def _reasoning_effort(body: JSON) -> str | None:
         effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
     if effort is None:
         return None
-    if effort not in REASONING_EFFORTS:
+    if not _one_of(effort, REASONING_EFFORTS):
         raise _bad(
             f"'reasoning_effort' must be one of {', '.join(sorted(REASONING_EFFORTS))}",
             "reasoning_effort",
@@ -296,9 +359,11 @@ def parse_chat_request(body: JSON) -> ChatRequest:
     )
 
 
-def parse_embedding_request(body: JSON) -> EmbeddingRequest:
+def parse_embedding_request(body: JSON, max_inputs: int = 2048) -> EmbeddingRequest:
     model = _model(body)
     raw = body.get("input")
+    if isinstance(raw, list) and len(raw) > max_inputs:
+        raise _bad(f"'input' holds more than {max_inputs} items (MAX_EMBEDDING_INPUTS)", "input")
     tokens = False
     if isinstance(raw, str):
         inputs: tuple[str, ...] = (raw,)
@@ -315,7 +380,9 @@ def parse_embedding_request(body: JSON) -> EmbeddingRequest:
         inputs, tokens = (), True  # token arrays: passed through to clouds, refused by Ollama
     else:
         raise _bad("'input' must be a string or a non-empty list of strings or tokens", "input")
-    encoding = body.get("encoding_format", "float") or "float"
+    encoding = body.get("encoding_format")
+    if encoding is None:
+        encoding = "float"
     if encoding not in ("float", "base64"):
         raise _bad("'encoding_format' must be 'float' or 'base64'", "encoding_format")
     fmt: Literal["float", "base64"] = "base64" if encoding == "base64" else "float"

@@ -41,14 +41,25 @@ _CAPABILITY_STATUSES = frozenset({400, 403, 422, 500})
 
 
 class Redactor:
-    """Removes a provider's secret from any text that may reach a caller or a log."""
+    """Removes a provider's secret from any text that may reach a caller or a log: the key
+    itself in any case, and any token that shows its distinctive head or tail, as upstreams
+    echo keys masked (`Incorrect API key provided: sk-proj-abc1****************wxyz`)."""
+
+    HEAD = 8  # a key's first characters that identify it (past the `sk-` style prefix)
+    TAIL = 4
 
     def __init__(self, secret: str | None) -> None:
-        self._secret = secret or None
+        self._pattern: re.Pattern[str] | None = None
+        if secret:
+            parts = [re.escape(secret)]
+            if len(secret) >= 16:  # short keys have no distinctive head or tail
+                head, tail = re.escape(secret[: self.HEAD]), re.escape(secret[-self.TAIL :])
+                parts += [rf"\S*{head}\S*", rf"\S*[*.…x]{{3,}}\S*{tail}\b"]
+            self._pattern = re.compile("|".join(parts), re.IGNORECASE)
 
     def __call__(self, text: str) -> str:
-        if self._secret and self._secret in text:
-            text = text.replace(self._secret, "***")
+        if self._pattern is not None:
+            text = self._pattern.sub("***", text)
         return text[:MAX_MESSAGE_CHARS]
 
 

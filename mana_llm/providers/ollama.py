@@ -16,6 +16,7 @@ from mana_llm.domain import (
     ChatResponse,
     EmbeddingRequest,
     EmbeddingResponse,
+    Image,
     ModelInfo,
     StreamChunk,
     Target,
@@ -45,17 +46,32 @@ class OllamaProvider:
             found = self._defaults.get(f"{model}:latest")
         return found
 
-    async def _body(self, target: Target, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+    async def prepare(self, request: ChatRequest) -> ChatRequest:
+        """Image URLs fetched and inlined, once per request whatever the attempts."""
         urls = [img for m in request.messages for img in m.images if img.url is not None]
-        fetched: dict[str, str] = {}
-        if urls:
-            if self.images is None:
-                where = urls[0].where
-                raise errors.InvalidRequest(f"{where}: image URLs are not enabled", param=where)
-            fetched = await self.images.fetch_all(urls)
-        defaults = self.defaults(target.model)
+        if not urls:
+            return request
+        if self.images is None:
+            where = urls[0].where
+            raise errors.InvalidRequest(f"{where}: image URLs are not enabled", param=where)
+        fetched = await self.images.fetch_all(urls)
+        messages = tuple(
+            attrs.evolve(
+                m,
+                images=tuple(
+                    Image(img.where, data=fetched[img.where]) if img.url is not None else img
+                    for img in m.images
+                ),
+            )
+            if m.images
+            else m
+            for m in request.messages
+        )
+        return attrs.evolve(request, messages=messages)
+
+    def _body(self, target: Target, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         return wire.chat_body(
-            target.model, request, stream=stream, defaults=defaults, images=fetched
+            target.model, request, stream=stream, defaults=self.defaults(target.model)
         )
 
     @property
@@ -75,16 +91,14 @@ class OllamaProvider:
         return None
 
     async def chat(self, target: Target, request: ChatRequest) -> ChatResponse:
-        data = await self.upstream.post_json(
-            "/api/chat", await self._body(target, request, stream=False)
-        )
+        data = await self.upstream.post_json("/api/chat", self._body(target, request, stream=False))
         try:
             return wire.completion(data, target, self.wall_clock, self.upstream.protocol_error)
         except ValueError as exc:
             raise self.upstream.protocol_error(str(exc)) from None
 
     async def open_stream(self, target: Target, request: ChatRequest) -> FramedChunkStream:
-        body = await self._body(target, request, stream=True)
+        body = self._body(target, request, stream=True)
         response = await self.upstream.open_stream("/api/chat", body)
         translator = wire.StreamTranslator(target, self.wall_clock)
         parse = partial(ndjson_chunks, self.upstream, translator)

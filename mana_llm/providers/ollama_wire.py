@@ -18,6 +18,7 @@ from mana_llm.domain import (
     ChatRequest,
     ChatResponse,
     EmbeddingRequest,
+    Image,
     Message,
     ModelInfo,
     StreamChunk,
@@ -81,8 +82,8 @@ def _tool_calls(message: Message, index: int) -> list[JSON]:
     return calls
 
 
-def messages_json(messages: tuple[Message, ...], images: Mapping[str, str]) -> list[JSON]:
-    """`images` maps a fetched URL part (its `where`) to its base64 data."""
+def messages_json(messages: tuple[Message, ...]) -> list[JSON]:
+    """Image URLs must have been fetched and inlined first (OllamaProvider.prepare)."""
     names_by_call: dict[str, str] = {}
     out: list[JSON] = []
     for i, message in enumerate(messages):
@@ -94,7 +95,7 @@ def messages_json(messages: tuple[Message, ...], images: Mapping[str, str]) -> l
         role = {"developer": "system", "function": "tool"}.get(message.role, message.role)
         item: JSON = {"role": role, "content": message.content or ""}
         if message.images:
-            item["images"] = [img.data or images[img.where] for img in message.images]
+            item["images"] = [_image_data(img) for img in message.images]
         if message.tool_calls:
             item["tool_calls"] = _tool_calls(message, i)
             names_by_call.update({c.id: c.name for c in message.tool_calls if c.id})
@@ -108,6 +109,12 @@ def messages_json(messages: tuple[Message, ...], images: Mapping[str, str]) -> l
             item["thinking"] = message.reasoning
         out.append(item)
     return out
+
+
+def _image_data(image: Image) -> str:
+    if image.data is None:  # a URL nobody fetched: refuse rather than send a hole
+        raise errors.InvalidRequest(f"{image.where}: image URLs are not enabled", param=image.where)
+    return image.data
 
 
 def _tools(request: ChatRequest) -> list[JSON]:
@@ -136,7 +143,6 @@ def chat_body(
     *,
     stream: bool,
     defaults: ModelDefaults | None = None,
-    images: Mapping[str, str] | None = None,
 ) -> JSON:
     if request.n is not None and request.n > 1:
         raise errors.UnsupportedCapability(
@@ -144,7 +150,7 @@ def chat_body(
         )
     body: JSON = {
         "model": model,
-        "messages": messages_json(request.messages, images or {}),
+        "messages": messages_json(request.messages),
         "stream": stream,
     }
     defaults = defaults or ModelDefaults()

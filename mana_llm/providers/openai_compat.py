@@ -65,6 +65,9 @@ class OpenAICompatProvider:
     def key_env(self) -> str | None:
         return self.upstream.settings.key_env
 
+    async def prepare(self, request: ChatRequest) -> ChatRequest:
+        return request  # the caller's body passes through as it is
+
     async def chat(self, target: Target, request: ChatRequest) -> ChatResponse:
         body = dict(request.body)
         body["model"] = target.model

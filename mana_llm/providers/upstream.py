@@ -42,6 +42,7 @@ class Upstream:
     settings: ProviderSettings
     transport: httpx.AsyncHTTPTransport
     connect_timeout_s: float = 5.0
+    max_response_bytes: int = 64 * 1024 * 1024
     _headers: list[tuple[str, str]] = attrs.field(init=False)
     _extensions: dict[str, Any] = attrs.field(init=False)
     _urls: dict[str, httpx.URL] = attrs.field(init=False, factory=dict)
@@ -93,15 +94,26 @@ class Upstream:
         except httpx.HTTPError as exc:
             raise self.failed(exc) from None
 
-    async def _read(self, request: httpx.Request) -> httpx.Response:
+    async def _read(self, request: httpx.Request) -> tuple[httpx.Response, bytes]:
+        """The response and its whole body, at most max_response_bytes of it."""
         response = await self._send(request)
+        parts: list[bytes] = []
+        size = 0
         try:
-            await response.aread()
+            async for part in response.aiter_bytes():  # decoded: a zip bomb is bounded too
+                size += len(part)
+                if size > self.max_response_bytes:
+                    raise errors.UpstreamProtocolError(
+                        f"{self.name} sent an answer larger than {self.max_response_bytes}"
+                        " bytes (MAX_UPSTREAM_RESPONSE_BYTES)",
+                        provider=self.name,
+                    )
+                parts.append(part)
         except httpx.HTTPError as exc:
             raise self.failed(exc) from None
         finally:
             await aclose_response(response)
-        return response
+        return response, b"".join(parts)
 
     def error(
         self,
@@ -130,11 +142,11 @@ class Upstream:
         )
 
     async def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
-        response = await self._read(self._request("POST", path, body))
-        return self._decode(response, body.get("model"))
+        response, content = await self._read(self._request("POST", path, body))
+        return self._decode(response, content, body.get("model"))
 
     async def get_json(self, path: str) -> Any:
-        return self._decode(await self._read(self._request("GET", path)))
+        return self._decode(*await self._read(self._request("GET", path)))
 
     async def check(self, path: str) -> None:
         """GET `path` and judge the status alone: a 2xx returns, anything else raises. The
@@ -153,11 +165,11 @@ class Upstream:
         finally:
             await aclose_response(response)
 
-    def _decode(self, response: httpx.Response, model: Any = None) -> Any:
+    def _decode(self, response: httpx.Response, content: bytes, model: Any = None) -> Any:
         if response.status_code != 200:
-            raise self.error(response.status_code, response.content, response.headers, model)
+            raise self.error(response.status_code, content, response.headers, model)
         try:
-            return codec.loads(response.content)
+            return codec.loads(content)
         except ValueError:
             raise self.protocol_error("a body that is not JSON") from None
 
@@ -253,11 +265,14 @@ class FramedChunkStream:
     async def receive(self) -> list[StreamChunk]:
         while not self._ended:
             data = await self.raw.read()
-            if data:
-                frames = self.decoder.feed(data)
-            else:
-                frames = self.decoder.close()
-                self._ended = True
+            try:
+                if data:
+                    frames = self.decoder.feed(data)
+                else:
+                    frames = self.decoder.close()
+                    self._ended = True
+            except ValueError as exc:  # FrameTooLong: not the framing it should speak
+                raise self.raw.upstream.protocol_error(str(exc)) from None
             chunks: list[StreamChunk] = []
             for frame in frames:
                 parsed = self.parse(frame)

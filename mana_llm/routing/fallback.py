@@ -89,13 +89,15 @@ class Walker:
                 if skipped is not None:
                     failures.append((target, skipped))
                     continue
-                error: GatewayError
+                error: GatewayError | None = None
+                answered = False
                 seconds = deadline_s(provider)
                 started_at = self.clock()
                 try:
                     with trio.move_on_after(seconds) as scope:
                         result = await attempt(provider, target)
                     if not scope.cancelled_caught:
+                        answered = True
                         self.report(target.provider, None)
                         return Answered(result, target, _records(failures), started_at)
                     error = errors.UpstreamTimeout(
@@ -104,6 +106,11 @@ class Walker:
                     )
                 except errors.ProviderError as exc:
                     error = exc
+                finally:
+                    if not answered and error is None:
+                        # no outcome: the caller left, or the request was refused before any
+                        # contact (a bad image URL); a half-open trial goes to the next call
+                        self.health.release_trial(target.provider)
                 failures.append((target, error))
                 self.report(target.provider, error)
                 if not error.retryable:

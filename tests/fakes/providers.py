@@ -128,6 +128,8 @@ class FakeProvider:
     timeout_s: float = 30.0
     chat_steps: deque[Sequence[ChatStep]] = attrs.field(factory=deque)
     stream_steps: deque[Sequence[StreamStep]] = attrs.field(factory=deque)
+    prepare_steps: deque[Sequence[ChatStep]] = attrs.field(factory=deque)
+    prepared: list[float] = attrs.field(factory=list)  # when prepare() ran
     calls: list[tuple[str, str, float]] = attrs.field(factory=list)
     streams: list[FakeStream] = attrs.field(factory=list)
 
@@ -138,6 +140,12 @@ class FakeProvider:
     def script_stream(self, *steps: StreamStep) -> FakeProvider:
         self.stream_steps.append(steps)
         return self
+
+    async def prepare(self, request: ChatRequest) -> ChatRequest:
+        self.prepared.append(trio.current_time())
+        for step in self.prepare_steps.popleft() if self.prepare_steps else ():
+            await perform(step)
+        return request
 
     async def chat(self, target: Target, request: ChatRequest) -> ChatResponse:
         self.calls.append(("chat", target.resolved, trio.current_time()))

@@ -186,7 +186,7 @@ def test_golden_request_with_every_fidelity_field() -> None:
                 "look",
                 images=(
                     Image("messages[0].content[1]", data="QUJD"),
-                    Image("messages[0].content[2]", url="http://x/y.png"),
+                    Image("messages[0].content[2]", data="REVG"),  # a fetched URL, inlined
                 ),
             ),
             Message(
@@ -210,9 +210,7 @@ def test_golden_request_with_every_fidelity_field() -> None:
         keep_alive=0,
     )
     defaults = wire.ModelDefaults({"num_ctx": 2048, "top_k": 5}, "30m")
-    body = wire.chat_body(
-        "m", request, stream=False, defaults=defaults, images={"messages[0].content[2]": "REVG"}
-    )
+    body = wire.chat_body("m", request, stream=False, defaults=defaults)
     assert body == {
         "model": "m",
         "messages": [
