@@ -244,7 +244,8 @@ async def test_unreachable_upstream_is_502(nursery: trio.Nursery) -> None:
             r = await client.post(
                 "/v1/chat/completions", json={"model": "gemma3:4b", "messages": MSG}
             )
-    assert "unreachable" in assert_error_shape(r, 502, "upstream_error")["message"]
+    message = assert_error_shape(r, 502, "upstream_error")["message"]
+    assert message == "ollama is unreachable (connect failed; check OLLAMA_URL=http://127.0.0.1:1)"
 
 
 async def test_upstream_that_never_answers_is_bounded_by_its_timeout(nursery: trio.Nursery) -> None:
@@ -257,3 +258,33 @@ async def test_upstream_that_never_answers_is_bounded_by_its_timeout(nursery: tr
             )
         await stack.ollama.requests[-1].closed.wait()
     assert_error_shape(r, 504, "upstream_timeout")
+
+
+async def test_an_upstream_answer_larger_than_the_bound_is_a_502(nursery: trio.Nursery) -> None:
+    stack = await start_stack(nursery, MAX_UPSTREAM_RESPONSE_BYTES="4096")
+    big = {"message": {"role": "assistant", "content": "x" * 10_000}, "done": True}
+    stack.ollama.script("/api/chat", Reply.json(big))
+    stack.ollama.script("/api/embed", Reply.json({"embeddings": [[0.5] * 2000]}))
+    with trio.fail_after(10):
+        chat = await stack.chat({"model": "gemma3:4b", "messages": MSG})
+        async with stack.client() as client:
+            embed = await client.post(
+                "/v1/embeddings", json={"model": "nomic-embed-text", "input": "a"}
+            )
+    for r in (chat, embed):
+        error = assert_error_shape(r, 502, "upstream_protocol_error")
+        assert error["message"] == (
+            "ollama sent an answer larger than 4096 bytes (MAX_UPSTREAM_RESPONSE_BYTES)"
+        )
+
+
+async def test_a_stream_line_without_end_is_a_502_not_a_growing_buffer(
+    nursery: trio.Nursery,
+) -> None:
+    stack = await start_stack(nursery)
+    endless = [b'{"message": {"content": "'] + [b"x" * (1 << 20)] * 17  # 17 MiB, no newline
+    stack.ollama.script("/api/chat", Reply(200, list(endless), chunked=True))
+    with trio.fail_after(10):
+        r = await stack.chat({"model": "gemma3:4b", "messages": MSG, "stream": True})
+    error = assert_error_shape(r, 502, "upstream_protocol_error")
+    assert "longer than" in error["message"]

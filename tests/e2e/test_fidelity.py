@@ -218,6 +218,40 @@ async def test_vision_fetched_url_allowed_for_loopback_in_settings(nursery: trio
     assert html.status_code == 400 and "not an image" in html.json()["error"]["message"]
 
 
+async def test_an_image_url_is_fetched_once_per_request_whatever_the_attempts(
+    nursery: trio.Nursery, tmp_path: pathlib.Path
+) -> None:
+    images = await images_server(nursery)
+    aliases = tmp_path / "aliases.yaml"
+    aliases.write_text("aliases:\n  mana/see:\n    chain: [ollama/missing:1b, ollama/gemma3:4b]\n")
+    stack = await start_stack(
+        nursery, IMAGE_FETCH_ALLOW_NETWORKS="127.0.0.0/8", ALIASES_PATH=str(aliases)
+    )
+    with trio.fail_after(10):
+        r = await stack.chat(
+            {"model": "mana/see", "messages": image_message(f"{images.url}/cat.png")}
+        )
+    assert r.status_code == 200 and r.headers["x-mana-llm-attempts"] == "2"
+    chats = [q for q in stack.ollama.requests if q.path == "/api/chat"]
+    assert len(chats) == 2  # both entries got the image...
+    assert all(q.json()["messages"][0]["images"] == [base64.b64encode(PNG).decode()] for q in chats)
+    assert [q.path for q in images.requests] == ["/cat.png"]  # ...fetched once
+
+
+async def test_more_image_urls_than_allowed_is_a_400(nursery: trio.Nursery) -> None:
+    images = await images_server(nursery)
+    stack = await start_stack(
+        nursery, IMAGE_FETCH_ALLOW_NETWORKS="127.0.0.0/8", IMAGE_FETCH_MAX_COUNT="2"
+    )
+    part = {"type": "image_url", "image_url": {"url": f"{images.url}/cat.png"}}
+    message = {"role": "user", "content": [{"type": "text", "text": "?"}, part, part, part]}
+    with trio.fail_after(10):
+        r = await stack.chat({"model": "gemma3:4b", "messages": [message]})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "messages[0].content[3]"
+    assert images.requests == []
+
+
 async def test_vision_private_url_refused_by_default(nursery: trio.Nursery) -> None:
     images = await images_server(nursery)
     stack = await start_stack(nursery)

@@ -329,3 +329,22 @@ async def test_sigterm_is_not_held_by_a_connection_answered_before_its_body(
             took = trio.current_time() - stopping
             await stream.aclose()
     assert took < 3  # not the 10 s graceful timeout
+
+
+async def test_debug_logging_never_prints_upstream_headers(nursery: trio.Nursery) -> None:
+    ollama: FakeServer = await nursery.start(FakeServer(FakeOllama()).serve)
+    cloud: FakeServer = await nursery.start(FakeServer(FakeOpenAI(key=UPSTREAM_KEY)).serve)
+    env = stack_env(ollama, cloud, LOG_LEVEL="DEBUG")
+    with trio.fail_after(20):
+        async with gateway_process(env) as gw:
+            async with httpx.AsyncClient(base_url=gw.base_url, timeout=10) as client:
+                body = {
+                    "model": "groq/llama-3.1-8b-instant",
+                    "messages": [{"role": "user", "content": "x"}],
+                }
+                assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+                await client.get("/health")
+            await gw.wait_log(rb"GET /health|endpoint[^\n]*other")
+    text = gw.log.decode()
+    assert UPSTREAM_KEY not in text and "authorization" not in text.lower()
+    assert " httpcore" not in text and " httpx" not in text  # LOG_LEVEL=DEBUG is not theirs

@@ -393,3 +393,26 @@ async def test_a_refusal_before_contact_says_nothing_about_health(
     assert (await gw.chat(chat())).target.resolved == "b/m2"
     assert len(a.calls) == 2  # the second call was the trial again, not skipped
     assert gw.health.state("a", trio_time()) is CircuitState.OPEN  # and its real failure counts
+
+
+async def test_a_walk_that_ends_without_an_outcome_releases_the_trial(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A half-open provider's trial taken by a request that is refused before any contact
+    (a bad image URL) or whose caller goes away goes to the next call at once, not after a
+    backoff of every caller being told the circuit is open."""
+    a = FakeProvider("a")
+    a.prepare_steps.append((Fail(errors.InvalidRequest("bad image URL", param="messages[0]")),))
+    a.script_chat(Hang())
+    gw = build(a, FakeProvider("b"), FakeProvider("c"))
+    gw.health.record_failure("a", 0.0, "down")
+    gw.health.record_failure("a", 0.0, "down")
+    await trio.sleep(60)
+    with pytest.raises(errors.InvalidRequest):
+        await gw.chat(chat("a/m1"))
+    with trio.move_on_after(1):  # the caller goes away mid-trial
+        await gw.chat(chat("a/m1"))
+    answered = await gw.chat(chat("a/m1"))  # the trial again, at once: it succeeds
+    assert answered.target.resolved == "a/m1"
+    assert [c[2] for c in a.calls if c[0] == "chat"] == [60.0, 61.0]
+    assert gw.health.state("a", trio_time()) is CircuitState.CLOSED
