@@ -101,7 +101,9 @@ class FakeOllama:
             return capability_refusal(name, body) or self._chat(body)
         if request.path == "/api/embed":
             inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-            dims = body.get("dimensions", 4)
+            # Ollama truncates to `dimensions` and never extends past the model's own size
+            # (server/routes.go, EmbedHandler); the fake's model has 768
+            dims = min(body.get("dimensions") or 4, 768)
             return Reply.json(
                 {
                     "model": body["model"],
