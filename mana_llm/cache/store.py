@@ -18,6 +18,7 @@ from typing import TypeVar
 import attrs
 import trio
 
+from mana_llm.breaker import Breaker, BreakerPolicy, CircuitState
 from mana_llm.cache.protocol import CacheBackend
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,6 @@ class Lookup(StrEnum):
     ERROR = "error"  # asked and failed (or timed out): served as a miss
 
 
-class BreakerState(StrEnum):
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-
 @attrs.define(eq=False)
 class ResponseCache:
     backend: CacheBackend
@@ -52,28 +47,27 @@ class ResponseCache:
     cooldown_s: float = 30.0
     clock: Callable[[], float] = trio.current_time
     on_error: Callable[[str], None] = lambda backend: None  # called with the backend's name
-    _failures: int = attrs.field(init=False, default=0)
-    _open_until: float | None = attrs.field(init=False, default=None)
-    _trial_running: bool = attrs.field(init=False, default=False)
+    _breaker: Breaker = attrs.field(init=False)
     last_error: str | None = attrs.field(init=False, default=None)
 
-    def state(self) -> BreakerState:
-        if self._open_until is None:
-            return BreakerState.CLOSED
-        if self.clock() < self._open_until:
-            return BreakerState.OPEN
-        return BreakerState.HALF_OPEN
+    def __attrs_post_init__(self) -> None:
+        # a fixed cool-down: max_backoff_s == backoff_s
+        policy = BreakerPolicy(self.failure_threshold, self.cooldown_s, self.cooldown_s)
+        self._breaker = Breaker(policy)
+
+    def state(self) -> CircuitState:
+        return self._breaker.state(self.clock())
 
     def statistics(self) -> dict[str, object]:
         return {
             "backend": self.backend.name,
             "state": self.state().value,
-            "consecutive_failures": self._failures,
+            "consecutive_failures": self._breaker.failures,
             "last_error": self.last_error,
         }
 
     async def get(self, key: str) -> tuple[Lookup, bytes | None]:
-        if not self._admit():
+        if not self._breaker.try_acquire(self.clock()):
             return Lookup.BYPASS, None
         ok, value = await self._run(self.backend.get(key))
         if not ok:
@@ -82,22 +76,12 @@ class ResponseCache:
 
     async def put(self, key: str, value: bytes) -> bool:
         """Store one entry; False when it was not stored (too large, switched off, failed)."""
-        if len(value) > self.max_entry_bytes or not self._admit():
+        if len(value) > self.max_entry_bytes or not self._breaker.try_acquire(self.clock()):
             return False
         ok, _ = await self._run(self.backend.set(key, value, self.ttl_s))
         return ok
 
-    def _admit(self) -> bool:
-        state = self.state()
-        if state is BreakerState.CLOSED:
-            return True
-        if state is BreakerState.OPEN or self._trial_running:
-            return False
-        self._trial_running = True  # half-open: this command is the trial
-        return True
-
     async def _run(self, command: Awaitable[T]) -> tuple[bool, T | None]:
-        trial = self._trial_running
         settled = False
         try:
             with trio.move_on_after(self.timeout_s):
@@ -114,31 +98,25 @@ class ResponseCache:
             self._failed(f"no answer within {self.timeout_s * 1000:g} ms")
             return False, None
         finally:
-            if trial and not settled:  # the trial's request went away: let the next one try
-                self._trial_running = False
+            if not settled:  # the caller went away: a trial goes to the next command
+                self._breaker.release_trial()
 
     def _failed(self, reason: str) -> None:
         self.last_error = reason
-        self._failures += 1
         self.on_error(self.backend.name)
-        was_open = self._open_until is not None
-        if self._trial_running or self._failures >= self.failure_threshold:
-            self._trial_running = False
-            self._open_until = self.clock() + self.cooldown_s
-            if not was_open:
-                log.warning(
-                    "cache (%s) switched off for %gs after %d failures: %s",
-                    self.backend.name,
-                    self.cooldown_s,
-                    self._failures,
-                    reason,
-                )
-        else:
+        was_open = self._breaker.open_until is not None
+        if self._breaker.record_failure(self.clock()) and not was_open:
+            log.warning(
+                "cache (%s) switched off for %gs after %d failures: %s",
+                self.backend.name,
+                self.cooldown_s,
+                self._breaker.failures,
+                reason,
+            )
+        elif not was_open:
             log.info("cache (%s) command failed: %s", self.backend.name, reason)
 
     def _succeeded(self) -> None:
-        if self._open_until is not None:
+        if self._breaker.open_until is not None:
             log.warning("cache (%s) back on", self.backend.name)
-        self._failures = 0
-        self._open_until = None
-        self._trial_running = False
+        self._breaker.record_success()

@@ -8,8 +8,9 @@ import pytest
 import trio
 import trio.testing
 
+from mana_llm.breaker import CircuitState
 from mana_llm.cache.memory import MemoryBackend
-from mana_llm.cache.store import BreakerState, Lookup, ResponseCache
+from mana_llm.cache.store import Lookup, ResponseCache
 
 HIT, MISS, BYPASS, ERROR = Lookup.HIT, Lookup.MISS, Lookup.BYPASS, Lookup.ERROR
 
@@ -117,7 +118,7 @@ async def test_a_hung_backend_costs_one_deadline_then_the_breaker_opens(
         started = trio.current_time()
         assert await cache.get("k") == (ERROR, None)
         assert trio.current_time() - started == pytest.approx(0.05)
-        assert cache.state() is (BreakerState.OPEN if i == 2 else BreakerState.CLOSED)
+        assert cache.state() is (CircuitState.OPEN if i == 2 else CircuitState.CLOSED)
     assert errors == ["flaky"] * 3
     assert cache.statistics()["last_error"] == "no answer within 50 ms"
     opened_at = trio.current_time()
@@ -127,12 +128,12 @@ async def test_a_hung_backend_costs_one_deadline_then_the_breaker_opens(
     assert trio.current_time() == opened_at
     assert backend.calls == 3
     await trio.sleep(29.999)
-    assert cache.state() is BreakerState.OPEN
+    assert cache.state() is CircuitState.OPEN
     await trio.sleep(0.001)
-    assert cache.state() is BreakerState.HALF_OPEN
+    assert cache.state() is CircuitState.HALF_OPEN
     backend.mode = "ok"
     assert await cache.get("k") == (MISS, None)  # the trial, and it worked
-    assert cache.state() is BreakerState.CLOSED
+    assert cache.state() is CircuitState.CLOSED
     assert cache.statistics()["consecutive_failures"] == 0
 
 
@@ -145,7 +146,7 @@ async def test_a_failed_trial_opens_for_another_cooldown(
         assert await cache.get("k") == (ERROR, None)
     await trio.sleep(30)
     assert await cache.get("k") == (ERROR, None)  # the trial, immediately refused
-    assert cache.state() is BreakerState.OPEN
+    assert cache.state() is CircuitState.OPEN
     assert "ConnectionError" in str(cache.statistics()["last_error"])
     await trio.sleep(29.999)
     assert await cache.get("k") == (BYPASS, None)
@@ -175,7 +176,7 @@ async def test_one_trial_at_a_time_and_a_cancelled_trial_frees_the_slot(
         trial.cancel()  # its caller went away before the deadline
     backend.mode = "ok"
     assert await cache.get("k") == (MISS, None)  # the next request is the trial
-    assert cache.state() is BreakerState.CLOSED
+    assert cache.state() is CircuitState.CLOSED
 
 
 async def test_a_success_resets_the_failure_count() -> None:
@@ -188,4 +189,4 @@ async def test_a_success_resets_the_failure_count() -> None:
     backend.mode = "raise"
     await cache.get("k")
     await cache.get("k")
-    assert cache.state() is BreakerState.CLOSED
+    assert cache.state() is CircuitState.CLOSED
