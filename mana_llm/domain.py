@@ -11,11 +11,14 @@ whether a chunk commits a stream, the finish reason, the usage.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import attrs
 
+from mana_llm.errors import AttemptRecord
+
 JSON = dict[str, Any]
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -160,3 +163,63 @@ class ModelInfo:
             "created": self.created,
             "owned_by": self.owned_by,
         }
+
+
+@attrs.frozen
+class Answered(Generic[T]):
+    """What the gateway did for a request that got an answer, handed to the api, which turns it
+    into headers, metrics and the log line: the answer, the target that gave it, the chain
+    entries tried or skipped before it, when the answering attempt began and when it ended (a
+    stream: when it committed), and what the response cache did."""
+
+    result: T
+    target: Target
+    failed: tuple[AttemptRecord, ...]  # the entries tried or skipped before the one that answered
+    started_at: float = 0.0  # when the answering attempt began
+    ended_at: float | None = None  # a whole answer: when it arrived; a stream: when it committed
+    cached: bool = False  # a cache hit: no attempt was made
+    cache: str | None = None  # hit | miss | bypass | error; None: the cache is off
+
+    @property
+    def attempts(self) -> int:
+        return 0 if self.cached else len(self.failed) + 1
+
+
+class AnswerStream(Protocol):
+    """A committed answer, relayed chunk by chunk (live, or replayed from the cache).
+    `receive` returns the next chunks, [] once the answer is complete, and raises GatewayError
+    when it fails after commit; `usage` is known once the upstream sent it."""
+
+    @property
+    def usage(self) -> Usage | None: ...
+
+    async def receive(self) -> list[StreamChunk]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@attrs.frozen
+class ProviderStatus:
+    """One provider's health as operators read it (GET /health, /v1/health); times are unix
+    seconds. `state`: closed, open, half_open, unknown (nobody has checked it yet) or
+    unconfigured (`missing` names the variable to set)."""
+
+    name: str
+    state: str
+    missing: str | None = None
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    last_failure_at: float | None = None
+    last_success_at: float | None = None
+    opened_at: float | None = None
+    opened_because: str | None = None
+    reopens_at: float | None = None
+    last_probe_at: float | None = None
+    last_probe_ok: bool | None = None
+
+    @property
+    def summary(self) -> str:
+        """healthy, unhealthy, unknown or unconfigured, for GET /health."""
+        if self.state in ("unconfigured", "unknown"):
+            return self.state
+        return "healthy" if self.state == "closed" else "unhealthy"

@@ -83,6 +83,7 @@ class GatewayError(Exception):
         self.provider = provider
         self.retry_after_s = retry_after_s
         self.attempts = tuple(attempts)
+        self.cache: str | None = None  # what the response cache's lookup did, if it ran
 
     label: ClassVar[str | None] = None  # the attempt kind when not the class name
 

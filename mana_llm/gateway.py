@@ -1,7 +1,10 @@
-"""The use cases: chat, chat_stream, embed, list_models, get_model, health.
+"""The use cases: resolve, chat, chat_stream, embed, list_models, get_model, and the state
+operators read (provider and cache status).
 
 resolve -> cache lookup -> walk (each attempt under its deadline, health fed as it goes)
--> answer (stored when it is cacheable and finished cleanly).
+-> answer (stored when it is cacheable and finished cleanly). Every use case returns what it
+did (`Answered`: the answer, who gave it, the attempts, the timings, the cache's part) or raises
+a GatewayError carrying its attempts; it never reaches into the api's metrics or log line.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import attrs
 import trio
@@ -20,24 +23,24 @@ from mana_llm.cache.entries import Entry, storable_completion
 from mana_llm.cache.keys import chat_cacheable, chat_key, embedding_key
 from mana_llm.cache.store import ResponseCache
 from mana_llm.domain import (
+    Answered,
+    AnswerStream,
     CacheControl,
     ChatRequest,
     ChatResponse,
     EmbeddingRequest,
     EmbeddingResponse,
     ModelInfo,
+    ProviderStatus,
     Target,
 )
-from mana_llm.metrics import RequestTrace
 from mana_llm.providers.protocol import Provider
 from mana_llm.routing.aliases import Alias, AliasStore
-from mana_llm.routing.commit import CommittedStream, open_committed
-from mana_llm.routing.fallback import Answered, Walker
-from mana_llm.routing.health import CircuitState, ProviderHealthCache
+from mana_llm.routing.commit import Recorder, StreamPolicy, open_committed
+from mana_llm.routing.fallback import Walker
+from mana_llm.routing.health import ProviderHealthCache
 from mana_llm.routing.targets import ALIAS_PREFIX, parse_target
 from mana_llm.settings import Settings
-
-__all__ = ["Answered", "CommittedStream", "Gateway"]  # the api sees routing types only through here
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,11 @@ class Route:
     @property
     def direct(self) -> bool:
         return self.alias is None
+
+    @property
+    def label(self) -> str:
+        """The alias, or the one `provider/model` a direct request names."""
+        return self.alias.name if self.alias is not None else self.targets[0].resolved
 
     def attempt_timeout_s(self, provider: Provider) -> float:
         if self.alias is not None and self.alias.attempt_timeout_s is not None:
@@ -114,51 +122,33 @@ class Gateway:
             return Route(alias.chain, alias)
         return Route((parse_target(model, self.providers, self.settings.ollama_default_model),))
 
-    def _route(self, model: str, trace: RequestTrace | None) -> Route:
-        route = self.resolve(model)
-        if trace is not None:
-            trace.model = model
-            trace.label_model = route.alias.name if route.alias else route.targets[0].resolved
-        return route
-
-    def _answered(self, trace: RequestTrace | None, answered: Answered[Any]) -> None:
-        if trace is not None:
-            trace.resolved = answered.target.resolved
-            trace.attempts = answered.failed
-            trace.upstream_started_at = answered.started_at
-
     async def _answer(
         self,
         route: Route,
         attempt: Callable[[Provider, Target], Awaitable[Answer]],
-        trace: RequestTrace | None,
         plan: read_through.Plan | None,
         from_entry: Callable[[Entry], Answer],
     ) -> Answered[Answer]:
-        """A whole answer (not a stream): from the cache, or walk, record who answered and the
-        usage, and store it."""
+        """A whole answer (not a stream): from the cache, or walk, then store it."""
         if plan is not None:
             entry = await plan.lookup(self._walker.first_candidate(route.targets))
             if entry is not None:
                 target = read_through.target_of(entry)
-                return Answered(from_entry(entry), target, (), self.clock(), cached=True)
-        answered = await self._walker.walk(
-            route.targets, attempt, route.attempt_timeout_s, "answer", direct=route.direct
-        )
-        self._answered(trace, answered)
-        if trace is not None:
-            trace.upstream_ended_at = self.clock()
-            trace.usage = answered.result.usage
+                return Answered(from_entry(entry), target, (), cached=True, cache=plan.result)
+        try:
+            answered = await self._walker.walk(
+                route.targets, attempt, route.attempt_timeout_s, "answer", direct=route.direct
+            )
+        except errors.GatewayError as error:
+            error.cache = None if plan is None else plan.result  # what the lookup did
+            raise
         if plan is not None:
             await plan.save(answered.target, answered.result.payload)
-        return answered
+        cache = None if plan is None else plan.result
+        return attrs.evolve(answered, ended_at=self.clock(), cache=cache)
 
     def _chat_plan(
-        self,
-        route: Route,
-        request: ChatRequest,
-        control: CacheControl,
-        trace: RequestTrace | None,
+        self, route: Route, request: ChatRequest, control: CacheControl
     ) -> read_through.Plan | None:
         opt_in = route.alias.cache if route.alias is not None else None
         return read_through.plan(
@@ -167,89 +157,95 @@ class Gateway:
             chat_cacheable(request, opt_in, control.opt_in),
             lambda target: chat_key(control.namespace, target, request),
             storable_completion,
-            trace,
         )
 
     async def chat(
         self,
         request: ChatRequest,
-        trace: RequestTrace | None = None,
         control: CacheControl = NO_DIRECTIVES,
+        route: Route | None = None,
     ) -> Answered[ChatResponse]:
+        """`route`: what `resolve(request.model)` said, when the caller already asked."""
+        route = route or self.resolve(request.model)
         prepared = Prepared(request)
 
         async def attempt(provider: Provider, target: Target) -> ChatResponse:
             return await provider.chat(target, await prepared.for_provider(provider))
 
-        route = self._route(request.model, trace)
-        plan = self._chat_plan(route, request, control, trace)
+        plan = self._chat_plan(route, request, control)
         return await self._answer(
-            route, attempt, trace, plan, lambda e: read_through.chat_hit(e, self.wall_clock())
+            route, attempt, plan, lambda e: read_through.chat_hit(e, self.wall_clock())
         )
 
     async def chat_stream(
         self,
         request: ChatRequest,
-        trace: RequestTrace | None = None,
         control: CacheControl = NO_DIRECTIVES,
-    ) -> CommittedStream:
-        """Walk the chain until one attempt commits; the returned stream owns the upstream.
-        A cache hit is replayed as a stream; a cacheable miss is stored once it completes."""
-        first_token_s = self.settings.first_token_timeout_s
-        began = self.clock()
-
+        route: Route | None = None,
+    ) -> Answered[AnswerStream]:
+        """Walk the chain until one attempt commits; the answer's stream owns the upstream.
+        A cache hit is replayed as a stream; a cacheable miss is stored once it completes.
+        `ended_at` is when the stream committed (its first token)."""
+        route = route or self.resolve(request.model)
+        deadline = self.clock() + self.settings.request_timeout_s  # the walk included
         prepared = Prepared(request)
+        plan = self._chat_plan(route, request, control)
 
-        async def attempt(provider: Provider, target: Target) -> CommittedStream:
-            return await open_committed(provider, target, await prepared.for_provider(provider))
+        async def attempt(provider: Provider, target: Target) -> AnswerStream:
+            recorder = None
+            if plan is not None and plan.enabled:
+                recorder = Recorder(
+                    self.settings.cache_max_entry_bytes, partial(plan.save_stream, target)
+                )
+            policy = StreamPolicy(
+                self.settings.stream_idle_timeout_s,
+                deadline,
+                partial(self._walker.report, target.provider),
+                recorder,
+            )
+            ready = await prepared.for_provider(provider)
+            return await open_committed(provider, target, ready, policy)
 
-        route = self._route(request.model, trace)
-        plan = self._chat_plan(route, request, control, trace)
         if plan is not None:
             entry = await plan.lookup(self._walker.first_candidate(route.targets))
             if entry is not None:
-                return read_through.stream_hit(entry, self.wall_clock())
-        answered = await self._walker.walk(
-            route.targets,
-            attempt,
-            lambda p: route.first_token_timeout_s(p, first_token_s),
-            "first token",
-            direct=route.direct,
-        )
-        self._answered(trace, answered)
-        if trace is not None:
-            trace.first_token_at = self.clock()  # the upstream's end is set when the stream ends
-        stream = answered.result
-        stream.attempts = answered.attempts
-        stream.idle_timeout_s = self.settings.stream_idle_timeout_s
-        stream.deadline = (
-            began + self.settings.request_timeout_s
-        )  # the whole request, walk included
-        provider = answered.target.provider
-        stream.on_error = lambda error: self._walker.report(provider, error)
-        if plan is not None:
-            stream.record(partial(plan.save_stream, answered.target))
-        return stream
+                stream = read_through.stream_hit(entry, self.wall_clock())
+                target = read_through.target_of(entry)
+                return Answered(stream, target, (), cached=True, cache=plan.result)
+        first_token_s = self.settings.first_token_timeout_s
+        try:
+            answered = await self._walker.walk(
+                route.targets,
+                attempt,
+                lambda p: route.first_token_timeout_s(p, first_token_s),
+                "first token",
+                direct=route.direct,
+            )
+        except errors.GatewayError as error:
+            error.cache = None if plan is None else plan.result
+            raise
+        cache = None if plan is None else plan.result
+        return attrs.evolve(answered, ended_at=self.clock(), cache=cache)
 
     async def embed(
         self,
         request: EmbeddingRequest,
-        trace: RequestTrace | None = None,
         control: CacheControl = NO_DIRECTIVES,
+        route: Route | None = None,
     ) -> Answered[EmbeddingResponse]:
+        route = route or self.resolve(request.model)
+
         async def attempt(provider: Provider, target: Target) -> EmbeddingResponse:
             return await provider.embed(target, request)
 
-        route = self._route(request.model, trace)
         plan = read_through.plan(
             self.cache,
             control,
             True,  # an embedding is deterministic
             lambda target: embedding_key(control.namespace, target, request),
             _embeddings_valid,
-            trace,
         )
-        return await self._answer(route, attempt, trace, plan, read_through.embedding_hit)
+        return await self._answer(route, attempt, plan, read_through.embedding_hit)
 
     def configured(self) -> list[Provider]:
         return [p for p in self.providers.values() if p.configured]
@@ -297,56 +293,41 @@ class Gateway:
             provider=provider.name,
         )
 
-    def health_details(self) -> dict[str, dict[str, object]]:
-        """Per provider: circuit state, consecutive failures, last error (secret-free), last
-        success, when the circuit may reopen and the last probe, as unix times."""
+    def provider_statuses(self) -> list[ProviderStatus]:
+        """Every provider's health as operators see it, times as unix seconds."""
         now, wall = self.clock(), self.wall_clock()
 
         def at(t: float | None) -> float | None:
             return None if t is None else round(wall - (now - t), 3)
 
-        out: dict[str, dict[str, object]] = {}
+        out: list[ProviderStatus] = []
         for name, provider in self.providers.items():
             if not provider.configured:
-                out[name] = {"state": "unconfigured", "missing": provider.key_env}
+                out.append(ProviderStatus(name, "unconfigured", missing=provider.key_env))
                 continue
             stats = self.health.statistics(name, now)
-            out[name] = {
-                "state": stats.state.value if stats.checked else "unknown",
-                "consecutive_failures": stats.consecutive_failures,
-                "last_error": stats.last_error,
-                "last_failure_at": at(stats.last_failure_at),
-                "last_success_at": at(stats.last_success_at),
-                "opened_at": at(stats.opened_at),
-                "opened_because": stats.opened_because,
-                "reopens_at": at(stats.reopens_at),
-                "last_probe_at": at(stats.last_probe_at),
-                "last_probe_ok": stats.last_probe_ok,
-            }
+            out.append(
+                ProviderStatus(
+                    name,
+                    stats.state.value if stats.checked else "unknown",
+                    consecutive_failures=stats.consecutive_failures,
+                    last_error=stats.last_error,
+                    last_failure_at=at(stats.last_failure_at),
+                    last_success_at=at(stats.last_success_at),
+                    opened_at=at(stats.opened_at),
+                    opened_because=stats.opened_because,
+                    reopens_at=at(stats.reopens_at),
+                    last_probe_at=at(stats.last_probe_at),
+                    last_probe_ok=stats.last_probe_ok,
+                )
+            )
         return out
 
-    def cache_details(self) -> dict[str, object]:
+    def cache_status(self) -> dict[str, object]:
         if self.cache is None:
             return {"backend": None, "state": "off"}
         return self.cache.statistics()
 
-    def health_summary(self) -> dict[str, str]:
-        """Per provider: unconfigured, unknown (nobody has checked it yet), healthy (circuit
-        closed) or unhealthy."""
-        now = self.clock()
-        out: dict[str, str] = {}
-        for name, provider in self.providers.items():
-            stats = self.health.statistics(name, now)
-            if not provider.configured:
-                out[name] = "unconfigured"
-            elif not stats.checked:
-                out[name] = "unknown"
-            elif stats.state is CircuitState.CLOSED:
-                out[name] = "healthy"
-            else:
-                out[name] = "unhealthy"
-        return out
 
-
-def _embeddings_valid(payload: dict[str, Any]) -> bool:
+def _embeddings_valid(payload: dict[str, object]) -> bool:
     return isinstance(payload.get("data"), list)

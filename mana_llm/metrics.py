@@ -14,7 +14,7 @@ import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mana_llm import errors
-from mana_llm.domain import Usage
+from mana_llm.domain import Answered, Usage
 from mana_llm.errors import AttemptRecord
 
 # sub-millisecond gateway work up to multi-minute generations
@@ -78,9 +78,31 @@ class RequestTrace:
     active: str | None = None  # the `stream` label it is counted under in active_requests
     cache: str | None = None  # hit | miss | bypass | error; None: the cache is off
 
+    def route(self, model: str, label: str) -> None:
+        """What the caller asked for, and the alias or `provider/model` it resolved to."""
+        self.model, self.label_model = model, label
+
+    def answered(
+        self, answered: Answered[Any], usage: Usage | None = None, *, stream: bool = False
+    ) -> None:
+        """What the gateway did for a request it answered (a stream: up to its commit)."""
+        self.resolved = answered.target.resolved
+        self.attempts = answered.failed
+        self.cache = answered.cache
+        if answered.cached:
+            return
+        self.upstream_started_at = answered.started_at
+        if stream:
+            self.first_token_at = answered.ended_at  # the upstream's end is known at the end
+            return
+        self.upstream_ended_at = answered.ended_at
+        self.usage = usage
+
     def fail(self, error: errors.GatewayError) -> None:
         self.status = error.status
         self.error = error.error_type
+        if error.cache is not None:
+            self.cache = error.cache
         if error.attempts and not self.attempts:
             self.attempts = error.attempts
 

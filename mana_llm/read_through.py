@@ -27,7 +27,6 @@ from mana_llm.cache.entries import (
 )
 from mana_llm.cache.store import Lookup, ResponseCache
 from mana_llm.domain import JSON, CacheControl, ChatResponse, EmbeddingResponse, Target
-from mana_llm.metrics import RequestTrace
 from mana_llm.routing.commit import CommittedStream
 
 log = logging.getLogger(__name__)
@@ -39,20 +38,13 @@ def plan(
     cacheable: bool,
     key_of: Callable[[Target], str],
     valid: Callable[[JSON], bool],
-    trace: RequestTrace | None,
 ) -> Plan | None:
-    """None when the cache has no part in this request (the outcome is set on the trace)."""
+    """None when there is no cache; a plan that neither looks up nor stores (outcome BYPASS)
+    when this request is not cacheable or the caller said no-store."""
     if cache is None:
         return None
-    if not cacheable or not control.store:
-        _note(trace, Lookup.BYPASS)
-        return None
-    return Plan(cache, key_of, valid, control, trace)
-
-
-def _note(trace: RequestTrace | None, outcome: Lookup) -> None:
-    if trace is not None:
-        trace.cache = outcome.value
+    enabled = cacheable and control.store
+    return Plan(cache, key_of, valid, control, enabled, None if enabled else Lookup.BYPASS)
 
 
 @attrs.define(eq=False)
@@ -61,28 +53,33 @@ class Plan:
     key_of: Callable[[Target], str]
     valid: Callable[[JSON], bool]  # a storable answer; also what a readable entry holds
     control: CacheControl
-    trace: RequestTrace | None
-    _failed: bool = False
+    enabled: bool = True
+    outcome: Lookup | None = None  # what the lookup did, once it ran
+
+    @property
+    def result(self) -> str | None:
+        """The outcome as the `result` label and X-Mana-LLM-Cache know it."""
+        return None if self.outcome is None else self.outcome.value
 
     async def lookup(self, target: Target) -> Entry | None:
+        if not self.enabled:
+            return None
         if not self.control.lookup:
-            _note(self.trace, Lookup.BYPASS)
+            self.outcome = Lookup.BYPASS
             return None
         outcome, data = await self.cache.get(self.key_of(target))
-        self._failed = outcome is Lookup.ERROR
         entry = decode(data) if data is not None else None
         if entry is not None and not self.valid(entry.payload):
             entry = None
         if outcome is Lookup.HIT and entry is None:
             outcome = Lookup.MISS  # not an entry this version can read: answer anew
-        _note(self.trace, outcome)
-        if entry is not None and self.trace is not None:
-            self.trace.resolved = entry.resolved
+        self.outcome = outcome
         return entry
 
     async def save(self, target: Target, payload: JSON) -> None:
-        """Store the answer `target` gave, if it is a storable one."""
-        if not self._failed and self.valid(payload):
+        """Store the answer `target` gave, if it is a storable one (never after a failed
+        lookup: a cache in trouble costs at most one command deadline per request)."""
+        if self.enabled and self.outcome is not Lookup.ERROR and self.valid(payload):
             await self.cache.put(self.key_of(target), Entry(target.resolved, payload).encode())
 
     async def save_stream(self, target: Target, payloads: list[JSON]) -> None:

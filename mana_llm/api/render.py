@@ -1,11 +1,24 @@
-"""OpenAI-shaped JSON out: bodies, error objects and their headers."""
+"""OpenAI-shaped JSON out: bodies, error objects and their headers, as Quart responses."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+from quart import Response
+
+from mana_llm.codec import dumps
 from mana_llm.errors import GatewayError
+
+
+def json_response(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(dumps(payload), status=status, headers=headers, content_type="application/json")
+
+
+def error_response(error: GatewayError) -> Response:
+    return Response(dumps(error_object(error)), status=error.status, headers=error_headers(error))
 
 
 def error_object(error: GatewayError) -> dict[str, Any]:

@@ -48,6 +48,14 @@ def request_trace(scope: Any) -> RequestTrace:
     return trace
 
 
+def begin(metrics: Metrics, scope: Any, endpoint: str, stream: bool = False) -> RequestTrace:
+    """The exchange is a request to `endpoint`: count it as active."""
+    trace = request_trace(scope)
+    trace.endpoint, trace.stream = endpoint, stream
+    metrics.begin(trace)
+    return trace
+
+
 def with_request_scope(
     app: ASGIApp, metrics: Metrics, clock: Callable[[], float] = trio.current_time
 ) -> ASGIApp:

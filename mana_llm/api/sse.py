@@ -11,7 +11,7 @@ import trio
 from mana_llm import errors
 from mana_llm.api.render import error_object
 from mana_llm.codec import dumps
-from mana_llm.gateway import CommittedStream
+from mana_llm.domain import AnswerStream
 from mana_llm.metrics import RequestTrace
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class SSEBody:
 
     def __init__(
         self,
-        stream: CommittedStream,
+        stream: AnswerStream,
         include_usage: bool,
         trace: RequestTrace,
         clock: Callable[[], float] = trio.current_time,
@@ -94,7 +94,7 @@ class PendingSSEBody:
         self._result: SSEBody | bytes | None = None
         self._closed = False
 
-    def resolve(self, result: CommittedStream | errors.GatewayError) -> None:
+    def resolve(self, result: AnswerStream | errors.GatewayError) -> None:
         if isinstance(result, errors.GatewayError):
             self._trace.fail(result)
             self._result = error_event(result)

@@ -20,8 +20,56 @@ from mana_llm.errors import GatewayError
 from mana_llm.providers.protocol import ChunkStream, Provider
 
 
+@attrs.define(eq=False)
+class Recorder:
+    """Keeps a stream's payloads for the cache while they stay under `max_bytes` (estimated
+    from the text they carry); once complete, hands them to `on_complete`. Past the bound it
+    lets go of them: that answer is relayed but not stored."""
+
+    max_bytes: int
+    on_complete: Callable[[list[JSON]], Awaitable[None]]
+    _payloads: list[JSON] | None = attrs.field(factory=list)
+    _size: int = 0
+
+    def keep(self, chunks: list[StreamChunk]) -> None:
+        if self._payloads is None:
+            return
+        for chunk in chunks:
+            self._size += _estimate(chunk.payload)
+            self._payloads.append(chunk.payload)
+        if self._size > self.max_bytes:
+            self._payloads = None
+
+    async def complete(self) -> None:
+        if self._payloads is not None:
+            await self.on_complete(self._payloads)
+
+
+def _estimate(payload: JSON) -> int:
+    """About what a chunk adds to the stored answer: its text, and room for its frame."""
+    size = 64
+    for choice in payload.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if isinstance(delta, dict):
+            size += sum(len(v) if isinstance(v, str) else 256 for v in delta.values())
+    return size
+
+
+@attrs.frozen
+class StreamPolicy:
+    """Everything a committed stream needs besides its upstream, given whole at construction."""
+
+    idle_timeout_s: float = 60.0
+    deadline: float = float("inf")  # absolute trio time by which the stream must be over
+    on_error: Callable[[GatewayError], None] = lambda error: None
+    recorder: Recorder | None = None
+
+
+NO_POLICY = StreamPolicy()
+
+
 async def open_committed(
-    provider: Provider, target: Target, request: ChatRequest
+    provider: Provider, target: Target, request: ChatRequest, policy: StreamPolicy = NO_POLICY
 ) -> CommittedStream:
     """Open an upstream stream and read it until it commits; the caller bounds the time."""
     upstream = await provider.open_stream(target, request)
@@ -32,7 +80,7 @@ async def open_committed(
     finally:
         if not committed:
             await upstream.aclose()
-    return CommittedStream(target, upstream, buffered)
+    return CommittedStream(target, upstream, buffered, policy)
 
 
 async def _read_until_commit(upstream: ChunkStream, target: Target) -> list[StreamChunk]:
@@ -54,23 +102,20 @@ async def _read_until_commit(upstream: ChunkStream, target: Target) -> list[Stre
 
 @attrs.define(eq=False)
 class CommittedStream:
+    """An AnswerStream over an upstream that has committed; built whole, then only read."""
+
     target: Target
     _upstream: ChunkStream
     _pending: list[StreamChunk]
-    idle_timeout_s: float = 60.0
-    deadline: float = float("inf")  # absolute trio time by which the stream must be over
-    on_error: Callable[[GatewayError], None] = lambda error: None
-    attempts: int = 1
-    usage: Usage | None = None
-    finish_reason: str | None = None
-    _ended: bool = False
-    _recorded: list[JSON] | None = None
-    _on_complete: Callable[[list[JSON]], Awaitable[None]] | None = None
+    _policy: StreamPolicy = NO_POLICY
+    usage: Usage | None = attrs.field(init=False, default=None)
+    finish_reason: str | None = attrs.field(init=False, default=None)
+    _ended: bool = attrs.field(init=False, default=False)
 
     @classmethod
     def replay(cls, target: Target, chunks: list[StreamChunk]) -> CommittedStream:
         """A complete answer known in advance (a cache hit), relayed like a live one."""
-        return cls(target, _Ended(), chunks, attempts=0)
+        return cls(target, _Ended(), chunks)
 
     async def receive(self) -> list[StreamChunk]:
         """The next chunks to relay; [] once the answer is complete. Raises GatewayError when the
@@ -80,10 +125,11 @@ class CommittedStream:
             return self._note(chunks)
         if self._ended:
             return []
+        policy = self._policy
         # a bare CancelScope: move_on_at's contextlib wrapper costs more than the scope itself
         # on this per-chunk path
         with trio.CancelScope(
-            deadline=min(trio.current_time() + self.idle_timeout_s, self.deadline)
+            deadline=min(trio.current_time() + policy.idle_timeout_s, policy.deadline)
         ):
             try:
                 chunks = await self._upstream.receive()
@@ -102,25 +148,19 @@ class CommittedStream:
             return self._fail(
                 errors.UpstreamTimeout(
                     f"{self.target.resolved} stalled mid-stream"
-                    f" (no data for {self.idle_timeout_s:g}s)",
+                    f" (no data for {policy.idle_timeout_s:g}s)",
                     provider=self.target.provider,
                 )
             )
         # the upstream ended (or went idle) after its finish: the answer is complete
         self._ended = True
-        if self._on_complete is not None and self._recorded is not None:
-            await self._on_complete(self._recorded)
+        if policy.recorder is not None:
+            await policy.recorder.complete()
         return []
 
-    def record(self, on_complete: Callable[[list[JSON]], Awaitable[None]]) -> None:
-        """Keep every relayed chunk's payload; once the answer is complete (never after a cut,
-        stall or error), hand them to `on_complete` before the stream reports its end."""
-        self._recorded = []
-        self._on_complete = on_complete
-
     def _note(self, chunks: list[StreamChunk]) -> list[StreamChunk]:
-        if self._recorded is not None:
-            self._recorded.extend(chunk.payload for chunk in chunks)
+        if self._policy.recorder is not None:
+            self._policy.recorder.keep(chunks)
         for chunk in chunks:
             if chunk.finish_reason is not None:
                 self.finish_reason = chunk.finish_reason
@@ -130,7 +170,7 @@ class CommittedStream:
 
     def _fail(self, error: GatewayError) -> list[StreamChunk]:
         self._ended = True
-        self.on_error(error)
+        self._policy.on_error(error)
         raise error
 
     async def aclose(self) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import attrs
 import trio
 
 from mana_llm import errors
-from mana_llm.domain import Target
+from mana_llm.domain import Answered, Target
 from mana_llm.errors import AttemptRecord, GatewayError
 from mana_llm.providers.protocol import Provider
 from mana_llm.routing.health import CircuitState, ProviderHealthCache
@@ -25,19 +25,6 @@ T = TypeVar("T")
 
 # The Retry-After an all-failed 503 advertises when some circuit reopens within this long.
 RETRY_AFTER_HORIZON_S = 120.0
-
-
-@attrs.frozen
-class Answered(Generic[T]):
-    result: T
-    target: Target
-    failed: tuple[AttemptRecord, ...]  # the entries tried or skipped before the one that answered
-    started_at: float = 0.0  # when the answering attempt began
-    cached: bool = False  # a cache hit: no attempt was made
-
-    @property
-    def attempts(self) -> int:
-        return 0 if self.cached else len(self.failed) + 1
 
 
 Attempt = Callable[[Provider, Target], Awaitable[T]]

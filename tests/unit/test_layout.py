@@ -15,6 +15,7 @@ LEAVES = {
     "mana_llm.codec",
     "mana_llm.logs",
     "mana_llm.lifecycle",
+    "mana_llm.breaker",
 }
 
 # layer -> internal modules (prefixes) it may import
@@ -25,6 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "mana_llm.codec": set(),
     "mana_llm.logs": set(),
     "mana_llm.lifecycle": set(),
+    "mana_llm.breaker": set(),
     "mana_llm.providers": LEAVES | {"mana_llm.providers"},
     "mana_llm.cache": LEAVES | {"mana_llm.cache"},
     "mana_llm.routing": LEAVES | {"mana_llm.routing", "mana_llm.providers.protocol"},

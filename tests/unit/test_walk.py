@@ -135,11 +135,12 @@ async def test_first_token_later_than_the_timeout_falls_back(
     a = FakeProvider("a").script_stream(RoleOnly(), Sleep(7), Content("too late"), Finish(), End())
     b = FakeProvider("b")
     gw = build(a, b, FakeProvider("c"), first_token_s=5)
-    stream = await gw.chat_stream(chat(stream=True))
-    assert stream.target.resolved == "b/m2"
+    answered = await gw.chat_stream(chat(stream=True))
+    stream = answered.result
+    assert answered.target.resolved == "b/m2"
     assert b.calls[0][2] == 5.0
     assert a.streams[0].closed
-    assert stream.attempts == 2
+    assert answered.attempts == 2
 
 
 async def test_alias_overrides_the_first_token_and_attempt_deadlines(
@@ -148,8 +149,9 @@ async def test_alias_overrides_the_first_token_and_attempt_deadlines(
     a = FakeProvider("a").script_stream(Sleep(2), Content("x"))
     b = FakeProvider("b").script_chat(Hang())
     gw = build(a, b, FakeProvider("c"), first_token_s=30)
-    stream = await gw.chat_stream(chat("mana/slow", stream=True))
-    assert stream.target.resolved == "b/m2"
+    answered = await gw.chat_stream(chat("mana/slow", stream=True))
+    stream = answered.result
+    assert answered.target.resolved == "b/m2"
     assert trio_time() == 1.0
     a.script_chat(Hang())
     with pytest.raises(errors.AllProvidersFailed):
@@ -180,8 +182,9 @@ async def test_stream_failures_before_commit_fall_back_unseen(
     a = FakeProvider("a").script_stream(*steps)  # type: ignore[arg-type]
     b = FakeProvider("b")
     gw = build(a, b, FakeProvider("c"))
-    stream = await gw.chat_stream(chat(stream=True))
-    assert stream.target.resolved == "b/m2"
+    answered = await gw.chat_stream(chat(stream=True))
+    stream = answered.result
+    assert answered.target.resolved == "b/m2"
     chunks = await stream.receive()
     assert {c.payload["model"] for c in chunks} == {"b/m2"}
     assert all(s.closed for s in a.streams)
@@ -210,7 +213,8 @@ async def test_failures_after_commit_end_the_stream_without_fallback(
     a = FakeProvider("a").script_stream(Content("Hel"), Content("lo"), *tail)  # type: ignore[arg-type]
     b = FakeProvider("b")
     gw = build(a, b, FakeProvider("c"))
-    stream = await gw.chat_stream(chat(stream=True))
+    answered = await gw.chat_stream(chat(stream=True))
+    stream = answered.result
     assert [c.payload["choices"][0]["delta"]["content"] for c in await stream.receive()] == ["Hel"]
     assert [c.payload["choices"][0]["delta"]["content"] for c in await stream.receive()] == ["lo"]
     with pytest.raises(kind):
@@ -226,7 +230,8 @@ async def test_finish_then_stall_is_a_complete_answer(
 ) -> None:
     a = FakeProvider("a").script_stream(Content("Hi"), Finish(), Hang())
     gw = build(a, FakeProvider("b"), FakeProvider("c"))
-    stream = await gw.chat_stream(chat(stream=True))
+    answered = await gw.chat_stream(chat(stream=True))
+    stream = answered.result
     await stream.receive()
     assert (await stream.receive())[0].finish_reason == "stop"
     assert await stream.receive() == []
@@ -368,7 +373,8 @@ async def test_the_request_deadline_bounds_a_stream_walk_included(
     )
     gw = build(a, FakeProvider("b"), FakeProvider("c"), request_timeout_s=100, first_token_s=60)
     gw.settings = attrs.evolve(gw.settings, stream_idle_timeout_s=1000)
-    stream = await gw.chat_stream(chat("a/m1", stream=True))
+    answered = await gw.chat_stream(chat("a/m1", stream=True))
+    stream = answered.result
     for _ in range(4):
         await stream.receive()
     with pytest.raises(errors.UpstreamTimeout):
