@@ -136,7 +136,6 @@ async def test_first_token_later_than_the_timeout_falls_back(
     b = FakeProvider("b")
     gw = build(a, b, FakeProvider("c"), first_token_s=5)
     answered = await gw.chat_stream(chat(stream=True))
-    stream = answered.result
     assert answered.target.resolved == "b/m2"
     assert b.calls[0][2] == 5.0
     assert a.streams[0].closed
@@ -150,7 +149,6 @@ async def test_alias_overrides_the_first_token_and_attempt_deadlines(
     b = FakeProvider("b").script_chat(Hang())
     gw = build(a, b, FakeProvider("c"), first_token_s=30)
     answered = await gw.chat_stream(chat("mana/slow", stream=True))
-    stream = answered.result
     assert answered.target.resolved == "b/m2"
     assert trio_time() == 1.0
     a.script_chat(Hang())
