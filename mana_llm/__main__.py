@@ -11,7 +11,7 @@ import attrs
 import trio
 
 from mana_llm import logs, service
-from mana_llm.settings import Settings, SettingsError
+from mana_llm.settings import Settings, SettingsError, StartupError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_level, settings.log_format)
     try:
         trio.run(partial(service.run, settings, config_path=args.config))
-    except service.StartupError as error:
+    except StartupError as error:
         print(f"mana-llm: {error}", file=sys.stderr)
         return 2
     return 0

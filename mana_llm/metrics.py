@@ -107,99 +107,126 @@ class RequestTrace:
             self.attempts = error.attempts
 
 
+# attribute -> (kind, name, help, labels); histograms use BUCKETS
+DECLARATIONS: tuple[
+    tuple[str, type[Counter | Gauge | Histogram], str, str, tuple[str, ...]], ...
+] = (
+    (
+        "llm_requests",
+        Counter,
+        "mana_llm_llm_requests",
+        "Chat and embedding requests: requested and error counts by the requested model,"
+        " success counts by the resolved one",
+        ("provider", "model", "status"),
+    ),
+    (
+        "alias_resolved",
+        Counter,
+        "mana_llm_alias_resolved",
+        "Alias requests by the target that answered",
+        ("alias", "target"),
+    ),
+    (
+        "fallbacks",
+        Counter,
+        "mana_llm_fallback",
+        "Moves from one chain entry to the next",
+        ("from_model", "to_model", "reason"),
+    ),
+    (
+        "provider_healthy",
+        Gauge,
+        "mana_llm_provider_healthy",
+        "1 while the provider's circuit is closed, else 0",
+        ("provider",),
+    ),
+    (
+        "request_duration",
+        Histogram,
+        "mana_llm_request_duration_seconds",
+        "Whole requests, streams to their end",
+        ("endpoint", "stream"),
+    ),
+    (
+        "upstream_duration",
+        Histogram,
+        "mana_llm_upstream_duration_seconds",
+        "The answering attempt, from its start to its last byte",
+        ("provider",),
+    ),
+    (
+        "ttft",
+        Histogram,
+        "mana_llm_time_to_first_token_seconds",
+        "Streams: from the request to its first content",
+        ("provider",),
+    ),
+    (
+        "overhead",
+        Histogram,
+        "mana_llm_gateway_overhead_seconds",
+        "Time spent in the gateway itself: the request minus the answering attempt",
+        ("endpoint",),
+    ),
+    (
+        "tokens",
+        Counter,
+        "mana_llm_tokens",
+        "Tokens by kind, from upstream usage",
+        ("provider", "model", "kind"),
+    ),
+    ("errors", Counter, "mana_llm_errors", "Failed requests by error type", ("error_type",)),
+    ("active", Gauge, "mana_llm_active_requests", "Requests in flight", ("stream",)),
+    ("alias_reloads", Counter, "mana_llm_alias_reloads", "aliases.yaml reloads", ("result",)),
+    ("probes", Counter, "mana_llm_health_probe", "Health probes", ("provider", "result")),
+    (
+        "cache_requests",
+        Counter,
+        "mana_llm_cache_requests",
+        "Cacheable endpoints' requests by what the response cache did",
+        ("result",),
+    ),
+    (
+        "cache_errors",
+        Counter,
+        "mana_llm_cache_errors",
+        "Cache commands that failed or timed out (each served as a miss)",
+        ("backend",),
+    ),
+)
+
+
 @attrs.define(eq=False, slots=False)
 class Metrics:
     registry: CollectorRegistry
     _known_models: set[str] = attrs.field(factory=set)
+    llm_requests: Counter = attrs.field(init=False)
+    alias_resolved: Counter = attrs.field(init=False)
+    fallbacks: Counter = attrs.field(init=False)
+    provider_healthy: Gauge = attrs.field(init=False)
+    request_duration: Histogram = attrs.field(init=False)
+    upstream_duration: Histogram = attrs.field(init=False)
+    ttft: Histogram = attrs.field(init=False)
+    overhead: Histogram = attrs.field(init=False)
+    tokens: Counter = attrs.field(init=False)
+    errors: Counter = attrs.field(init=False)
+    active: Gauge = attrs.field(init=False)
+    alias_reloads: Counter = attrs.field(init=False)
+    probes: Counter = attrs.field(init=False)
+    cache_requests: Counter = attrs.field(init=False)
+    cache_errors: Counter = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        r = self.registry
-        self.llm_requests = Counter(
-            "mana_llm_llm_requests",
-            "Chat and embedding requests: requested and error counts by the requested model,"
-            " success counts by the resolved one",
-            ["provider", "model", "status"],
-            registry=r,
-        )
-        self.alias_resolved = Counter(
-            "mana_llm_alias_resolved",
-            "Alias requests by the target that answered",
-            ["alias", "target"],
-            registry=r,
-        )
-        self.fallbacks = Counter(
-            "mana_llm_fallback",
-            "Moves from one chain entry to the next",
-            ["from_model", "to_model", "reason"],
-            registry=r,
-        )
-        self.provider_healthy = Gauge(
-            "mana_llm_provider_healthy",
-            "1 while the provider's circuit is closed, else 0",
-            ["provider"],
-            registry=r,
-        )
-        self.request_duration = Histogram(
-            "mana_llm_request_duration_seconds",
-            "Whole requests, streams to their end",
-            ["endpoint", "stream"],
-            buckets=BUCKETS,
-            registry=r,
-        )
-        self.upstream_duration = Histogram(
-            "mana_llm_upstream_duration_seconds",
-            "The answering attempt, from its start to its last byte",
-            ["provider"],
-            buckets=BUCKETS,
-            registry=r,
-        )
-        self.ttft = Histogram(
-            "mana_llm_time_to_first_token_seconds",
-            "Streams: from the request to its first content",
-            ["provider"],
-            buckets=BUCKETS,
-            registry=r,
-        )
-        self.overhead = Histogram(
-            "mana_llm_gateway_overhead_seconds",
-            "Time spent in the gateway itself: the request minus the answering attempt",
-            ["endpoint"],
-            buckets=BUCKETS,
-            registry=r,
-        )
-        self.tokens = Counter(
-            "mana_llm_tokens",
-            "Tokens by kind, from upstream usage",
-            ["provider", "model", "kind"],
-            registry=r,
-        )
-        self.errors = Counter(
-            "mana_llm_errors", "Failed requests by error type", ["error_type"], registry=r
-        )
-        self.active = Gauge(
-            "mana_llm_active_requests", "Requests in flight", ["stream"], registry=r
-        )
-        self.alias_reloads = Counter(
-            "mana_llm_alias_reloads", "aliases.yaml reloads", ["result"], registry=r
-        )
-        self.probes = Counter(
-            "mana_llm_health_probe", "Health probes", ["provider", "result"], registry=r
-        )
-        self.cache_requests = Counter(
-            "mana_llm_cache_requests",
-            "Cacheable endpoints' requests by what the response cache did",
-            ["result"],
-            registry=r,
-        )
-        self.cache_errors = Counter(
-            "mana_llm_cache_errors",
-            "Cache commands that failed or timed out (each served as a miss)",
-            ["backend"],
-            registry=r,
-        )
+        for attr, kind, name, doc, labels in DECLARATIONS:
+            metric: Counter | Gauge | Histogram
+            if kind is Histogram:
+                metric = Histogram(name, doc, labels, registry=self.registry, buckets=BUCKETS)
+            else:
+                metric = kind(name, doc, labels, registry=self.registry)
+            setattr(self, attr, metric)
         # label sets known in advance are exported at 0, so alerts see them before any event
-        for kind in ERROR_TYPES:
-            self.errors.labels(kind)
+        for error_type in ERROR_TYPES:
+            self.errors.labels(error_type)
         for result in CACHE_RESULTS:
             self.cache_requests.labels(result)
         for result in ("success", "error"):

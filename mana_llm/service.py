@@ -8,25 +8,21 @@ trio.run(service.run, settings)
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
-import socket
 import time
-import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
 
 import httpx
 import trio
-from hypercorn.config import Config, Sockets
+from hypercorn.config import Config
 from hypercorn.trio import serve
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from mana_llm.api.app import create_app
-from mana_llm.api.request_scope import with_request_scope
+from mana_llm.api.request_scope import ASGIApp, with_request_scope
 from mana_llm.cache.memory import MemoryBackend
 from mana_llm.cache.protocol import CacheBackend
 from mana_llm.cache.store import ResponseCache
@@ -41,117 +37,11 @@ from mana_llm.providers.upstream import Upstream
 from mana_llm.routing.aliases import AliasFileError, AliasStore
 from mana_llm.routing.health import BreakerPolicy, CircuitState, ProviderHealthCache, Transition
 from mana_llm.routing.probe import run_probe_loop
-from mana_llm.settings import Settings
+from mana_llm.server_config import hypercorn_config
+from mana_llm.settings import Settings, StartupError
 from mana_llm.signals import run_signal_listener
 
 log = logging.getLogger(__name__)
-
-# A client that stops reading must not pin a stream forever (hypercorn shields its sends).
-CLIENT_SEND_TIMEOUT_MS = 30_000
-
-
-class _Config(Config):
-    def create_sockets(self) -> Sockets:
-        try:
-            sockets = super().create_sockets()
-        except OSError as exc:  # e.g. the port is taken: one line, exit 2
-            raise StartupError(
-                f"cannot listen on {', '.join(self.bind)}: {exc.strerror or exc}"
-            ) from None
-        for sock in sockets.insecure_sockets:
-            if sock.family in (socket.AF_INET, socket.AF_INET6) and hasattr(
-                socket, "TCP_USER_TIMEOUT"
-            ):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, CLIENT_SEND_TIMEOUT_MS)
-        return sockets
-
-
-_LOGGING = "LOG_LEVEL and LOG_FORMAT (the gateway logs one line per request itself)"
-# hypercorn.toml keys the gateway sets itself, with the setting to use instead
-GATEWAY_OWNED = {
-    "bind": "HOST and PORT (or --host/--port)",
-    "insecure_bind": "HOST and PORT (or --host/--port)",
-    "quic_bind": "HOST and PORT (or --host/--port)",
-    "graceful_timeout": "GRACEFUL_TIMEOUT",
-    "accesslog": _LOGGING,
-    "access_log_format": _LOGGING,
-    "errorlog": _LOGGING,
-    "loglevel": _LOGGING,
-    "logconfig": _LOGGING,
-    "logconfig_dict": _LOGGING,
-    "logger_class": _LOGGING,
-    "workers": "one gateway process per instance: run more instances behind a load balancer",
-    "max_requests": "nothing: it would stop the gateway after that many requests",
-    "max_requests_jitter": "nothing: it would stop the gateway after that many requests",
-}
-# keys only the hypercorn command line reads; mana-llm runs its own process
-CLI_ONLY = frozenset(
-    {"application_path", "daemon", "group", "pid_path", "umask", "use_reloader", "user"}
-    | {"worker_class", "debug"}
-)
-
-
-def read_hypercorn_toml(path: str) -> dict[str, Any]:
-    """The file's settings, each checked: unknown keys (a typo such as `keep_alive_timout`),
-    keys the gateway sets itself and values of the wrong type stop start-up by name."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise StartupError(f"--config {path}: cannot read it ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise StartupError(f"--config {path}: not valid TOML ({exc})") from None
-    known = sorted(
-        name
-        for name in dir(Config)
-        if not name.startswith("_") and not callable(getattr(Config, name, None))
-    )
-    for key, value in data.items():
-        if key in GATEWAY_OWNED:
-            instead = GATEWAY_OWNED[key]
-            raise StartupError(f"--config {path}: {key} is set by the gateway; use {instead}")
-        if key in CLI_ONLY:
-            raise StartupError(
-                f"--config {path}: {key} is read only by the hypercorn command line, "
-                "which mana-llm does not use"
-            )
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise StartupError(f"--config {path}: unknown key {key!r}{hint}")
-        default = getattr(Config, key)
-        if isinstance(default, bool | int | float | str) and not _same_kind(default, value):
-            kind = (
-                "true or false"
-                if isinstance(default, bool)
-                else "a string"
-                if isinstance(default, str)
-                else "a number"
-            )
-            raise StartupError(f"--config {path}: {key} must be {kind}, not {value!r}")
-    return data
-
-
-def _same_kind(default: object, value: object) -> bool:
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(default, bool) and isinstance(value, bool)
-    if isinstance(default, int | float):
-        return isinstance(value, int | float)
-    return isinstance(value, type(default))
-
-
-def hypercorn_config(settings: Settings, config_path: str | None = None) -> Config:
-    config = _Config.from_mapping(read_hypercorn_toml(config_path) if config_path else {})
-    config.bind = [
-        f"[{settings.host}]:{settings.port}"
-        if ":" in settings.host
-        else f"{settings.host}:{settings.port}"
-    ]
-    config.graceful_timeout = settings.graceful_timeout_s
-    config.accesslog = None
-    # hypercorn's own lines go through the root handler (text or JSON, like every other line)
-    config.errorlog = logging.getLogger("hypercorn.error")
-    return config
 
 
 def build_providers(
@@ -247,8 +137,7 @@ async def _run(
         http_transport(settings.image_fetch_concurrency) as image_transport,
         open_cache(settings, metrics) as cache,
     ):
-        images = image_fetcher(settings, image_transport)
-        providers = build_providers(settings, transport, images)
+        providers = build_providers(settings, transport, image_fetcher(settings, image_transport))
         configured = [p for p in providers.values() if p.configured]
         metrics.start_providers([p.name for p in configured])
         gateway = Gateway(settings, providers, health, aliases, cache=cache)
@@ -259,42 +148,47 @@ async def _run(
                 await nursery.start(
                     run_signal_listener, stop, nursery.cancel_scope.cancel, aliases.reload
                 )
+            nursery.start_soon(_drain_after, stop, lifecycle, settings.drain_delay_s, serving)
+            # listening first: a taken port is the one line start-up says, before any probe
+            binds: list[str] = await nursery.start(_serve, app, config, serving, nursery)
+            log.info("mana-llm listening on %s", ", ".join(binds))
+            probes = (settings.probe_interval_s, settings.probe_timeout_s, trio.current_time)
             await nursery.start(
                 run_probe_loop,
                 configured,
                 health,
-                settings.probe_interval_s,
-                settings.probe_timeout_s,
-                trio.current_time,
+                *probes,
                 partial(_probed, metrics),
                 lifecycle.mark_started,
             )
-
-            async def drain_after_stop() -> None:
-                await stop.wait()
-                lifecycle.begin_drain()
-                delay = settings.drain_delay_s
-                if delay:
-                    log.info("draining: accepting for %gs more (DRAIN_DELAY)", delay)
-                    await trio.sleep(delay)
-                serving.set()
-
-            async def serve_then_stop(*, task_status: trio.TaskStatus[list[str]]) -> None:
-                # serve() returns once `serving` is set and in-flight requests have drained
-                # (up to graceful_timeout); then the rest of the root nursery goes too.
-                await serve(
-                    app,
-                    config,
-                    shutdown_trigger=serving.wait,
-                    task_status=task_status,
-                    mode="asgi",
-                )
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(drain_after_stop)
-            binds: list[str] = await nursery.start(serve_then_stop)
-            log.info("mana-llm listening on %s", ", ".join(binds))
             task_status.started(binds)
+
+
+async def _drain_after(
+    stop: trio.Event, lifecycle: Lifecycle, delay_s: float, serving: trio.Event
+) -> None:
+    """Once stop is asked for: not ready at once, still accepting for DRAIN_DELAY, then
+    `serving` tells hypercorn to close its listener and drain."""
+    await stop.wait()
+    lifecycle.begin_drain()
+    if delay_s:
+        log.info("draining: accepting for %gs more (DRAIN_DELAY)", delay_s)
+        await trio.sleep(delay_s)
+    serving.set()
+
+
+async def _serve(
+    app: ASGIApp,
+    config: Config,
+    serving: trio.Event,
+    root: trio.Nursery,
+    *,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
+    # serve() returns once `serving` is set and in-flight requests have drained (up to
+    # graceful_timeout); then the rest of the root nursery goes too.
+    await serve(app, config, shutdown_trigger=serving.wait, task_status=task_status, mode="asgi")
+    root.cancel_scope.cancel()
 
 
 REDIS_MAX_CONNECTIONS = 64
@@ -356,10 +250,6 @@ def _export_health(metrics: Metrics, transition: Transition) -> None:
     metrics.provider_healthy.labels(transition.provider).set(
         1 if transition.new is CircuitState.CLOSED else 0
     )
-
-
-class StartupError(Exception):
-    """Configuration found at start-up that the service cannot run with (exit code 2)."""
 
 
 def load_aliases(settings: Settings) -> AliasStore:

@@ -9,13 +9,17 @@ from typing import Any, Literal
 import attrs
 import yaml
 
+from mana_llm.env_reader import EnvReader, SettingsError
+
+__all__ = ["ProviderSettings", "Settings", "SettingsError", "StartupError"]
+
 ProviderKind = Literal["ollama", "openai"]
 
 MIB = 1024 * 1024
 
 
-class SettingsError(ValueError):
-    """A malformed setting; the message names the variable and what is wrong."""
+class StartupError(Exception):
+    """Configuration found at start-up that the service cannot run with (exit code 2)."""
 
 
 @attrs.frozen
@@ -121,29 +125,8 @@ class Settings:
     ) -> Settings:
         """Build settings from an environment mapping (and the providers file it names);
         raise SettingsError on the first bad value."""
-        read = _Reader(env)
-        providers = [
-            ProviderSettings(
-                name="ollama",
-                kind="ollama",
-                base_url=read.url("OLLAMA_URL", "http://localhost:11434"),
-                url_env="OLLAMA_URL",
-                timeout_s=read.seconds("OLLAMA_TIMEOUT", 120.0),
-            )
-        ]
-        cloud_timeout_s = read.seconds("CLOUD_TIMEOUT", 120.0)
-        for name, url, key_env, url_env in CLOUDS:
-            providers.append(
-                ProviderSettings(
-                    name=name,
-                    kind="openai",
-                    base_url=read.url(url_env, url),
-                    api_key=env.get(key_env, "").strip() or None,
-                    key_env=key_env,
-                    url_env=url_env,
-                    timeout_s=cloud_timeout_s,
-                )
-            )
+        read = EnvReader(env)
+        providers = _providers(read, env)
         providers_path = env.get("PROVIDERS_PATH", "").strip()
         if providers_path:
             providers = _apply_providers_file(providers, providers_path, env, read_text or _read)
@@ -156,51 +139,106 @@ class Settings:
                     f"IMAGE_FETCH_ALLOW_NETWORKS: {network!r} is not a CIDR"
                 ) from None
         return cls(
-            host=env.get("HOST", "0.0.0.0").strip() or "0.0.0.0",
-            port=read.integer("PORT", 3025, low=0, high=65535),
-            log_level=read.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
-            log_format=read.choice("LOG_FORMAT", "TEXT", ("TEXT", "JSON")).lower(),
             providers=tuple(providers),
-            ollama_default_model=env.get("OLLAMA_DEFAULT_MODEL", "").strip() or "gemma3:4b",
-            cors_origins=read.csv("CORS_ORIGINS"),
-            api_keys=read.csv("MANA_LLM_API_KEYS"),
-            max_request_bytes=read.integer("MAX_REQUEST_BYTES", 20 * MIB, low=1024),
-            body_timeout_s=read.seconds("REQUEST_BODY_TIMEOUT", 30.0),
-            max_embedding_inputs=read.integer("MAX_EMBEDDING_INPUTS", 2048, low=1),
-            max_upstream_response_bytes=read.integer(
-                "MAX_UPSTREAM_RESPONSE_BYTES", 64 * MIB, low=1024
-            ),
-            connect_timeout_s=read.seconds("CONNECT_TIMEOUT", 5.0),
-            first_token_timeout_s=read.seconds("FIRST_TOKEN_TIMEOUT", 60.0),
-            stream_idle_timeout_s=read.seconds("STREAM_IDLE_TIMEOUT", 60.0),
-            request_timeout_s=read.seconds("REQUEST_TIMEOUT", 600.0),
-            models_timeout_s=read.seconds("MODELS_TIMEOUT", 5.0),
-            graceful_timeout_s=read.seconds("GRACEFUL_TIMEOUT", 30.0),
-            drain_delay_s=read.seconds_or_off("DRAIN_DELAY"),
-            max_connections=read.integer("MAX_UPSTREAM_CONNECTIONS", 256, low=1),
-            aliases_path=env.get("ALIASES_PATH", "").strip() or "aliases.yaml",
-            aliases_required=bool(env.get("ALIASES_PATH", "").strip()),
-            probe_interval_s=read.seconds("PROBE_INTERVAL", 30.0),
-            probe_timeout_s=read.seconds("PROBE_TIMEOUT", 3.0),
-            breaker_failures=read.integer("BREAKER_FAILURES", 2, low=1),
-            breaker_backoff_s=read.seconds("BREAKER_BACKOFF", 60.0),
-            breaker_max_backoff_s=read.seconds("BREAKER_MAX_BACKOFF", 600.0),
-            stream_keepalive_s=read.seconds_or_off("STREAM_KEEPALIVE"),
-            image_fetch_max_bytes=read.integer("IMAGE_FETCH_MAX_BYTES", 10 * MIB, low=1024),
-            image_fetch_timeout_s=read.seconds("IMAGE_FETCH_TIMEOUT", 10.0),
-            image_fetch_max_count=read.integer("IMAGE_FETCH_MAX_COUNT", 16, low=1),
-            image_fetch_concurrency=read.integer("IMAGE_FETCH_CONCURRENCY", 8, low=1),
             image_fetch_allow_networks=networks,
-            cache_enabled=read.flag("CACHE_ENABLED", True),
-            redis_url=read.redis_url("REDIS_URL"),
-            cache_ttl_s=read.seconds("CACHE_TTL", 3600.0),
-            cache_max_entries=read.integer("CACHE_MAX_ENTRIES", 10_000, low=1),
-            cache_max_bytes=read.integer("CACHE_MAX_BYTES", 64 * MIB, low=1024),
-            cache_max_entry_bytes=read.integer("CACHE_MAX_ENTRY_BYTES", 8 * MIB, low=1024),
-            cache_timeout_s=read.seconds("CACHE_TIMEOUT", 0.05),
-            cache_breaker_failures=read.integer("CACHE_BREAKER_FAILURES", 3, low=1),
-            cache_breaker_cooldown_s=read.seconds("CACHE_BREAKER_COOLDOWN", 30.0),
+            **_server(read, env),
+            **_limits_and_timeouts(read),
+            **_health_and_images(read),
+            **_cache(read),
         )
+
+
+def _providers(read: EnvReader, env: Mapping[str, str]) -> list[ProviderSettings]:
+    """Ollama and the built-in clouds, from their variables."""
+    providers = [
+        ProviderSettings(
+            name="ollama",
+            kind="ollama",
+            base_url=read.url("OLLAMA_URL", "http://localhost:11434"),
+            url_env="OLLAMA_URL",
+            timeout_s=read.seconds("OLLAMA_TIMEOUT", 120.0),
+        )
+    ]
+    cloud_timeout_s = read.seconds("CLOUD_TIMEOUT", 120.0)
+    for name, url, key_env, url_env in CLOUDS:
+        providers.append(
+            ProviderSettings(
+                name=name,
+                kind="openai",
+                base_url=read.url(url_env, url),
+                api_key=env.get(key_env, "").strip() or None,
+                key_env=key_env,
+                url_env=url_env,
+                timeout_s=cloud_timeout_s,
+            )
+        )
+    return providers
+
+
+def _server(read: EnvReader, env: Mapping[str, str]) -> dict[str, Any]:
+    """Where to listen, logging, callers (keys, CORS), the alias file."""
+    return {
+        "host": env.get("HOST", "0.0.0.0").strip() or "0.0.0.0",
+        "port": read.integer("PORT", 3025, low=0, high=65535),
+        "log_level": read.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        "log_format": read.choice("LOG_FORMAT", "TEXT", ("TEXT", "JSON")).lower(),
+        "ollama_default_model": env.get("OLLAMA_DEFAULT_MODEL", "").strip() or "gemma3:4b",
+        "cors_origins": read.csv("CORS_ORIGINS"),
+        "api_keys": read.csv("MANA_LLM_API_KEYS"),
+        "aliases_path": env.get("ALIASES_PATH", "").strip() or "aliases.yaml",
+        "aliases_required": bool(env.get("ALIASES_PATH", "").strip()),
+    }
+
+
+def _limits_and_timeouts(read: EnvReader) -> dict[str, Any]:
+    """Request limits, deadlines and the drain."""
+    return {
+        "max_request_bytes": read.integer("MAX_REQUEST_BYTES", 20 * MIB, low=1024),
+        "body_timeout_s": read.seconds("REQUEST_BODY_TIMEOUT", 30.0),
+        "max_embedding_inputs": read.integer("MAX_EMBEDDING_INPUTS", 2048, low=1),
+        "max_upstream_response_bytes": read.integer(
+            "MAX_UPSTREAM_RESPONSE_BYTES", 64 * MIB, low=1024
+        ),
+        "connect_timeout_s": read.seconds("CONNECT_TIMEOUT", 5.0),
+        "first_token_timeout_s": read.seconds("FIRST_TOKEN_TIMEOUT", 60.0),
+        "stream_idle_timeout_s": read.seconds("STREAM_IDLE_TIMEOUT", 60.0),
+        "request_timeout_s": read.seconds("REQUEST_TIMEOUT", 600.0),
+        "models_timeout_s": read.seconds("MODELS_TIMEOUT", 5.0),
+        "graceful_timeout_s": read.seconds("GRACEFUL_TIMEOUT", 30.0),
+        "drain_delay_s": read.seconds_or_off("DRAIN_DELAY"),
+        "max_connections": read.integer("MAX_UPSTREAM_CONNECTIONS", 256, low=1),
+        "stream_keepalive_s": read.seconds_or_off("STREAM_KEEPALIVE"),
+    }
+
+
+def _health_and_images(read: EnvReader) -> dict[str, Any]:
+    """Probes, the circuit breaker, image fetching."""
+    return {
+        "probe_interval_s": read.seconds("PROBE_INTERVAL", 30.0),
+        "probe_timeout_s": read.seconds("PROBE_TIMEOUT", 3.0),
+        "breaker_failures": read.integer("BREAKER_FAILURES", 2, low=1),
+        "breaker_backoff_s": read.seconds("BREAKER_BACKOFF", 60.0),
+        "breaker_max_backoff_s": read.seconds("BREAKER_MAX_BACKOFF", 600.0),
+        "image_fetch_max_bytes": read.integer("IMAGE_FETCH_MAX_BYTES", 10 * MIB, low=1024),
+        "image_fetch_timeout_s": read.seconds("IMAGE_FETCH_TIMEOUT", 10.0),
+        "image_fetch_max_count": read.integer("IMAGE_FETCH_MAX_COUNT", 16, low=1),
+        "image_fetch_concurrency": read.integer("IMAGE_FETCH_CONCURRENCY", 8, low=1),
+    }
+
+
+def _cache(read: EnvReader) -> dict[str, Any]:
+    """The response cache."""
+    return {
+        "cache_enabled": read.flag("CACHE_ENABLED", True),
+        "redis_url": read.redis_url("REDIS_URL"),
+        "cache_ttl_s": read.seconds("CACHE_TTL", 3600.0),
+        "cache_max_entries": read.integer("CACHE_MAX_ENTRIES", 10_000, low=1),
+        "cache_max_bytes": read.integer("CACHE_MAX_BYTES", 64 * MIB, low=1024),
+        "cache_max_entry_bytes": read.integer("CACHE_MAX_ENTRY_BYTES", 8 * MIB, low=1024),
+        "cache_timeout_s": read.seconds("CACHE_TIMEOUT", 0.05),
+        "cache_breaker_failures": read.integer("CACHE_BREAKER_FAILURES", 3, low=1),
+        "cache_breaker_cooldown_s": read.seconds("CACHE_BREAKER_COOLDOWN", 30.0),
+    }
 
 
 def _is_loopback(host: str) -> bool:
@@ -242,38 +280,7 @@ def _apply_providers_file(
         raise bad("the top level takes 'providers' and 'ollama' only")
     by_name = {p.name: p for p in providers}
     for name, spec in (data.get("providers") or {}).items():
-        if not isinstance(spec, dict) or set(spec) - _PROVIDER_KEYS:
-            raise bad(f"provider {name!r} takes {', '.join(sorted(_PROVIDER_KEYS))}")
-        headers = spec.get("headers") or {}
-        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
-            raise bad(f"the headers of {name!r} must map names to strings")
-        timeout = spec.get("timeout_s")
-        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-            raise bad(f"the timeout_s of {name!r} must be a positive number")
-        if name in by_name:  # a built-in: its URL and key stay in the environment
-            if "base_url" in spec or "api_key_env" in spec:
-                raise bad(f"{name!r} is built in: set its URL and key in the environment")
-            old = by_name[name]
-            by_name[name] = attrs.evolve(
-                old, headers={**old.headers, **headers}, timeout_s=timeout or old.timeout_s
-            )
-            continue
-        url = spec.get("base_url")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise bad(f"provider {name!r} needs a base_url (http:// or https://)")
-        if "/" in name or name == "mana":
-            raise bad(f"provider name {name!r} cannot contain '/' or be 'mana'")
-        key_env = spec.get("api_key_env")
-        by_name[name] = ProviderSettings(
-            name=name,
-            kind="openai",
-            base_url=url.rstrip("/"),
-            api_key=(env.get(key_env, "").strip() or None) if isinstance(key_env, str) else None,
-            key_env=key_env if isinstance(key_env, str) else None,
-            url_env=f"providers.{name}.base_url in PROVIDERS_PATH",
-            timeout_s=float(timeout or 120.0),
-            headers=headers,
-        )
+        by_name[name] = _file_provider(name, spec, by_name.get(name), env, bad)
     models = (data.get("ollama") or {}).get("models") or {}
     if not isinstance(models, dict) or not all(isinstance(m, dict) for m in models.values()):
         raise bad("ollama.models must map model names to their options")
@@ -283,91 +290,42 @@ def _apply_providers_file(
     return list(by_name.values())
 
 
-_FLAGS = {
-    "1": True,
-    "true": True,
-    "yes": True,
-    "on": True,
-    "0": False,
-    "false": False,
-    "no": False,
-    "off": False,
-}
-
-
-@attrs.frozen
-class _Reader:
-    env: Mapping[str, str]
-
-    def _raw(self, name: str) -> str | None:
-        value = self.env.get(name, "").strip()
-        return value or None
-
-    def integer(self, name: str, default: int, *, low: int, high: int | None = None) -> int:
-        raw = self._raw(name)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise SettingsError(f"{name}={raw!r} is not a whole number") from None
-        if value < low or (high is not None and value > high):
-            bounds = f">= {low}" if high is None else f"between {low} and {high}"
-            raise SettingsError(f"{name}={raw!r} must be {bounds}")
-        return value
-
-    def seconds(self, name: str, default: float) -> float:
-        raw = self._raw(name)
-        if raw is None:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise SettingsError(f"{name}={raw!r} is not a number of seconds") from None
-        if not value > 0 or value == float("inf"):
-            raise SettingsError(f"{name}={raw!r} must be a positive number of seconds")
-        return value
-
-    def seconds_or_off(self, name: str) -> float:
-        """0, off, false, no (or unset) mean off."""
-        raw = self._raw(name)
-        if raw is None or _FLAGS.get(raw.lower()) is False:
-            return 0.0
-        try:
-            if float(raw) == 0:
-                return 0.0
-        except ValueError:
-            pass
-        return self.seconds(name, 0.0)
-
-    def url(self, name: str, default: str) -> str:
-        raw = self._raw(name) or default
-        if not raw.startswith(("http://", "https://")) or len(raw.split("://", 1)[1]) == 0:
-            raise SettingsError(f"{name}={raw!r} must be an http:// or https:// URL")
-        return raw.rstrip("/")
-
-    def flag(self, name: str, default: bool) -> bool:
-        raw = self._raw(name)
-        if raw is None:
-            return default
-        value = _FLAGS.get(raw.lower())
-        if value is None:
-            raise SettingsError(f"{name}={raw!r} must be true or false (1/0, yes/no, on/off)")
-        return value
-
-    def redis_url(self, name: str) -> str | None:
-        raw = self._raw(name)
-        if raw is not None and not raw.startswith(("redis://", "rediss://", "unix://")):
-            # the value may hold a password: name the variable, not the value
-            raise SettingsError(f"{name} must be a redis://, rediss:// or unix:// URL")
-        return raw
-
-    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
-        raw = (self._raw(name) or default).upper()
-        if raw not in allowed:
-            raise SettingsError(f"{name}={raw!r} must be one of {', '.join(allowed)}")
-        return raw
-
-    def csv(self, name: str) -> tuple[str, ...]:
-        raw = self._raw(name) or ""
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
+def _file_provider(
+    name: str,
+    spec: Any,
+    old: ProviderSettings | None,
+    env: Mapping[str, str],
+    bad: Callable[[str], SettingsError],
+) -> ProviderSettings:
+    """One entry of the providers file: a new OpenAI-compatible provider, or extra headers and
+    a timeout for a built-in one (`old`)."""
+    if not isinstance(spec, dict) or set(spec) - _PROVIDER_KEYS:
+        raise bad(f"provider {name!r} takes {', '.join(sorted(_PROVIDER_KEYS))}")
+    headers = spec.get("headers") or {}
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise bad(f"the headers of {name!r} must map names to strings")
+    timeout = spec.get("timeout_s")
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        raise bad(f"the timeout_s of {name!r} must be a positive number")
+    if old is not None:  # a built-in: its URL and key stay in the environment
+        if "base_url" in spec or "api_key_env" in spec:
+            raise bad(f"{name!r} is built in: set its URL and key in the environment")
+        return attrs.evolve(
+            old, headers={**old.headers, **headers}, timeout_s=timeout or old.timeout_s
+        )
+    url = spec.get("base_url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise bad(f"provider {name!r} needs a base_url (http:// or https://)")
+    if "/" in name or name == "mana":
+        raise bad(f"provider name {name!r} cannot contain '/' or be 'mana'")
+    key_env = spec.get("api_key_env")
+    return ProviderSettings(
+        name=name,
+        kind="openai",
+        base_url=url.rstrip("/"),
+        api_key=(env.get(key_env, "").strip() or None) if isinstance(key_env, str) else None,
+        key_env=key_env if isinstance(key_env, str) else None,
+        url_env=f"providers.{name}.base_url in PROVIDERS_PATH",
+        timeout_s=float(timeout or 120.0),
+        headers=headers,
+    )

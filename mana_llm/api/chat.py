@@ -68,7 +68,7 @@ def register_chat(app: QuartTrio, gateway: Gateway, settings: Settings, metrics:
         trace = begin(metrics, request.scope, "chat", chat.stream)
         route = routed(trace, chat.model)
         if chat.stream and settings.stream_keepalive_s:
-            return stream_with_keepalives(chat, route, trace)
+            return stream_with_keepalives(gateway, settings, chat, route, trace)
         if chat.stream:
             streamed = await gateway.chat_stream(chat, cache_control(), route)
             trace.answered(streamed, stream=True)
@@ -79,31 +79,6 @@ def register_chat(app: QuartTrio, gateway: Gateway, settings: Settings, metrics:
         trace.answered(answered, answered.result.usage)
         return json_response(answered.result.payload, headers=answer_headers(answered))
 
-    def stream_with_keepalives(chat: ChatRequest, route: Route, trace: RequestTrace) -> Response:
-        """Headers go out at once and SSE comments keep idle proxies from closing the
-        connection while the walk looks for a first token; the walk runs beside the body in
-        the request's nursery. The answering model is then only in each chunk's `model`."""
-        body = PendingSSEBody(chat.include_usage, settings.stream_keepalive_s, trace)
-        scope = request.scope
-        control = cache_control()
-
-        async def walk() -> None:
-            try:
-                streamed = await gateway.chat_stream(chat, control, route)
-            except errors.GatewayError as error:
-                body.resolve(error)
-                return
-            except Exception:  # the root of this task: a bug is logged and reported
-                log.exception("stream walk failed")
-                body.resolve(errors.InternalError("internal gateway error"))
-                return
-            trace.answered(streamed, stream=True)
-            add_cleanup(scope, streamed.result.aclose)
-            body.resolve(streamed.result)
-
-        request_nursery(scope).start_soon(walk)
-        return sse_response(body, SSE_HEADERS)
-
     @app.post("/v1/embeddings")
     async def embeddings() -> Response:
         trace = begin(metrics, request.scope, "embeddings")
@@ -112,6 +87,34 @@ def register_chat(app: QuartTrio, gateway: Gateway, settings: Settings, metrics:
         answered = await gateway.embed(embedding, cache_control(), route)
         trace.answered(answered, answered.result.usage)
         return json_response(answered.result.payload, headers=answer_headers(answered))
+
+
+def stream_with_keepalives(
+    gateway: Gateway, settings: Settings, chat: ChatRequest, route: Route, trace: RequestTrace
+) -> Response:
+    """Headers go out at once and SSE comments keep idle proxies from closing the connection
+    while the walk looks for a first token; the walk runs beside the body in the request's
+    nursery. The answering model is then only in each chunk's `model`."""
+    body = PendingSSEBody(chat.include_usage, settings.stream_keepalive_s, trace)
+    scope = request.scope
+    control = cache_control()
+
+    async def walk() -> None:
+        try:
+            streamed = await gateway.chat_stream(chat, control, route)
+        except errors.GatewayError as error:
+            body.resolve(error)
+            return
+        except Exception:  # the root of this task: a bug is logged and reported
+            log.exception("stream walk failed")
+            body.resolve(errors.InternalError("internal gateway error"))
+            return
+        trace.answered(streamed, stream=True)
+        add_cleanup(scope, streamed.result.aclose)
+        body.resolve(streamed.result)
+
+    request_nursery(scope).start_soon(walk)
+    return sse_response(body, SSE_HEADERS)
 
 
 def sse_response(body: SSEBody | PendingSSEBody, headers: dict[str, str]) -> Response:

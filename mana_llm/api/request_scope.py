@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import trio
 
 from mana_llm import logs
@@ -56,6 +57,49 @@ def begin(metrics: Metrics, scope: Any, endpoint: str, stream: bool = False) -> 
     return trace
 
 
+@attrs.define(eq=False)
+class _Exchange:
+    """One HTTP exchange as the wrapper sees it: its trace, whether the request body has fully
+    arrived, the request id header, and its metrics and log line, finished once."""
+
+    trace: RequestTrace
+    metrics: Metrics
+    clock: Callable[[], float]
+    receive: Any
+    send: Any
+    body_complete: bool
+    rid_header: tuple[bytes, bytes]
+    finished: bool = False
+
+    async def receive_tracked(self) -> Any:
+        message = await self.receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.body_complete = True
+        return message
+
+    def finish(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self.metrics.finish(self.trace, self.clock())
+            log_request(self.trace, self.clock())
+
+    async def send_with_id(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            headers = [*message.get("headers", ()), self.rid_header]
+            if not self.body_complete:  # answered early (401, 404, 405, 413): see LAST_SEND_S
+                headers.append(CLOSE)
+            message["headers"] = headers
+        elif message["type"] == "http.response.body" and not message.get("more_body"):
+            self.finish()  # before the last byte: a client that has its answer sees metrics
+            # Hypercorn recycles or closes the connection inside this send, while Quart
+            # cancels the exchange's tasks as the stream closes; unshielded, that close is
+            # cancelled half-way and the connection hangs (bounded, shielded: the socket)
+            with trio.move_on_after(LAST_SEND_S, shield=True):
+                await self.send(message)
+            return
+        await self.send(message)
+
+
 def with_request_scope(
     app: ASGIApp, metrics: Metrics, clock: Callable[[], float] = trio.current_time
 ) -> ASGIApp:
@@ -66,56 +110,25 @@ def with_request_scope(
         given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
         rid = logs.accept_request_id(given.decode("latin-1"))
         token = logs.request_id.set(rid)
-        trace = RequestTrace(rid, clock())
         cleanups: list[Cleanup] = []
         scope[CLEANUPS] = cleanups
-        scope[TRACE] = trace
-        rid_header = (b"x-request-id", rid.encode())
-        finished = False
-        body_complete = not any(  # a request without a body has all of it from the start
+        scope[TRACE] = trace = RequestTrace(rid, clock())
+        bodiless = not any(  # a request without a body has all of it from the start
             k in (b"transfer-encoding", b"content-length") and v.strip() != b"0"
             for k, v in scope["headers"]
         )
-
-        async def receive_tracked() -> Any:
-            nonlocal body_complete
-            message = await receive()
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                body_complete = True
-            return message
-
-        def finish() -> None:
-            nonlocal finished
-            if not finished:
-                finished = True
-                metrics.finish(trace, clock())
-                log_request(trace, clock())
-
-        async def send_with_id(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                headers = [*message.get("headers", ()), rid_header]
-                if not body_complete:  # answered early (401, 404, 405, 413): see LAST_SEND_S
-                    headers.append(CLOSE)
-                message["headers"] = headers
-            elif message["type"] == "http.response.body" and not message.get("more_body"):
-                finish()  # before the last byte: a client that has its answer sees the metrics
-                # Hypercorn recycles or closes the connection inside this send, while Quart
-                # cancels the exchange's tasks as the stream closes; unshielded, that close is
-                # cancelled half-way and the connection hangs (bounded, shielded: the socket)
-                with trio.move_on_after(LAST_SEND_S, shield=True):
-                    await send(message)
-                return
-            await send(message)
-
+        exchange = _Exchange(
+            trace, metrics, clock, receive, send, bodiless, (b"x-request-id", rid.encode())
+        )
         try:
             async with trio.open_nursery() as nursery:
                 scope[NURSERY] = nursery
-                await app(scope, receive_tracked, send_with_id)
+                await app(scope, exchange.receive_tracked, exchange.send_with_id)
                 nursery.cancel_scope.cancel()
         finally:
             for cleanup in cleanups:
                 await cleanup()  # each cleanup shields and bounds itself
-            finish()  # the exchange ended before its last byte: a disconnect, or a failure
+            exchange.finish()  # the exchange ended before its last byte: a disconnect, a failure
             logs.request_id.reset(token)
 
     return asgi

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import trio
 
-from mana_llm.service import read_hypercorn_toml
+from mana_llm.server_config import read_hypercorn_toml
 from tests.e2e.stack import UPSTREAM_KEY, stack_env
 from tests.fakes.server import FakeServer, WaitFor
 from tests.fakes.upstreams import FakeOllama, FakeOpenAI, ollama_line, ollama_stream

@@ -16,13 +16,15 @@ LEAVES = {
     "mana_llm.logs",
     "mana_llm.lifecycle",
     "mana_llm.breaker",
+    "mana_llm.env_reader",
 }
 
 # layer -> internal modules (prefixes) it may import
 ALLOWED: dict[str, set[str]] = {
     "mana_llm.errors": set(),
     "mana_llm.domain": {"mana_llm.errors"},
-    "mana_llm.settings": set(),
+    "mana_llm.settings": {"mana_llm.env_reader"},
+    "mana_llm.env_reader": set(),
     "mana_llm.codec": set(),
     "mana_llm.logs": set(),
     "mana_llm.lifecycle": set(),
@@ -51,6 +53,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "mana_llm.api": LEAVES | {"mana_llm.gateway", "mana_llm.metrics", "mana_llm.api"},
     "mana_llm.signals": set(),
+    "mana_llm.server_config": LEAVES,
 }
 # third-party packages and the only layers that may import them
 THIRD_PARTY = {
@@ -58,7 +61,7 @@ THIRD_PARTY = {
     "quart": ("mana_llm.api",),
     "quart_trio": ("mana_llm.api",),
     "werkzeug": ("mana_llm.api",),
-    "hypercorn": ("mana_llm.service",),
+    "hypercorn": ("mana_llm.service", "mana_llm.server_config"),
     "yaml": ("mana_llm.routing.aliases", "mana_llm.settings"),
     "coredis": ("mana_llm.cache.redis",),
     "orjson": ("mana_llm.codec",),
