@@ -1,6 +1,6 @@
 """Derive fuzz/openai-trimmed.json from the OpenAI OpenAPI spec (run by hand):
 
-    python fuzz/derive_spec.py ../shared/docs/specs/openai-openapi.yaml
+    python fuzz/derive_spec.py <path to the OpenAI openapi.yaml>
 
 Keeps the operations mana-llm serves (POST /chat/completions, POST /embeddings, GET /models,
 GET /models/{model}) and every component they reference, with the server set to `/v1` so

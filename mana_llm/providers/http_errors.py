@@ -19,7 +19,7 @@ _MODEL_CODES = frozenset({"model_not_found", "model_decommissioned", "model_not_
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
 _POLICY_CODES = frozenset({"content_filter", "content_policy_violation", "moderation_blocked"})
 
-# Some upstreams say these only in text (API-NOTES section 7): Together's 403 and OpenRouter's
+# Some upstreams say these only in text: Together's 403 and OpenRouter's
 # 400 for context length, Ollama's embed "input length exceeds the context length". Read only
 # on 4xx bodies without a decisive code.
 _CONTEXT_TEXT = re.compile(
@@ -106,7 +106,7 @@ def error_from_status(
     redact: Redactor,
     target: str | None = None,
 ) -> errors.ProviderError:
-    """Classify an upstream error response (DESIGN.md section 6). `target`: the
+    """Classify an upstream error response (docs/ARCHITECTURE.md section 5). `target`: the
     `provider/model` the request named, which a model-scoped error names."""
     message, code, err = parse_error_body(body)
     text = redact(f"{provider} answered {status}: {message}")

@@ -1,5 +1,5 @@
 """Sans-IO translation of requests from the domain to Ollama's native API (/api/chat,
-/api/embed). API-NOTES.md sections 4-5 give the mapping field by field."""
+/api/embed). The README's "Provider fidelity" table gives the mapping field by field."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import attrs
 from mana_llm import codec, errors
 from mana_llm.domain import JSON, ChatRequest, EmbeddingRequest, Image, Message
 
-# reasoning_effort -> think (API-NOTES 5.1): none -> off, minimal -> low, xhigh -> max
+# reasoning_effort -> think: none -> off, minimal -> low, xhigh -> max
 _THINK: dict[str, bool | str] = {
     "none": False,
     "minimal": "low",

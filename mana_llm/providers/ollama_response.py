@@ -1,5 +1,5 @@
 """Sans-IO translation of Ollama's answers (/api/chat, NDJSON streams, /api/embed,
-/api/tags) into OpenAI's shapes. API-NOTES.md section 6 gives the mapping field by field."""
+/api/tags) into OpenAI's shapes (the README's "Provider fidelity" section)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The streaming commit point (DESIGN.md section 5).
+"""The streaming commit point (docs/ARCHITECTURE.md section 4).
 
 Before commit everything is buffered and any failure is an attempt failure. Commit is the first
 chunk that carries content, reasoning or a tool call (or a content-filter finish: a refusal is
