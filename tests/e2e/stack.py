@@ -3,6 +3,7 @@ OpenAI-compatible cloud (configured as both `groq` and `openrouter`)."""
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -84,6 +85,13 @@ def stack_env(ollama: FakeServer, cloud: FakeServer, **overrides: str) -> dict[s
     }
     env.update(overrides)
     return env
+
+
+def aliases_file(directory: pathlib.Path, text: str) -> str:
+    """An aliases.yaml with `text` in `directory`, for ALIASES_PATH."""
+    path = directory / "aliases.yaml"
+    path.write_text(text)
+    return str(path)
 
 
 async def start_stack(nursery: trio.Nursery, **overrides: str) -> Stack:

@@ -9,6 +9,7 @@ import openai
 import pytest
 import trio
 
+from tests.e2e.stack import aliases_file as write_aliases
 from tests.e2e.stack import start_stack
 from tests.fakes.server import Reply, Reset, WaitFor
 from tests.fakes.upstreams import CREATED_AT, openai_error
@@ -27,9 +28,7 @@ MSG = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture
 def aliases_file(tmp_path: pathlib.Path) -> str:
-    path = tmp_path / "aliases.yaml"
-    path.write_text(ALIASES)
-    return str(path)
+    return write_aliases(tmp_path, ALIASES)
 
 
 async def test_alias_walks_its_chain_and_names_who_answered(

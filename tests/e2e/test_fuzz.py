@@ -15,6 +15,7 @@ import trio
 from tests.e2e.stack import start_stack
 from tests.fakes.server import Handler, Reply, Request
 from tests.fakes.upstreams import openai_error
+from tests.fields import CHAT_FIELDS, MESSAGE_FIELDS
 
 SEED = 20261130
 COUNT = 400
@@ -74,27 +75,6 @@ def valid_chat(rng: random.Random) -> dict[str, Any]:
         "messages": [{"role": "user", "content": "hi"}],
         "stream": rng.random() < 0.3,
     }
-
-
-CHAT_FIELDS = [
-    "model",
-    "messages",
-    "stream",
-    "stream_options",
-    "temperature",
-    "max_tokens",
-    "stop",
-    "seed",
-    "n",
-    "tools",
-    "tool_choice",
-    "response_format",
-    "reasoning_effort",
-    "options",
-    "keep_alive",
-    "extra_field",
-]
-MESSAGE_FIELDS = ["role", "content", "name", "tool_calls", "tool_call_id"]
 
 
 def to_bytes(body: Any) -> bytes:

@@ -13,7 +13,7 @@ import openai
 import pytest
 import trio
 
-from tests.e2e.stack import UPSTREAM_KEY, open_stack, start_stack
+from tests.e2e.stack import UPSTREAM_KEY, aliases_file, open_stack, start_stack
 from tests.fakes.server import FakeServer, Reply, WaitFor
 from tests.fakes.upstreams import CREATED_AT, TEXT_ONLY, FakeOpenAI, openai_error
 
@@ -184,9 +184,7 @@ aliases:
 
 @pytest.fixture
 def capability_aliases(tmp_path: pathlib.Path) -> str:
-    path = tmp_path / "aliases.yaml"
-    path.write_text(CAPABILITY_ALIASES)
-    return str(path)
+    return aliases_file(tmp_path, CAPABILITY_ALIASES)
 
 
 async def test_capability_refusals_move_an_alias_on_and_never_open_ollamas_circuit(

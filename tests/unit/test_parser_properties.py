@@ -17,6 +17,7 @@ from mana_llm.api import wire
 from mana_llm.cache.keys import chat_cacheable, chat_key, embedding_key
 from mana_llm.domain import Target
 from mana_llm.providers import ollama_wire
+from tests.fields import CHAT_FIELDS, EMBEDDING_FIELDS, MESSAGE_FIELDS
 
 # text, sometimes with lone surrogates (the wire carries them as \\udXXX escapes)
 SURROGATES = st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1)
@@ -34,33 +35,6 @@ VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
     max_leaves=12,
 )
-CHAT_FIELDS = [
-    "model",
-    "messages",
-    "stream",
-    "stream_options",
-    "temperature",
-    "top_p",
-    "max_tokens",
-    "max_completion_tokens",
-    "stop",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "n",
-    "tools",
-    "tool_choice",
-    "response_format",
-    "reasoning_effort",
-    "reasoning",
-    "options",
-    "keep_alive",
-    "user",
-    "metadata",
-    "logprobs",
-]
-MESSAGE_FIELDS = ["role", "content", "name", "tool_calls", "tool_call_id", "reasoning_content"]
-EMBEDDING_FIELDS = ["model", "input", "encoding_format", "dimensions", "truncate", "keep_alive"]
 
 
 def base_chat() -> dict[str, Any]:
