@@ -57,6 +57,19 @@ class EnvReader:
             raise SettingsError(f"{name}={raw!r} must be a positive number of seconds")
         return value
 
+    def ratio(self, name: str, default: float) -> float:
+        """A fraction such as 0.2 (0 switches the thing off)."""
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a number") from None
+        if not 0 <= value <= 10:
+            raise SettingsError(f"{name}={raw!r} must be between 0 and 10")
+        return value
+
     def seconds_or_off(self, name: str) -> float:
         """0, off, false, no (or unset) mean off."""
         raw = self._raw(name)

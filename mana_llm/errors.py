@@ -45,6 +45,7 @@ class AttemptRecord:
     model: str
     reason: str
     kind: str = ""  # a short label: the error class, `cache-unhealthy` or `unconfigured`
+    retry: str | None = None  # the same entry was tried again (`sent`), or the budget said no
 
 
 class GatewayError(Exception):
@@ -58,6 +59,8 @@ class GatewayError(Exception):
     counts_against_provider: ClassVar[bool] = False
     # Would resending the same request to the gateway soon plausibly succeed? (x-should-retry)
     transient: ClassVar[bool] = False
+    # May the same chain entry be tried again at once (a transient failure before content)?
+    retry_same_target: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -84,6 +87,7 @@ class GatewayError(Exception):
         self.retry_after_s = retry_after_s
         self.attempts = tuple(attempts)
         self.cache: str | None = None  # what the response cache's lookup did, if it ran
+        self.retried = False  # the gateway already retried: callers should not multiply it
 
     label: ClassVar[str | None] = None  # the attempt kind when not the class name
 
@@ -196,12 +200,15 @@ class ProviderError(GatewayError):
 class UpstreamUnavailable(ProviderError):
     """Connection refused or reset, 5xx, an in-band error before content, an empty answer."""
 
+    retry_same_target = True
+
 
 class CircuitOpen(UpstreamUnavailable):
     """Skipped: the provider's circuit is open after recent failures. Refused at once, without
     contact; resending before `retry_after_s` cannot help, so SDKs are told not to."""
 
     label = "cache-unhealthy"
+    retry_same_target = False
     status = 503
     type = "server_error"
     default_code = "provider_unavailable"
@@ -210,12 +217,14 @@ class CircuitOpen(UpstreamUnavailable):
 
 class UpstreamTimeout(ProviderError):
     error_type = "upstream_timeout"
+    retry_same_target = True  # the upstream's 408/504 or a connect timeout; never our deadline
     status = 504
     default_code = "upstream_timeout"
 
 
 class UpstreamRateLimited(ProviderError):
     error_type = "upstream_rate_limited"
+    retry_same_target = True  # after its Retry-After, when that is short
     status = 429
     type = "rate_limit_error"
     default_code = "rate_limit_exceeded"

@@ -39,6 +39,7 @@ from mana_llm.routing.aliases import Alias, AliasStore
 from mana_llm.routing.commit import Recorder, StreamPolicy, open_committed
 from mana_llm.routing.fallback import Walker
 from mana_llm.routing.health import ProviderHealthCache
+from mana_llm.routing.retry import Budgets, RetryPolicy
 from mana_llm.routing.targets import ALIAS_PREFIX, parse_target
 from mana_llm.settings import Settings
 
@@ -68,6 +69,11 @@ class Route:
         if self.alias is not None and self.alias.attempt_timeout_s is not None:
             return self.alias.attempt_timeout_s
         return provider.timeout_s
+
+    def retries(self, default: int) -> int:
+        if self.alias is not None and self.alias.retries is not None:
+            return self.alias.retries
+        return default
 
     def first_token_timeout_s(self, provider: Provider, default_s: float) -> float:
         if self.alias is not None and self.alias.first_token_timeout_s is not None:
@@ -102,12 +108,15 @@ class Gateway:
     _walker: Walker = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        settings = self.settings
         self._walker = Walker(
             self.providers,
             self.health,
-            self.settings.request_timeout_s,
+            settings.request_timeout_s,
             self.clock,
             self.wall_clock,
+            RetryPolicy(settings.retry_base_delay_s, settings.retry_max_wait_s),
+            Budgets(settings.retry_budget),
         )
 
     def resolve(self, model: str) -> Route:
@@ -137,7 +146,12 @@ class Gateway:
                 return Answered(from_entry(entry), target, (), cached=True, cache=plan.result)
         try:
             answered = await self._walker.walk(
-                route.targets, attempt, route.attempt_timeout_s, "answer", direct=route.direct
+                route.targets,
+                attempt,
+                route.attempt_timeout_s,
+                "answer",
+                direct=route.direct,
+                retries=route.retries(self.settings.retries),
             )
         except errors.GatewayError as error:
             error.cache = None if plan is None else plan.result  # what the lookup did
@@ -220,6 +234,7 @@ class Gateway:
                 lambda p: route.first_token_timeout_s(p, first_token_s),
                 "first token",
                 direct=route.direct,
+                retries=route.retries(self.settings.retries),
             )
         except errors.GatewayError as error:
             error.cache = None if plan is None else plan.result

@@ -180,6 +180,14 @@ DECLARATIONS: tuple[
     ("alias_reloads", Counter, "mana_llm_alias_reloads", "aliases.yaml reloads", ("result",)),
     ("probes", Counter, "mana_llm_health_probe", "Health probes", ("provider", "result")),
     (
+        "retries",
+        Counter,
+        "mana_llm_retries",
+        "Same-target retries by provider and the failure that caused them: sent, or refused by"
+        " the provider's retry budget",
+        ("provider", "reason", "outcome"),
+    ),
+    (
         "cache_requests",
         Counter,
         "mana_llm_cache_requests",
@@ -213,6 +221,7 @@ class Metrics:
     active: Gauge = attrs.field(init=False)
     alias_reloads: Counter = attrs.field(init=False)
     probes: Counter = attrs.field(init=False)
+    retries: Counter = attrs.field(init=False)
     cache_requests: Counter = attrs.field(init=False)
     cache_errors: Counter = attrs.field(init=False)
 
@@ -265,6 +274,10 @@ class Metrics:
             self.errors.labels(trace.error).inc()
         if trace.cache is not None:
             self.cache_requests.labels(trace.cache).inc()
+        for attempt in trace.attempts:
+            if attempt.retry is not None:
+                provider = attempt.model.partition("/")[0]  # a configured provider: bounded
+                self.retries.labels(provider, attempt.kind, attempt.retry).inc()
         total = now - trace.started_at
         self.request_duration.labels(trace.endpoint, _flag(trace.stream)).observe(total)
         if trace.endpoint not in ("chat", "embeddings") or trace.model is None:

@@ -75,6 +75,11 @@ class Settings:
     aliases_required: bool = False  # ALIASES_PATH was set: a missing file is an error
     probe_interval_s: float = 30.0
     probe_timeout_s: float = 3.0
+    retries: int = 1  # same-target retries per chain entry (an alias may set its own)
+    retry_base_delay_s: float = 0.2  # full-jitter exponential backoff from this
+    retry_max_wait_s: float = 5.0  # a longer Retry-After moves on instead of waiting
+    retry_budget: float = 0.2  # retries add at most this fraction on top of first attempts
+    hedge_budget: float = 0.1  # hedges likewise
     breaker_failures: int = 2
     breaker_backoff_s: float = 60.0
     breaker_max_backoff_s: float = 600.0
@@ -145,6 +150,7 @@ class Settings:
             **_limits_and_timeouts(read),
             **_health_and_images(read),
             **_cache(read),
+            **_resilience(read),
         )
 
 
@@ -223,6 +229,17 @@ def _health_and_images(read: EnvReader) -> dict[str, Any]:
         "image_fetch_timeout_s": read.seconds("IMAGE_FETCH_TIMEOUT", 10.0),
         "image_fetch_max_count": read.integer("IMAGE_FETCH_MAX_COUNT", 16, low=1),
         "image_fetch_concurrency": read.integer("IMAGE_FETCH_CONCURRENCY", 8, low=1),
+    }
+
+
+def _resilience(read: EnvReader) -> dict[str, Any]:
+    """Same-target retries and hedges, and their budgets."""
+    return {
+        "retries": read.integer("RETRIES", 1, low=0, high=10),
+        "retry_base_delay_s": read.seconds("RETRY_BASE_DELAY", 0.2),
+        "retry_max_wait_s": read.seconds("RETRY_MAX_WAIT", 5.0),
+        "retry_budget": read.ratio("RETRY_BUDGET", 0.2),
+        "hedge_budget": read.ratio("HEDGE_BUDGET", 0.1),
     }
 
 

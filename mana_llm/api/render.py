@@ -37,7 +37,7 @@ def error_object(error: GatewayError) -> dict[str, Any]:
 
 def error_headers(error: GatewayError) -> dict[str, str]:
     headers = {"content-type": "application/json"}
-    if not error.transient:
+    if not error.transient or error.retried:
         headers["x-should-retry"] = "false"  # SDKs otherwise re-send every 5xx twice
     if error.retry_after_s:
         headers["retry-after"] = str(max(1, math.ceil(error.retry_after_s)))

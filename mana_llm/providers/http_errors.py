@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -84,17 +85,27 @@ def parse_error_body(body: bytes | Mapping[str, Any]) -> tuple[str, str | None, 
     return str(message), code if isinstance(code, str) else None, err
 
 
-def _retry_after_s(headers: Mapping[str, str]) -> float | None:
+def retry_after_s(headers: Mapping[str, str], now: float) -> float | None:
+    """The wait an upstream asks for: `retry-after-ms`, or `Retry-After` as seconds or as an
+    HTTP date (against `now`, wall-clock seconds)."""
     raw = headers.get("retry-after-ms")
-    scale = 1000.0
-    if raw is None:
-        raw, scale = headers.get("retry-after"), 1.0
+    if raw is not None:
+        try:
+            value = float(raw) / 1000.0
+        except ValueError:
+            return None
+        return value if value >= 0 else None
+    raw = headers.get("retry-after")
     if raw is None:
         return None
     try:
-        value = float(raw) / scale
+        value = float(raw)
     except ValueError:
-        return None  # an HTTP date: rare from these providers, and not worth a clock here
+        try:
+            value = parsedate_to_datetime(raw).timestamp() - now
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        return max(0.0, value)
     return value if value >= 0 else None
 
 
@@ -105,9 +116,11 @@ def error_from_status(
     headers: Mapping[str, str],
     redact: Redactor,
     target: str | None = None,
+    now: float = 0.0,
 ) -> errors.ProviderError:
     """Classify an upstream error response (docs/ARCHITECTURE.md section 5). `target`: the
-    `provider/model` the request named, which a model-scoped error names."""
+    `provider/model` the request named, which a model-scoped error names; `now`, wall-clock
+    seconds, reads a Retry-After given as a date."""
     message, code, err = parse_error_body(body)
     text = redact(f"{provider} answered {status}: {message}")
     kind = _classify(status, code, err)
@@ -122,7 +135,8 @@ def error_from_status(
         kind = errors.UnsupportedCapability
         if target is not None:
             text = redact(f"{provider} answered {status}: {message} (model {target})")
-    retry_after = _retry_after_s(headers) if kind is errors.UpstreamRateLimited else None
+    says_when = kind is errors.UpstreamRateLimited or status == 503
+    retry_after = retry_after_s(headers, now) if says_when else None
     keep_status = status if kind is errors.UpstreamBadRequest and status in (413, 422) else None
     return kind(text, provider=provider, retry_after_s=retry_after, status=keep_status)
 

@@ -10,6 +10,7 @@ connect timeout rides on each request.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, Protocol, cast
 
@@ -43,6 +44,7 @@ class Upstream:
     transport: httpx.AsyncHTTPTransport
     connect_timeout_s: float = 5.0
     max_response_bytes: int = 64 * 1024 * 1024
+    wall_clock: Callable[[], float] = time.time  # reads a Retry-After given as a date
     _headers: list[tuple[str, str]] = attrs.field(init=False)
     _extensions: dict[str, Any] = attrs.field(init=False)
     _urls: dict[str, httpx.URL] = attrs.field(init=False, factory=dict)
@@ -124,7 +126,9 @@ class Upstream:
     ) -> errors.ProviderError:
         """`model`: the upstream model the request named, for errors scoped to it."""
         target = f"{self.name}/{model}" if isinstance(model, str) else None
-        return error_from_status(self.name, status, body, headers, self.redact, target)
+        return error_from_status(
+            self.name, status, body, headers, self.redact, target, self.wall_clock()
+        )
 
     def json_object(self, frame: bytes, what: str) -> dict[str, Any]:
         """One streamed frame as a JSON object, or the protocol error naming `what`."""

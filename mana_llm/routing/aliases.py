@@ -20,7 +20,16 @@ from mana_llm.routing.targets import ALIAS_PREFIX
 log = logging.getLogger(__name__)
 
 _ALIAS_KEYS = frozenset(
-    {"description", "chain", "first_token_timeout_s", "attempt_timeout_s", "cache"}
+    {
+        "description",
+        "chain",
+        "first_token_timeout_s",
+        "attempt_timeout_s",
+        "cache",
+        "retries",
+        "buffer",
+        "hedge_after_s",
+    }
 )
 _BOOLEANS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
@@ -37,6 +46,11 @@ class Alias:
     first_token_timeout_s: float | None = None
     attempt_timeout_s: float | None = None
     cache: bool | None = None  # True: cache sampled answers too; False: never; None: deterministic
+    retries: int | None = None  # same-target retries per entry; None: RETRIES
+    buffer: bool = (
+        False  # streams generated in full before anything is sent (rescued, never spliced)
+    )
+    hedge_after_s: float | None = None  # start the next entry beside one still silent this long
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -50,6 +64,12 @@ class Alias:
             out["attempt_timeout_s"] = self.attempt_timeout_s
         if self.cache is not None:
             out["cache"] = self.cache
+        if self.retries is not None:
+            out["retries"] = self.retries
+        if self.buffer:
+            out["buffer"] = True
+        if self.hedge_after_s is not None:
+            out["hedge_after_s"] = self.hedge_after_s
         return out
 
 
@@ -115,6 +135,9 @@ def _alias(name: str, node: yaml.Node, providers: Collection[str], source: str) 
         first_token_timeout_s=_seconds(fields, "first_token_timeout_s", source),
         attempt_timeout_s=_seconds(fields, "attempt_timeout_s", source),
         cache=_boolean(fields, "cache", source),
+        retries=_count(fields, "retries", source),
+        buffer=bool(_boolean(fields, "buffer", source)),
+        hedge_after_s=_seconds(fields, "hedge_after_s", source),
     )
 
 
@@ -139,6 +162,16 @@ def _seconds(fields: dict[str, tuple[yaml.Node, yaml.Node]], key: str, source: s
     if not value > 0 or value == float("inf"):
         raise AliasFileError(f"{source}:{_line(node)}: {key} must be a positive number of seconds")
     return value
+
+
+def _count(fields: dict[str, tuple[yaml.Node, yaml.Node]], key: str, source: str) -> int | None:
+    if key not in fields:
+        return None
+    node = fields[key][1]
+    text = str(_scalar(node, source, str))
+    if not text.isdigit() or int(text) > 10:
+        raise AliasFileError(f"{source}:{_line(node)}: {key} must be a whole number from 0 to 10")
+    return int(text)
 
 
 def _boolean(fields: dict[str, tuple[yaml.Node, yaml.Node]], key: str, source: str) -> bool | None:

@@ -20,6 +20,7 @@ from mana_llm.domain import Answered, Target
 from mana_llm.errors import AttemptRecord, GatewayError
 from mana_llm.providers.protocol import Provider
 from mana_llm.routing.health import CircuitState, ProviderHealthCache
+from mana_llm.routing.retry import Budget, Budgets, RetryPolicy
 
 T = TypeVar("T")
 
@@ -37,6 +38,8 @@ class Walker:
     request_timeout_s: float
     clock: Callable[[], float] = trio.current_time
     wall_clock: Callable[[], float] = time.time
+    retry_policy: RetryPolicy = attrs.field(factory=RetryPolicy)
+    retry_budgets: Budgets = attrs.field(factory=lambda: Budgets(0.2))
 
     def report(self, provider: str, error: GatewayError | None) -> None:
         """Feed one outcome to the health cache: success, or a failure that says something about
@@ -59,10 +62,12 @@ class Walker:
         waiting_for: str,
         *,
         direct: bool = False,
+        retries: int = 0,
     ) -> Answered[T]:
         """`direct`: a `provider/model` request, whose one failure is reported as itself;
-        an alias chain where nothing answered is a 503 listing every attempt."""
-        failures: list[tuple[Target, GatewayError]] = []
+        an alias chain where nothing answered is a 503 listing every attempt. `retries`: how
+        often an entry is tried again after a transient failure before moving on."""
+        failures: list[Failure] = []
         current: Target | None = None
         with trio.move_on_after(self.request_timeout_s) as overall:
             for target in targets:
@@ -70,47 +75,106 @@ class Walker:
                 provider = self.providers.get(target.provider)
                 if provider is None:  # targets are validated against the providers on input
                     unknown = f"unknown provider {target.provider!r}"
-                    failures.append((target, errors.InvalidRequest(unknown, param="model")))
+                    failures.append(Failure(target, errors.InvalidRequest(unknown, param="model")))
                     continue
                 skipped = self._skip_reason(provider)
                 if skipped is not None:
-                    failures.append((target, skipped))
+                    failures.append(Failure(target, skipped))
                     continue
-                error: GatewayError | None = None
-                answered = False
                 seconds = deadline_s(provider)
-                started_at = self.clock()
-                try:
-                    with trio.move_on_after(seconds) as scope:
-                        result = await attempt(provider, target)
-                    if not scope.cancelled_caught:
-                        answered = True
-                        self.report(target.provider, None)
-                        return Answered(result, target, _records(failures), started_at)
-                    error = errors.UpstreamTimeout(
-                        f"{target.resolved} sent no {waiting_for} within {seconds:g}s",
-                        provider=target.provider,
-                    )
-                except errors.ProviderError as exc:
-                    error = exc
-                finally:
-                    if not answered and error is None:
-                        # no outcome: the caller left, or the request was refused before any
-                        # contact (a bad image URL); a half-open trial goes to the next call
-                        self.health.release_trial(target.provider)
-                failures.append((target, error))
-                self.report(target.provider, error)
-                if not error.retryable:
-                    error.attempts = _records(failures)
-                    raise error
+                found = await self._entry(
+                    provider, target, attempt, seconds, waiting_for, retries, failures
+                )
+                if found is not None:
+                    result, started_at = found
+                    return Answered(result, target, _records(failures), started_at)
         if overall.cancelled_caught and current is not None:
             error = errors.UpstreamTimeout(
                 f"the request deadline of {self.request_timeout_s:g}s passed",
                 provider=current.provider,
             )
-            failures.append((current, error))
+            failures.append(Failure(current, error))
             self.report(current.provider, error)
         raise self._exhausted(failures, direct)
+
+    async def _entry(
+        self,
+        provider: Provider,
+        target: Target,
+        attempt: Attempt[T],
+        seconds: float,
+        waiting_for: str,
+        retries: int,
+        failures: list[Failure],
+    ) -> tuple[T, float] | None:
+        """One chain entry: its attempt and its same-target retries, all under the entry's
+        deadline. Returns the answer and when its try began; appends each failure; raises the
+        last one when the chain may not go on after it."""
+        budget = self.retry_budgets[target.provider]
+        budget.first_attempt(self.clock())
+        error: GatewayError | None = None
+        with trio.move_on_after(seconds) as scope:
+            for index in range(retries + 1):
+                started_at = self.clock()
+                outcome = await self._once(provider, target, attempt)
+                if not isinstance(outcome, GatewayError):
+                    return outcome, started_at
+                error = outcome
+                retry, wait_s = self._retry(error, index, retries, budget)
+                failures.append(Failure(target, error, retry))
+                if retry != "sent":
+                    break
+                await trio.sleep(wait_s)
+        if scope.cancelled_caught:
+            error = errors.UpstreamTimeout(
+                f"{target.resolved} sent no {waiting_for} within {seconds:g}s",
+                provider=target.provider,
+            )
+            failures.append(Failure(target, error))
+            self.report(target.provider, error)
+        assert error is not None
+        if not error.retryable:
+            error.attempts = _records(failures)
+            error.retried = any(f.retry == "sent" for f in failures)
+            raise error
+        return None
+
+    async def _once(
+        self, provider: Provider, target: Target, attempt: Attempt[T]
+    ) -> T | GatewayError:
+        """One try, its outcome reported to the provider's health."""
+        answered = False
+        error: GatewayError | None = None
+        try:
+            result = await attempt(provider, target)
+            answered = True
+            self.report(target.provider, None)
+            return result
+        except errors.ProviderError as exc:
+            error = exc
+            self.report(target.provider, exc)
+            return exc
+        finally:
+            if not answered and error is None:
+                # no outcome: the caller left, the deadline passed, or the request was refused
+                # before any contact (a bad image URL); a half-open trial goes to the next call
+                self.health.release_trial(target.provider)
+
+    def _retry(
+        self, error: GatewayError, index: int, retries: int, budget: Budget
+    ) -> tuple[str | None, float]:
+        """Try the same entry again? ("sent", the wait) when the failure is transient, the wait
+        fits the upstream's Retry-After cap and the deadlines, and the provider's budget has
+        room; ("budget_exhausted", 0) when only the budget said no; (None, 0) otherwise."""
+        if index >= retries or not error.retry_same_target:
+            return None, 0.0
+        wait_s = self.retry_policy.wait_s(index, error.retry_after_s)
+        now = self.clock()
+        if wait_s is None or now + wait_s >= trio.current_effective_deadline():
+            return None, 0.0  # the upstream asked for longer than RETRY_MAX_WAIT, or no time
+        if not budget.try_spend(now):
+            return "budget_exhausted", 0.0
+        return "sent", wait_s
 
     def first_candidate(self, targets: Sequence[Target]) -> Target:
         """The entry a walk starting now would try first (its provider configured, its circuit
@@ -157,9 +221,14 @@ class Walker:
             retry_after_s=retry,
         )
 
-    def _exhausted(self, failures: list[tuple[Target, GatewayError]], direct: bool) -> GatewayError:
+    def _exhausted(self, failures: list[Failure], direct: bool) -> GatewayError:
+        error = self._last_word(failures, direct)
+        error.retried = any(f.retry == "sent" for f in failures)
+        return error
+
+    def _last_word(self, failures: list[Failure], direct: bool) -> GatewayError:
         records = _records(failures)
-        errs = [error for _, error in failures]
+        errs = [f.error for f in failures]
         if direct and errs:
             errs[-1].attempts = records
             return errs[-1]
@@ -177,7 +246,16 @@ class Walker:
         )
 
 
-def _records(failures: list[tuple[Target, GatewayError]]) -> tuple[AttemptRecord, ...]:
+@attrs.frozen
+class Failure:
+    """One chain entry's failed try, or its skip, and whether it was tried again."""
+
+    target: Target
+    error: GatewayError
+    retry: str | None = None  # "sent" or "budget_exhausted"
+
+
+def _records(failures: list[Failure]) -> tuple[AttemptRecord, ...]:
     return tuple(
-        AttemptRecord(target.resolved, error.reason, error.kind) for target, error in failures
+        AttemptRecord(f.target.resolved, f.error.reason, f.error.kind, f.retry) for f in failures
     )

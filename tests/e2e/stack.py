@@ -82,6 +82,7 @@ def stack_env(ollama: FakeServer, cloud: FakeServer, **overrides: str) -> dict[s
         "STREAM_IDLE_TIMEOUT": "1",
         "MODELS_TIMEOUT": "1",
         "GRACEFUL_TIMEOUT": "2",
+        "RETRIES": "0",  # fallback without same-target retries; retry tests set their own
     }
     env.update(overrides)
     return env

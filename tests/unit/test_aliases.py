@@ -60,8 +60,24 @@ def test_a_chain_keeps_slashes_in_models_and_order() -> None:
         ),
         ("aliases:\n  mana/a:\n    description: x\n", "a.yaml:3: alias 'mana/a' has no chain"),
         (
-            "aliases:\n  mana/a:\n    chain: [ollama/x]\n    retries: 3\n",
-            "a.yaml:4: alias 'mana/a' has unknown key 'retries'",
+            "aliases:\n  mana/a:\n    chain: [ollama/x]\n    retry: 3\n",
+            "a.yaml:4: alias 'mana/a' has unknown key 'retry'",
+        ),
+        (
+            "aliases:\n  mana/a:\n    chain: [ollama/x]\n    retries: -1\n",
+            "a.yaml:4: retries must be a whole number from 0 to 10",
+        ),
+        (
+            "aliases:\n  mana/a:\n    chain: [ollama/x]\n    retries: 2.5\n",
+            "a.yaml:4: retries must be a whole number from 0 to 10",
+        ),
+        (
+            "aliases:\n  mana/a:\n    chain: [ollama/x]\n    buffer: maybe\n",
+            "a.yaml:4: buffer must be true or false",
+        ),
+        (
+            "aliases:\n  mana/a:\n    chain: [ollama/x]\n    hedge_after_s: 0\n",
+            "a.yaml:4: hedge_after_s must be a positive",
         ),
         (
             "aliases:\n  mana/a:\n    chain:\n      - ollama/x\n      - nowhere/y\n",

@@ -6,7 +6,12 @@ import httpx
 import pytest
 
 from mana_llm import errors
-from mana_llm.providers.http_errors import Redactor, error_from_exception, error_from_status
+from mana_llm.providers.http_errors import (
+    Redactor,
+    error_from_exception,
+    error_from_status,
+    retry_after_s,
+)
 
 SECRET = "sk-very-secret"
 
@@ -442,3 +447,30 @@ def test_every_error_class_has_a_metrics_label_exported_from_start_up() -> None:
     assert found["UpstreamModelNotFound"] == "not_found"
     assert found["ContentPolicy"] == "invalid_request"
     assert found["CircuitOpen"] == "upstream_error"
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after": "2"}, 2.0),
+        ({"retry-after": "0.5"}, 0.5),
+        ({"retry-after-ms": "1500"}, 1.5),
+        ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),  # the precise one wins
+        ({"retry-after": "Wed, 26 Nov 2026 10:00:07 GMT"}, 7.0),  # an HTTP date, from now
+        ({"retry-after": "Wed, 26 Nov 2026 09:59:00 GMT"}, 0.0),  # in the past: at once
+        ({"retry-after": "soon"}, None),
+        ({"retry-after": "-3"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_in_every_form(headers: dict[str, str], expected: float | None) -> None:
+    now = 1_795_687_200.0  # 2026-11-26 10:00:00 UTC
+    assert retry_after_s(headers, now) == expected
+    error = error_from_status("p", 429, b"{}", headers, Redactor(None), now=now)
+    assert error.retry_after_s == expected
+
+
+def test_a_503_keeps_its_retry_after_and_a_500_has_none() -> None:
+    headers = {"retry-after": "3"}
+    assert error_from_status("p", 503, b"{}", headers, Redactor(None)).retry_after_s == 3.0
+    assert error_from_status("p", 500, b"{}", headers, Redactor(None)).retry_after_s is None

@@ -41,12 +41,16 @@ WALL = 1_795_687_200.0  # 2026-11-26 10:00:00 UTC, the wall clock's answer at vi
 
 
 def build(
-    *providers: FakeProvider, request_timeout_s: float = 600.0, first_token_s: float = 5.0
+    *providers: FakeProvider,
+    request_timeout_s: float = 600.0,
+    first_token_s: float = 5.0,
+    retries: int = 0,
 ) -> Gateway:
     settings = Settings(
         first_token_timeout_s=first_token_s,
         stream_idle_timeout_s=3.0,
         request_timeout_s=request_timeout_s,
+        retries=retries,
     )
     names = [p.name for p in providers]
     aliases = AliasStore("aliases.yaml", names, lambda: 0.0, lambda path: ALIASES)
