@@ -46,6 +46,7 @@ class AttemptRecord:
     reason: str
     kind: str = ""  # a short label: the error class, `cache-unhealthy` or `unconfigured`
     retry: str | None = None  # the same entry was tried again (`sent`), or the budget said no
+    after_content: bool = False  # a buffered stream that broke after its first content
 
 
 class GatewayError(Exception):
@@ -88,6 +89,7 @@ class GatewayError(Exception):
         self.attempts = tuple(attempts)
         self.cache: str | None = None  # what the response cache's lookup did, if it ran
         self.retried = False  # the gateway already retried: callers should not multiply it
+        self.after_content = False  # raised by a buffered stream after its first content
 
     label: ClassVar[str | None] = None  # the attempt kind when not the class name
 

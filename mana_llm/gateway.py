@@ -32,11 +32,12 @@ from mana_llm.domain import (
     EmbeddingResponse,
     ModelInfo,
     ProviderStatus,
+    StreamChunk,
     Target,
 )
 from mana_llm.providers.protocol import Provider
 from mana_llm.routing.aliases import Alias, AliasStore
-from mana_llm.routing.commit import Recorder, StreamPolicy, open_committed
+from mana_llm.routing.commit import CommittedStream, Recorder, StreamPolicy, open_committed
 from mana_llm.routing.fallback import Walker
 from mana_llm.routing.health import ProviderHealthCache
 from mana_llm.routing.retry import Budgets, RetryPolicy
@@ -220,6 +221,14 @@ class Gateway:
             ready = await prepared.for_provider(provider)
             return await open_committed(provider, target, ready, policy)
 
+        async def buffered(provider: Provider, target: Target) -> AnswerStream:
+            ready = await prepared.for_provider(provider)
+            policy = StreamPolicy(self.settings.stream_idle_timeout_s, deadline)
+            answer = await read_whole(await open_committed(provider, target, ready, policy))
+            if plan is not None:
+                await plan.save_stream(target, [chunk.payload for chunk in answer])
+            return CommittedStream.replay(target, answer)
+
         if plan is not None:
             entry = await plan.lookup(self._walker.first_candidate(route.targets))
             if entry is not None:
@@ -227,12 +236,15 @@ class Gateway:
                 target = read_through.target_of(entry)
                 return Answered(stream, target, (), cached=True, cache=plan.result)
         first_token_s = self.settings.first_token_timeout_s
+        whole = route.alias is not None and route.alias.buffer
         try:
             answered = await self._walker.walk(
                 route.targets,
-                attempt,
-                lambda p: route.first_token_timeout_s(p, first_token_s),
-                "first token",
+                buffered if whole else attempt,
+                route.attempt_timeout_s
+                if whole
+                else lambda p: route.first_token_timeout_s(p, first_token_s),
+                "answer" if whole else "first token",
                 direct=route.direct,
                 retries=route.retries(self.settings.retries),
             )
@@ -342,6 +354,21 @@ class Gateway:
         if self.cache is None:
             return {"backend": None, "state": "off"}
         return self.cache.statistics()
+
+
+async def read_whole(stream: CommittedStream) -> list[StreamChunk]:
+    """A committed stream read to its end (a buffered alias). A failure after the first
+    content is marked so: the walk moves to the next entry, never retries or splices."""
+    chunks: list[StreamChunk] = []
+    try:
+        while got := await stream.receive():
+            chunks.extend(got)
+    except errors.ProviderError as error:
+        error.after_content = True
+        raise
+    finally:
+        await stream.aclose()
+    return chunks
 
 
 def _embeddings_valid(payload: dict[str, object]) -> bool:

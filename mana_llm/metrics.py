@@ -188,6 +188,14 @@ DECLARATIONS: tuple[
         ("provider", "reason", "outcome"),
     ),
     (
+        "stream_rescues",
+        Counter,
+        "mana_llm_stream_rescues",
+        "Buffered streams that broke after their first content and were answered whole by a"
+        " later chain entry",
+        ("alias", "reason"),
+    ),
+    (
         "cache_requests",
         Counter,
         "mana_llm_cache_requests",
@@ -222,6 +230,7 @@ class Metrics:
     alias_reloads: Counter = attrs.field(init=False)
     probes: Counter = attrs.field(init=False)
     retries: Counter = attrs.field(init=False)
+    stream_rescues: Counter = attrs.field(init=False)
     cache_requests: Counter = attrs.field(init=False)
     cache_errors: Counter = attrs.field(init=False)
 
@@ -312,6 +321,9 @@ class Metrics:
         self.llm_requests.labels(provider, trace.resolved, "success").inc()
         if trace.model.startswith("mana/") and requested != OTHER:
             self.alias_resolved.labels(requested, trace.resolved).inc()
+            for attempt in trace.attempts:
+                if attempt.after_content:
+                    self.stream_rescues.labels(requested, attempt.kind).inc()
         if trace.usage is not None and trace.cache != "hit":  # a hit spends no tokens
             self.tokens.labels(provider, trace.resolved, "prompt").inc(trace.usage.prompt_tokens)
             self.tokens.labels(provider, trace.resolved, "completion").inc(

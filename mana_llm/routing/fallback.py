@@ -166,7 +166,7 @@ class Walker:
         """Try the same entry again? ("sent", the wait) when the failure is transient, the wait
         fits the upstream's Retry-After cap and the deadlines, and the provider's budget has
         room; ("budget_exhausted", 0) when only the budget said no; (None, 0) otherwise."""
-        if index >= retries or not error.retry_same_target:
+        if index >= retries or not error.retry_same_target or error.after_content:
             return None, 0.0
         wait_s = self.retry_policy.wait_s(index, error.retry_after_s)
         now = self.clock()
@@ -257,5 +257,8 @@ class Failure:
 
 def _records(failures: list[Failure]) -> tuple[AttemptRecord, ...]:
     return tuple(
-        AttemptRecord(f.target.resolved, f.error.reason, f.error.kind, f.retry) for f in failures
+        AttemptRecord(
+            f.target.resolved, f.error.reason, f.error.kind, f.retry, f.error.after_content
+        )
+        for f in failures
     )

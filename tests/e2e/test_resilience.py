@@ -12,7 +12,8 @@ import pytest
 import trio
 
 from tests.e2e.stack import aliases_file, start_stack
-from tests.fakes.upstreams import openai_error
+from tests.fakes.server import Cut, Stall
+from tests.fakes.upstreams import openai_chunk, openai_error, openai_stream, sse
 
 MSG = [{"role": "user", "content": "hi"}]
 GROQ = "groq/llama-3.1-8b-instant"
@@ -75,3 +76,82 @@ async def test_a_direct_request_retried_in_vain_tells_the_sdk_not_to_resend(
     assert r.headers["x-should-retry"] == "false"  # the gateway already retried
     assert r.headers["x-mana-llm-attempts"] == "2"
     assert len(json.loads(r.text)["error"]["attempts"]) == 2
+
+
+BUFFERED = f"""
+aliases:
+  mana/json:
+    buffer: true
+    chain: [{GROQ}, ollama/gemma3:4b]
+  mana/live:
+    chain: [{GROQ}, ollama/gemma3:4b]
+"""
+STREAM: Any = {"model": "mana/json", "messages": MSG, "stream": True}
+BROKEN = {
+    "cut": [Cut()],
+    "stall": [Stall()],
+    "malformed": [b"data: {not json\n\n"],
+    "in-band error": [sse({"error": {"message": "overloaded", "code": 503}})],
+}
+
+
+def events(text: str) -> list[Any]:
+    return [json.loads(e[6:]) for e in text.split("\n\n") if e.startswith("data: {")]
+
+
+@pytest.mark.parametrize("how", list(BROKEN))
+async def test_a_buffered_stream_broken_after_content_is_answered_whole_by_the_next_entry(
+    nursery: trio.Nursery, tmp_path: pathlib.Path, how: str
+) -> None:
+    stack = await start_stack(nursery, ALIASES_PATH=aliases_file(tmp_path, BUFFERED))
+    head = [openai_chunk("", role=True), openai_chunk("Half an ans")]
+    stack.cloud.script("/v1/chat/completions", openai_stream(*head, *BROKEN[how]))
+    with trio.fail_after(10):
+        r = await stack.chat({**STREAM, "stream_options": {"include_usage": True}})
+    assert r.status_code == 200
+    assert r.text.endswith("data: [DONE]\n\n")
+    chunks = events(r.text)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "Hello from the fake."  # one whole answer, from one provider
+    assert "Half an ans" not in r.text  # never spliced
+    assert {c["model"] for c in chunks} == {"ollama/gemma3:4b"}
+    assert chunks[-1]["usage"]["completion_tokens"] == 5
+    assert r.headers["x-mana-llm-resolved"] == "ollama/gemma3:4b"
+    # the fallback was asked the original request, not a prefill of the partial answer
+    asked = [q.json() for q in stack.ollama.requests if q.path == "/api/chat"]
+    assert [m["role"] for m in asked[0]["messages"]] == ["user"]
+    rescued = sum(
+        s.value
+        for f in stack.registry.collect()
+        for s in f.samples
+        if s.name == "mana_llm_stream_rescues_total" and s.labels["alias"] == "mana/json"
+    )
+    assert rescued == 1
+
+
+async def test_a_live_alias_keeps_the_never_splice_rule(
+    nursery: trio.Nursery, tmp_path: pathlib.Path
+) -> None:
+    stack = await start_stack(nursery, ALIASES_PATH=aliases_file(tmp_path, BUFFERED))
+    head = [openai_chunk("", role=True), openai_chunk("Half an ans")]
+    stack.cloud.script("/v1/chat/completions", openai_stream(*head, Cut()))
+    with trio.fail_after(10):
+        r = await stack.chat({**STREAM, "model": "mana/live"})
+    assert "Half an ans" in r.text
+    assert not r.text.endswith("data: [DONE]\n\n")
+    assert events(r.text)[-1]["error"]["code"] == "upstream_error"
+    assert [q for q in stack.ollama.requests if q.path == "/api/chat"] == []
+
+
+async def test_a_buffered_stream_that_succeeds_is_replayed_from_its_provider(
+    nursery: trio.Nursery, tmp_path: pathlib.Path
+) -> None:
+    stack = await start_stack(nursery, ALIASES_PATH=aliases_file(tmp_path, BUFFERED))
+    with trio.fail_after(10):
+        r = await stack.chat(STREAM)
+    chunks = events(r.text)
+    assert r.headers["x-mana-llm-resolved"] == GROQ and r.text.endswith("data: [DONE]\n\n")
+    assert {c["model"] for c in chunks} == {GROQ}
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == (
+        "Hello from the fake."
+    )
