@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from tests.e2e.stack import aliases_file, start_stack
-from tests.fakes.server import Cut, Stall
+from tests.fakes.server import Cut, Part, Stall
 from tests.fakes.upstreams import openai_chunk, openai_error, openai_stream, sse
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -87,7 +87,7 @@ aliases:
     chain: [{GROQ}, ollama/gemma3:4b]
 """
 STREAM: Any = {"model": "mana/json", "messages": MSG, "stream": True}
-BROKEN = {
+BROKEN: dict[str, list[Part]] = {
     "cut": [Cut()],
     "stall": [Stall()],
     "malformed": [b"data: {not json\n\n"],
