@@ -179,6 +179,7 @@ class Answered(Generic[T]):
     ended_at: float | None = None  # a whole answer: when it arrived; a stream: when it committed
     cached: bool = False  # a cache hit: no attempt was made
     cache: str | None = None  # hit | miss | bypass | error; None: the cache is off
+    hedge: str | None = None  # won | lost | budget_exhausted; None: no hedge was considered
 
     @property
     def attempts(self) -> int:

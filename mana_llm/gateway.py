@@ -71,6 +71,10 @@ class Route:
             return self.alias.attempt_timeout_s
         return provider.timeout_s
 
+    @property
+    def hedge_after_s(self) -> float | None:
+        return self.alias.hedge_after_s if self.alias is not None else None
+
     def retries(self, default: int) -> int:
         if self.alias is not None and self.alias.retries is not None:
             return self.alias.retries
@@ -118,6 +122,7 @@ class Gateway:
             self.wall_clock,
             RetryPolicy(settings.retry_base_delay_s, settings.retry_max_wait_s),
             Budgets(settings.retry_budget),
+            Budgets(settings.hedge_budget),
         )
 
     def resolve(self, model: str) -> Route:
@@ -153,6 +158,7 @@ class Gateway:
                 "answer",
                 direct=route.direct,
                 retries=route.retries(self.settings.retries),
+                hedge_after_s=route.hedge_after_s,
             )
         except errors.GatewayError as error:
             error.cache = None if plan is None else plan.result  # what the lookup did
@@ -247,6 +253,7 @@ class Gateway:
                 "answer" if whole else "first token",
                 direct=route.direct,
                 retries=route.retries(self.settings.retries),
+                hedge_after_s=route.hedge_after_s,
             )
         except errors.GatewayError as error:
             error.cache = None if plan is None else plan.result

@@ -77,6 +77,7 @@ class RequestTrace:
     error: str | None = None  # an ERROR_TYPES value
     active: str | None = None  # the `stream` label it is counted under in active_requests
     cache: str | None = None  # hit | miss | bypass | error; None: the cache is off
+    hedge: str | None = None  # won | lost | budget_exhausted
 
     def route(self, model: str, label: str) -> None:
         """What the caller asked for, and the alias or `provider/model` it resolved to."""
@@ -89,6 +90,7 @@ class RequestTrace:
         self.resolved = answered.target.resolved
         self.attempts = answered.failed
         self.cache = answered.cache
+        self.hedge = answered.hedge
         if answered.cached:
             return
         self.upstream_started_at = answered.started_at
@@ -196,6 +198,14 @@ DECLARATIONS: tuple[
         ("alias", "reason"),
     ),
     (
+        "hedges",
+        Counter,
+        "mana_llm_hedges",
+        "Hedged first tokens: the next entry started beside a silent one won or lost, or the"
+        " hedge budget said no",
+        ("alias", "outcome"),
+    ),
+    (
         "cache_requests",
         Counter,
         "mana_llm_cache_requests",
@@ -231,6 +241,7 @@ class Metrics:
     probes: Counter = attrs.field(init=False)
     retries: Counter = attrs.field(init=False)
     stream_rescues: Counter = attrs.field(init=False)
+    hedges: Counter = attrs.field(init=False)
     cache_requests: Counter = attrs.field(init=False)
     cache_errors: Counter = attrs.field(init=False)
 
@@ -324,6 +335,8 @@ class Metrics:
             for attempt in trace.attempts:
                 if attempt.after_content:
                     self.stream_rescues.labels(requested, attempt.kind).inc()
+            if trace.hedge is not None:
+                self.hedges.labels(requested, trace.hedge).inc()
         if trace.usage is not None and trace.cache != "hit":  # a hit spends no tokens
             self.tokens.labels(provider, trace.resolved, "prompt").inc(trace.usage.prompt_tokens)
             self.tokens.labels(provider, trace.resolved, "completion").inc(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import attrs
 import trio
@@ -24,6 +24,7 @@ from mana_llm.routing.retry import Budget, Budgets, RetryPolicy
 
 T = TypeVar("T")
 
+CLEANUP_S = 1.0
 # The Retry-After an all-failed 503 advertises when some circuit reopens within this long.
 RETRY_AFTER_HORIZON_S = 120.0
 
@@ -40,6 +41,7 @@ class Walker:
     wall_clock: Callable[[], float] = time.time
     retry_policy: RetryPolicy = attrs.field(factory=RetryPolicy)
     retry_budgets: Budgets = attrs.field(factory=lambda: Budgets(0.2))
+    hedge_budgets: Budgets = attrs.field(factory=lambda: Budgets(0.1))
 
     def report(self, provider: str, error: GatewayError | None) -> None:
         """Feed one outcome to the health cache: success, or a failure that says something about
@@ -63,15 +65,20 @@ class Walker:
         *,
         direct: bool = False,
         retries: int = 0,
+        hedge_after_s: float | None = None,
     ) -> Answered[T]:
         """`direct`: a `provider/model` request, whose one failure is reported as itself;
         an alias chain where nothing answered is a 503 listing every attempt. `retries`: how
-        often an entry is tried again after a transient failure before moving on."""
+        often an entry is tried again after a transient failure before moving on.
+        `hedge_after_s`: an entry silent that long gets the next one started beside it."""
         failures: list[Failure] = []
+        walk = _Walk(attempt, deadline_s, waiting_for, retries, failures)
         current: Target | None = None
+        index = 0
         with trio.move_on_after(self.request_timeout_s) as overall:
-            for target in targets:
-                current = target
+            while index < len(targets):
+                target = current = targets[index]
+                index += 1
                 provider = self.providers.get(target.provider)
                 if provider is None:  # targets are validated against the providers on input
                     unknown = f"unknown provider {target.provider!r}"
@@ -81,13 +88,18 @@ class Walker:
                 if skipped is not None:
                     failures.append(Failure(target, skipped))
                     continue
-                seconds = deadline_s(provider)
-                found = await self._entry(
-                    provider, target, attempt, seconds, waiting_for, retries, failures
-                )
+                partner = self._partner(targets, index) if hedge_after_s else None
+                if partner is None or hedge_after_s is None:
+                    found = await self._entry(provider, target, walk)
+                    hedge = None
+                else:
+                    found, hedge = await self._race(provider, target, partner, hedge_after_s, walk)
+                    if hedge in ("won", "lost", "started"):
+                        index = targets.index(partner, index) + 1  # both ran
                 if found is not None:
-                    result, started_at = found
-                    return Answered(result, target, _records(failures), started_at)
+                    result, started_at, by = found
+                    hedged = None if hedge == "started" else hedge
+                    return Answered(result, by, _records(failures), started_at, hedge=hedged)
         if overall.cancelled_caught and current is not None:
             error = errors.UpstreamTimeout(
                 f"the request deadline of {self.request_timeout_s:g}s passed",
@@ -97,45 +109,95 @@ class Walker:
             self.report(current.provider, error)
         raise self._exhausted(failures, direct)
 
-    async def _entry(
+    def _partner(self, targets: Sequence[Target], start: int) -> Target | None:
+        """The next entry a hedge could start: configured, its circuit not open."""
+        now = self.clock()
+        for target in targets[start:]:
+            provider = self.providers.get(target.provider)
+            if (
+                provider is not None
+                and provider.configured
+                and self.health.state(target.provider, now) is not CircuitState.OPEN
+            ):
+                return target
+        return None
+
+    async def _race(
         self,
         provider: Provider,
         target: Target,
-        attempt: Attempt[T],
-        seconds: float,
-        waiting_for: str,
-        retries: int,
-        failures: list[Failure],
-    ) -> tuple[T, float] | None:
+        partner: Target,
+        hedge_after_s: float,
+        walk: _Walk[T],
+    ) -> tuple[tuple[T, float, Target] | None, str | None]:
+        """The entry, and after `hedge_after_s` without an answer its partner beside it: the
+        first to answer (for a stream: its first content) wins and the other is cancelled,
+        its upstream connection closed. A failure of one waits for the other. The outcome:
+        won (the partner answered), lost (the entry did), started (both failed),
+        budget_exhausted, or None (the entry was done before the hedge time)."""
+        race = _Race[T]()
+        hedge: str | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(race.run, self._entry(provider, target, walk), target, nursery)
+            with trio.move_on_after(hedge_after_s):
+                await race.first_done.wait()
+            if not race.first_done.is_set():
+                hedge = self._start_hedge(partner, walk, race, nursery)
+        if race.errors and race.winner is None:
+            raise race.errors[0]
+        if race.winner is None:
+            return None, hedge
+        if hedge == "started":
+            hedge = "won" if race.winner[2] is partner else "lost"
+        return race.winner, hedge
+
+    def _start_hedge(
+        self, partner: Target, walk: _Walk[T], race: _Race[T], nursery: trio.Nursery
+    ) -> str | None:
+        provider = self.providers[partner.provider]
+        if not self.hedge_budgets[partner.provider].try_spend(self.clock()):
+            return "budget_exhausted"
+        if self._skip_reason(provider) is not None:  # its circuit opened meanwhile
+            return None
+        entry = self._entry(provider, partner, walk, hedge=True)
+        nursery.start_soon(race.run, entry, partner, nursery)
+        return "started"
+
+    async def _entry(
+        self, provider: Provider, target: Target, walk: _Walk[T], *, hedge: bool = False
+    ) -> tuple[T, float, Target] | None:
         """One chain entry: its attempt and its same-target retries, all under the entry's
-        deadline. Returns the answer and when its try began; appends each failure; raises the
-        last one when the chain may not go on after it."""
+        deadline. Returns the answer, when its try began and the entry; appends each failure;
+        raises the last one when the chain may not go on after it."""
+        seconds = walk.deadline_s(provider)
         budget = self.retry_budgets[target.provider]
-        budget.first_attempt(self.clock())
+        if not hedge:  # a hedge is an extra call: it earns no budget
+            budget.first_attempt(self.clock())
+            self.hedge_budgets[target.provider].first_attempt(self.clock())
         error: GatewayError | None = None
         with trio.move_on_after(seconds) as scope:
-            for index in range(retries + 1):
+            for index in range(walk.retries + 1):
                 started_at = self.clock()
-                outcome = await self._once(provider, target, attempt)
+                outcome = await self._once(provider, target, walk.attempt)
                 if not isinstance(outcome, GatewayError):
-                    return outcome, started_at
+                    return outcome, started_at, target
                 error = outcome
-                retry, wait_s = self._retry(error, index, retries, budget)
-                failures.append(Failure(target, error, retry))
+                retry, wait_s = self._retry(error, index, walk.retries, budget)
+                walk.failures.append(Failure(target, error, retry))
                 if retry != "sent":
                     break
                 await trio.sleep(wait_s)
         if scope.cancelled_caught:
             error = errors.UpstreamTimeout(
-                f"{target.resolved} sent no {waiting_for} within {seconds:g}s",
+                f"{target.resolved} sent no {walk.waiting_for} within {seconds:g}s",
                 provider=target.provider,
             )
-            failures.append(Failure(target, error))
+            walk.failures.append(Failure(target, error))
             self.report(target.provider, error)
         assert error is not None
         if not error.retryable:
-            error.attempts = _records(failures)
-            error.retried = any(f.retry == "sent" for f in failures)
+            error.attempts = _records(walk.failures)
+            error.retried = any(f.retry == "sent" for f in walk.failures)
             raise error
         return None
 
@@ -244,6 +306,50 @@ class Walker:
             attempts=records,
             retry_after_s=retry_after,
         )
+
+
+@attrs.frozen
+class _Walk(Generic[T]):
+    """What every entry of one walk shares."""
+
+    attempt: Attempt[T]
+    deadline_s: Callable[[Provider], float]
+    waiting_for: str
+    retries: int
+    failures: list[Failure]
+
+
+@attrs.define(eq=False)
+class _Race(Generic[T]):
+    """Two entries racing (a hedge): the first answer, the failures, when the first is done."""
+
+    winner: tuple[T, float, Target] | None = None
+    errors: list[GatewayError] = attrs.field(factory=list)
+    first_done: trio.Event = attrs.field(factory=trio.Event)
+
+    async def run(
+        self,
+        entry: Awaitable[tuple[T, float, Target] | None],
+        target: Target,
+        nursery: trio.Nursery,
+    ) -> None:
+        try:
+            found = await entry
+        except GatewayError as error:  # this entry's final word; the other may still answer
+            self.errors.append(error)
+            found = None
+        finally:
+            self.first_done.set()
+        if found is None:
+            return
+        if self.winner is None:
+            self.winner = found
+            nursery.cancel_scope.cancel()  # the other entry: cancelled, its upstream closed
+        else:  # both answered at once: the late one's open stream is closed, not leaked
+            close = getattr(found[0], "aclose", None)
+            if close is not None:
+                with trio.move_on_after(CLEANUP_S, shield=True):  # the late answer's upstream
+                    await close()
 
 
 @attrs.frozen

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from tests.e2e.stack import aliases_file, start_stack
-from tests.fakes.server import Cut, Part, Stall
+from tests.fakes.server import Cut, Part, Reply, Stall
 from tests.fakes.upstreams import openai_chunk, openai_error, openai_stream, sse
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -155,3 +155,30 @@ async def test_a_buffered_stream_that_succeeds_is_replayed_from_its_provider(
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == (
         "Hello from the fake."
     )
+
+
+HEDGED = f"""
+aliases:
+  mana/quick:
+    hedge_after_s: 0.2
+    chain: [{GROQ}, ollama/gemma3:4b]
+"""
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_silent_entry_is_hedged_and_the_loser_connection_closed(
+    nursery: trio.Nursery, tmp_path: pathlib.Path, stream: bool
+) -> None:
+    stack = await start_stack(nursery, ALIASES_PATH=aliases_file(tmp_path, HEDGED))
+    # the stream sends its role chunk (no content) and then nothing until the gateway hangs up
+    silent = (
+        openai_stream(openai_chunk("", role=True), Stall()) if stream else Reply(200, [Stall()])
+    )
+    stack.cloud.script("/v1/chat/completions", silent)
+    with trio.fail_after(10):
+        r = await stack.chat({"model": "mana/quick", "messages": MSG, "stream": stream})
+        assert r.status_code == 200
+        assert r.headers["x-mana-llm-resolved"] == "ollama/gemma3:4b"
+        await stack.cloud.requests[0].closed.wait()  # the loser stops spending tokens
+    labels = {"alias": "mana/quick", "outcome": "won"}
+    assert stack.metric("mana_llm_hedges_total", **labels) == 1

@@ -35,6 +35,9 @@ aliases:
     first_token_timeout_s: 1
     attempt_timeout_s: 4
     chain: [a/m1, b/m2]
+  mana/hedged:
+    hedge_after_s: 2
+    chain: [a/m1, b/m2, c/m3]
 """
 MSG = (Message("user", "hi"),)
 WALL = 1_795_687_200.0  # 2026-11-26 10:00:00 UTC, the wall clock's answer at virtual time 0
