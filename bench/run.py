@@ -19,6 +19,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -170,8 +171,14 @@ def main() -> None:
             str(args.delay_ms),
         ]
     )
+    aliases = os.path.join(tempfile.mkdtemp(prefix="mana-bench-"), "aliases.yaml")
+    with open(aliases, "w") as f:
+        f.write(ALIASES)
     env = {
         **os.environ,
+        "ALIASES_PATH": aliases,
+        "OPENROUTER_API_KEY": "bench",
+        "OPENROUTER_BASE_URL": f"http://127.0.0.1:{up_port}/v1",
         "HOST": "127.0.0.1",
         "PORT": str(gw_port),
         "LOG_LEVEL": "WARNING",
@@ -185,11 +192,42 @@ def main() -> None:
         asyncio.run(wait_port(up_port))
         asyncio.run(wait_port(gw_port))
         report(args, up_port, gw_port, gateway.pid)
+        resilience(args, gw_port, gateway.pid)
         print(f"\ngateway peak RSS: {peak_rss_mb(gateway.pid):.1f} MB")
     finally:
         for proc in (gateway, upstream):
             proc.terminate()
             proc.wait(10)
+
+
+# Resilience rows: the same stream through a live alias, a buffered one (generated whole,
+# then relayed) and a hedged one whose hedge time is never reached (the race's own cost).
+ALIASES = """
+aliases:
+  mana/live:
+    chain: [groq/bench, openrouter/bench]
+  mana/buffered:
+    buffer: true
+    chain: [groq/bench, openrouter/bench]
+  mana/hedged:
+    hedge_after_s: 5
+    chain: [groq/bench, openrouter/bench]
+"""
+
+
+def resilience(args: argparse.Namespace, gw_port: int, pid: int) -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    print(
+        f"\n{'stream via alias':<22} {'ttft p50/p99 ms':>18} {'total p50/p99 ms':>18} {'cpu ms':>8}"
+    )
+    for conc in (int(c) for c in args.conc.split(",")):
+        for alias in ("mana/live", "mana/buffered", "mana/hedged"):
+            body = json.dumps({"model": alias, "messages": messages, "stream": True}).encode()
+            r = run(gw_port, pid, body, conc, args.seconds)
+            first = f"{pct(r['first'], 0.5):8.2f}/{pct(r['first'], 0.99):<9.2f}"
+            total = f"{pct(r['lat'], 0.5):8.2f}/{pct(r['lat'], 0.99):<9.2f}"
+            errors = f"  errors {r['errors']}" if r["errors"] else ""
+            print(f"{alias + f' c={conc}':<22} {first} {total} {r['cpu_ms']:8.3f}{errors}")
 
 
 def report(args: argparse.Namespace, up_port: int, gw_port: int, pid: int) -> None:
