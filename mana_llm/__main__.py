@@ -10,7 +10,8 @@ from functools import partial
 import attrs
 import trio
 
-from mana_llm import logs, service
+from mana_llm import logs, service, supervisor
+from mana_llm.server_config import toml_workers
 from mana_llm.settings import Settings, SettingsError, StartupError
 
 
@@ -25,7 +26,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--config", metavar="HYPERCORN_TOML", help="hypercorn settings file, e.g. hypercorn.toml"
     )
+    parser.add_argument(
+        "--workers", help="processes serving the port: a number or auto (default: $WORKERS or 1)"
+    )
     return parser.parse_args(argv)
+
+
+def workers(args: argparse.Namespace, settings: Settings) -> int:
+    """--workers, else WORKERS, else `workers` in hypercorn.toml, else 1."""
+    if args.workers:
+        env = {"WORKERS": args.workers}
+        return Settings.from_env(env).workers
+    if "WORKERS" not in os.environ and args.config:
+        return toml_workers(args.config) or 1
+    return settings.workers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,10 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.config and not os.path.isfile(args.config):
         print(f"mana-llm: --config {args.config!r} does not exist", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level, settings.log_format)
     try:
-        trio.run(partial(service.run, settings, config_path=args.config))
-    except StartupError as error:
+        settings = attrs.evolve(settings, workers=workers(args, settings))
+        logs.configure(settings.log_level, settings.log_format, settings.worker)
+        if settings.workers > 1 and settings.worker is None:
+            passed = ["--config", args.config] if args.config else []
+            trio.run(supervisor.run, settings, passed)
+        else:
+            trio.run(partial(service.run, settings, config_path=args.config))
+    except (StartupError, SettingsError) as error:
         print(f"mana-llm: {error}", file=sys.stderr)
         return 2
     return 0

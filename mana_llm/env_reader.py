@@ -3,6 +3,7 @@ whose message names the variable and what is wrong (values that may be secret ar
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import attrs
@@ -56,6 +57,13 @@ class EnvReader:
         if not value > 0 or value == float("inf"):
             raise SettingsError(f"{name}={raw!r} must be a positive number of seconds")
         return value
+
+    def workers(self, name: str) -> int:
+        """A number of processes, or `auto`: the cores this process may run on."""
+        raw = self._raw(name)
+        if raw is not None and raw.lower() == "auto":
+            return len(os.sched_getaffinity(0))
+        return self.integer(name, 1, low=1, high=256)
 
     def ratio(self, name: str, default: float) -> float:
         """A fraction such as 0.2 (0 switches the thing off)."""

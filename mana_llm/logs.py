@@ -44,6 +44,9 @@ class JSONFormatter(logging.Formatter):
         rid = getattr(record, "request_id", None)
         if rid:
             line["request_id"] = rid
+        worker = getattr(record, "worker", None)
+        if worker is not None:
+            line["worker"] = worker
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             line.update(fields)
@@ -61,6 +64,9 @@ class TextFormatter(logging.Formatter):
         rid = getattr(record, "request_id", None)
         if rid:
             text += f" request_id={rid}"
+        worker = getattr(record, "worker", None)
+        if worker is not None:
+            text += f" worker={worker}"
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             text += "".join(f" {k}={json.dumps(v, default=str)}" for k, v in fields.items())
@@ -78,11 +84,25 @@ class _DropRunningOn(logging.Filter):
 HEADER_LOGGERS = ("httpx", "httpcore", "hpack")
 
 
-def configure(level: str, fmt: str) -> None:
+class _WorkerFilter(logging.Filter):
+    """Under a supervisor, every line says which worker wrote it."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True
+
+
+def configure(level: str, fmt: str, worker: int | None = None) -> None:
     """Every line, hypercorn's included, goes through one handler on stderr in one format."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(_RequestIdFilter())
+    if worker is not None:
+        handler.addFilter(_WorkerFilter(worker))
     handler.addFilter(_DropRunningOn())
     root = logging.getLogger()
     root.handlers[:] = [handler]

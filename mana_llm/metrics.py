@@ -8,10 +8,11 @@ provider answered for; anything else a caller sends collapses into `other`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from mana_llm import errors
 from mana_llm.domain import Answered, Usage
@@ -222,9 +223,19 @@ DECLARATIONS: tuple[
 )
 
 
+# With several workers (multiprocess mode) a scrape shows, for in-flight requests, the sum over
+# live workers; for a provider's health, the lowest value among live workers: 1 only while every
+# worker's circuit for it is closed (each worker keeps its own circuits).
+GAUGE_MODES: dict[str, Literal["livesum", "livemin"]] = {
+    "active": "livesum",
+    "provider_healthy": "livemin",
+}
+
+
 @attrs.define(eq=False, slots=False)
 class Metrics:
     registry: CollectorRegistry
+    multiprocess_dir: str | None = None  # several workers: a scrape sums their files
     _known_models: set[str] = attrs.field(factory=set)
     llm_requests: Counter = attrs.field(init=False)
     alias_resolved: Counter = attrs.field(init=False)
@@ -250,6 +261,9 @@ class Metrics:
             metric: Counter | Gauge | Histogram
             if kind is Histogram:
                 metric = Histogram(name, doc, labels, registry=self.registry, buckets=BUCKETS)
+            elif kind is Gauge:
+                mode = GAUGE_MODES[attr]
+                metric = Gauge(name, doc, labels, registry=self.registry, multiprocess_mode=mode)
             else:
                 metric = kind(name, doc, labels, registry=self.registry)
             setattr(self, attr, metric)
@@ -260,6 +274,14 @@ class Metrics:
             self.cache_requests.labels(result)
         for result in ("success", "error"):
             self.alias_reloads.labels(result)
+
+    def exposition(self) -> CollectorRegistry:
+        """What /metrics shows: this process's registry, or every worker's metrics summed."""
+        if self.multiprocess_dir is None:
+            return self.registry
+        summed = CollectorRegistry()
+        MultiProcessCollector(summed, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return summed
 
     def start_providers(self, configured: list[str]) -> None:
         """Configured providers start with a closed circuit and probe counters at 0."""

@@ -8,7 +8,7 @@ import difflib
 import logging
 import socket
 import tomllib
-from typing import Any
+from typing import Any, cast
 
 from hypercorn.config import Config, Sockets
 
@@ -19,9 +19,14 @@ CLIENT_SEND_TIMEOUT_MS = 30_000
 
 
 class _Config(Config):
+    reuse_port = False  # a worker under the supervisor: one SO_REUSEPORT socket of several
+
     def create_sockets(self) -> Sockets:
         try:
-            sockets = super().create_sockets()
+            if self.reuse_port:
+                sockets = Sockets([], [reuse_port_socket(self.bind[0])], [])
+            else:
+                sockets = super().create_sockets()
         except OSError as exc:  # e.g. the port is taken: one line, exit 2
             raise StartupError(
                 f"cannot listen on {', '.join(self.bind)}: {exc.strerror or exc}"
@@ -48,7 +53,6 @@ GATEWAY_OWNED = {
     "logconfig": _LOGGING,
     "logconfig_dict": _LOGGING,
     "logger_class": _LOGGING,
-    "workers": "one gateway process per instance: run more instances behind a load balancer",
     "max_requests": "nothing: it would stop the gateway after that many requests",
     "max_requests_jitter": "nothing: it would stop the gateway after that many requests",
 }
@@ -108,8 +112,39 @@ def _same_kind(default: object, value: object) -> bool:
     return isinstance(value, type(default))
 
 
+def toml_workers(path: str) -> int | None:
+    """`workers` in hypercorn.toml, if it says: a whole number from 1."""
+    workers = read_hypercorn_toml(path).get("workers")
+    if workers is None:
+        return None
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
+        raise StartupError(f"--config {path}: workers must be a whole number from 1 to 256")
+    return workers
+
+
+def reuse_port_socket(bind: str) -> socket.socket:
+    """A listening-ready TCP socket on `host:port` that other processes may bind too
+    (SO_REUSEPORT): the kernel spreads new connections over all of them."""
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, int(port)))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def hypercorn_config(settings: Settings, config_path: str | None = None) -> Config:
-    config = _Config.from_mapping(read_hypercorn_toml(config_path) if config_path else {})
+    mapping = read_hypercorn_toml(config_path) if config_path else {}
+    mapping.pop("workers", None)  # ours to run (supervisor.py), not hypercorn's
+    config = cast(_Config, _Config.from_mapping(mapping))
+    config.reuse_port = settings.worker is not None
     config.bind = [
         f"[{settings.host}]:{settings.port}"
         if ":" in settings.host

@@ -34,7 +34,7 @@ from mana_llm.providers.ollama import OllamaProvider
 from mana_llm.providers.openai_compat import OpenAICompatProvider
 from mana_llm.providers.protocol import Provider
 from mana_llm.providers.upstream import Upstream
-from mana_llm.routing.aliases import AliasFileError, AliasStore
+from mana_llm.routing.aliases import AliasFileError, AliasStore, run_alias_watch
 from mana_llm.routing.health import BreakerPolicy, CircuitState, ProviderHealthCache, Transition
 from mana_llm.routing.probe import run_probe_loop
 from mana_llm.server_config import hypercorn_config
@@ -120,7 +120,7 @@ async def _run(
     config = hypercorn_config(settings, config_path)
     # no `*_created` series: noise beside every counter and histogram
     disable_created_metrics()  # type: ignore[no-untyped-call]
-    metrics = Metrics(registry or CollectorRegistry())
+    metrics = Metrics(registry or CollectorRegistry(), settings.metrics_dir)
     aliases = load_aliases(settings)
     aliases.on_reload = partial(_aliases_reloaded, metrics, aliases)
     _aliases_reloaded(metrics, aliases, None)
@@ -148,6 +148,8 @@ async def _run(
                 await nursery.start(
                     run_signal_listener, stop, nursery.cancel_scope.cancel, aliases.reload
                 )
+            if settings.aliases_watch_interval_s:
+                await nursery.start(run_alias_watch, aliases, settings.aliases_watch_interval_s)
             nursery.start_soon(_drain_after, stop, lifecycle, settings.drain_delay_s, serving)
             # listening first: a taken port is the one line start-up says, before any probe
             binds: list[str] = await nursery.start(_serve, app, config, serving, nursery)

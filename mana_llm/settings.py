@@ -53,6 +53,10 @@ CLOUDS: tuple[tuple[str, str, str, str], ...] = (
 class Settings:
     host: str = "0.0.0.0"
     port: int = 3025
+    workers: int = 1  # processes serving the port (a supervisor starts them when more than 1)
+    worker: int | None = None  # this process's number under a supervisor (it binds SO_REUSEPORT)
+    metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR: metrics summed over the workers
+    aliases_watch_interval_s: float = 0.0  # 0: off; else reload aliases.yaml when it changes
     log_level: str = "INFO"
     log_format: str = "text"  # text | json
     providers: tuple[ProviderSettings, ...] = ()
@@ -182,8 +186,13 @@ def _providers(read: EnvReader, env: Mapping[str, str]) -> list[ProviderSettings
 
 
 def _server(read: EnvReader, env: Mapping[str, str]) -> dict[str, Any]:
-    """Where to listen, logging, callers (keys, CORS), the alias file."""
+    """Where to listen, logging, callers (keys, CORS), the alias file, the processes."""
+    worker = env.get("MANA_LLM_WORKER", "").strip()
     return {
+        "workers": read.workers("WORKERS"),
+        "worker": int(worker) if worker.isdigit() else None,
+        "metrics_dir": env.get("PROMETHEUS_MULTIPROC_DIR", "").strip() or None,
+        "aliases_watch_interval_s": read.seconds_or_off("ALIASES_WATCH_INTERVAL"),
         "host": env.get("HOST", "0.0.0.0").strip() or "0.0.0.0",
         "port": read.integer("PORT", 3025, low=0, high=65535),
         "log_level": read.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),

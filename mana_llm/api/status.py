@@ -84,4 +84,4 @@ def register_status(
     @app.get("/metrics")
     async def metrics_page() -> Response:
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encoder(metrics.registry), content_type=content_type)
+        return Response(encoder(metrics.exposition()), content_type=content_type)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import attrs
+import trio
 import yaml
 
 from mana_llm.domain import Target
@@ -108,8 +109,11 @@ def parse_alias_table(
         if not name.startswith(ALIAS_PREFIX) or len(name) == len(ALIAS_PREFIX):
             raise AliasFileError(f"{where}: alias {name!r} must be named {ALIAS_PREFIX}<class>")
         aliases[name] = _alias(name, value_node, providers, source)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return AliasTable(aliases, loaded_at, digest, source)
+    return AliasTable(aliases, loaded_at, content_hash(text), source)
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _alias(name: str, node: yaml.Node, providers: Collection[str], source: str) -> Alias:
@@ -253,3 +257,25 @@ class AliasStore:
             return False
         self.on_reload("success")
         return True
+
+
+async def run_alias_watch(
+    store: AliasStore,
+    interval_s: float,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """ALIASES_WATCH_INTERVAL: every interval, the file's content hash; when it changed, a
+    reload exactly as SIGHUP does (a bad file keeps the last good table and is reported once,
+    not every interval). For a mounted ConfigMap, which changes with nobody to send SIGHUP."""
+    task_status.started()
+    last = store.table.content_hash
+    while True:
+        await trio.sleep(interval_s)
+        try:
+            digest = content_hash(store.read_text(store.path))
+        except (OSError, UnicodeDecodeError):
+            digest = None  # gone or unreadable for now: reload says why, once
+        if digest != last:
+            last = digest
+            store.reload()

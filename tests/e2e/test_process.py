@@ -254,7 +254,7 @@ def test_a_port_in_use_is_one_line_and_exit_2() -> None:
         ('bind = ["0.0.0.0:80"]', "bind is set by the gateway; use HOST and PORT"),
         ("graceful_timeout = 5", "graceful_timeout is set by the gateway; use GRACEFUL_TIMEOUT"),
         ('accesslog = "-"', "accesslog is set by the gateway; use LOG_LEVEL and LOG_FORMAT"),
-        ("workers = 4", "workers is set by the gateway; use one gateway process per instance"),
+        ("workers = 0", "workers must be a whole number from 1 to 256"),
         ("use_reloader = true", "use_reloader is read only by the hypercorn command line"),
         ('keep_alive_timeout = "long"', "keep_alive_timeout must be a number, not 'long'"),
     ],

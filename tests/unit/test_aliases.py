@@ -3,9 +3,17 @@ from __future__ import annotations
 import pathlib
 
 import pytest
+import trio
+import trio.testing
 
 from mana_llm.domain import Target
-from mana_llm.routing.aliases import AliasFileError, AliasStore, AliasTable, parse_alias_table
+from mana_llm.routing.aliases import (
+    AliasFileError,
+    AliasStore,
+    AliasTable,
+    parse_alias_table,
+    run_alias_watch,
+)
 
 PROVIDERS = ("ollama", "groq", "openrouter", "together")
 
@@ -134,3 +142,34 @@ def test_the_store_keeps_the_last_good_table_and_counts() -> None:
     assert store.table is good
     assert store.last_error is not None and "nowhere" in store.last_error
     assert results == ["success", "error"]
+
+
+async def test_the_file_watch_reloads_on_a_change_and_reports_a_bad_file_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    files = {"a.yaml": "aliases:\n  mana/a:\n    chain: [ollama/x]\n"}
+    results: list[str] = []
+
+    def read(path: str) -> str:
+        if path not in files:
+            raise FileNotFoundError(path)
+        return files[path]
+
+    store = AliasStore("a.yaml", ["ollama"], lambda: 0.0, read)
+    store.on_reload = results.append
+    store.load()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_alias_watch, store, 5.0)
+        await trio.sleep(12)  # two looks, no change: no reload
+        assert results == []
+        files["a.yaml"] = "aliases:\n  mana/b:\n    chain: [ollama/y]\n"
+        await trio.sleep(5)  # the look at 15 s sees it
+        assert list(store.table.aliases) == ["mana/b"] and results == ["success"]
+        files["a.yaml"] = "aliases:\n  mana/c:\n    chain: [nowhere/y]\n"
+        await trio.sleep(20)  # four looks at a bad file: one reload, reported once
+        assert list(store.table.aliases) == ["mana/b"] and results == ["success", "error"]
+        assert store.last_error is not None and "nowhere" in store.last_error
+        del files["a.yaml"]
+        await trio.sleep(5)  # gone: reported once too, the table kept
+        assert results == ["success", "error", "error"]
+        nursery.cancel_scope.cancel()

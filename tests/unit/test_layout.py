@@ -53,6 +53,7 @@ ALLOWED: dict[str, set[str]] = {
     "mana_llm.api": LEAVES | {"mana_llm.gateway", "mana_llm.metrics", "mana_llm.api"},
     "mana_llm.signals": set(),
     "mana_llm.server_config": LEAVES,
+    "mana_llm.supervisor": LEAVES | {"mana_llm.server_config"},
 }
 # third-party packages and the only layers that may import them
 THIRD_PARTY = {
@@ -64,7 +65,12 @@ THIRD_PARTY = {
     "yaml": ("mana_llm.routing.aliases", "mana_llm.settings"),
     "coredis": ("mana_llm.cache.redis",),
     "orjson": ("mana_llm.codec",),
-    "prometheus_client": ("mana_llm.metrics", "mana_llm.api", "mana_llm.service"),
+    "prometheus_client": (
+        "mana_llm.metrics",
+        "mana_llm.api",
+        "mana_llm.service",
+        "mana_llm.supervisor",
+    ),
 }
 
 
