@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from functools import partial
 
 import attrs
 import trio
+from dotenv import dotenv_values
 
 from mana_llm import logs, service, supervisor
 from mana_llm.server_config import toml_workers
 from mana_llm.settings import Settings, SettingsError, StartupError
+
+log = logging.getLogger("mana_llm")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -29,15 +33,33 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--workers", help="processes serving the port: a number or auto (default: $WORKERS or 1)"
     )
+    parser.add_argument(
+        "--env-file",
+        metavar="PATH",
+        help="settings file read before the environment, which wins (default: ./.env if present)",
+    )
     return parser.parse_args(argv)
 
 
-def workers(args: argparse.Namespace, settings: Settings) -> int:
+def environment(env_file: str | None) -> tuple[dict[str, str], str | None]:
+    """The process environment over the env file's values, and the file read, if any."""
+    env = dict(os.environ)
+    path = env_file or ".env"
+    if env_file is None and not os.path.isfile(path):
+        return env, None
+    if not os.path.isfile(path):
+        raise SettingsError(f"--env-file {path!r} does not exist")
+    for key, value in dotenv_values(path).items():
+        if value is not None:
+            env.setdefault(key, value)  # variables already in the environment win
+    return env, path
+
+
+def workers(args: argparse.Namespace, env: dict[str, str], settings: Settings) -> int:
     """--workers, else WORKERS, else `workers` in hypercorn.toml, else 1."""
     if args.workers:
-        env = {"WORKERS": args.workers}
-        return Settings.from_env(env).workers
-    if "WORKERS" not in os.environ and args.config:
+        return Settings.from_env({"WORKERS": args.workers}).workers
+    if "WORKERS" not in env and args.config:
         return toml_workers(args.config) or 1
     return settings.workers
 
@@ -45,7 +67,8 @@ def workers(args: argparse.Namespace, settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        settings = Settings.from_env(os.environ)
+        env, env_file = environment(args.env_file)
+        settings = Settings.from_env(env)
     except SettingsError as error:
         print(f"mana-llm: {error}", file=sys.stderr)
         return 2
@@ -60,10 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mana-llm: --config {args.config!r} does not exist", file=sys.stderr)
         return 2
     try:
-        settings = attrs.evolve(settings, workers=workers(args, settings))
+        settings = attrs.evolve(settings, workers=workers(args, env, settings))
         logs.configure(settings.log_level, settings.log_format, settings.worker)
+        if env_file is not None and settings.worker is None:
+            log.info("settings from %s (the environment wins over it)", env_file)
         if settings.workers > 1 and settings.worker is None:
             passed = ["--config", args.config] if args.config else []
+            passed += ["--env-file", env_file] if env_file else []
             trio.run(supervisor.run, settings, passed)
         else:
             trio.run(partial(service.run, settings, config_path=args.config))

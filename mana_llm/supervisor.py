@@ -119,6 +119,7 @@ async def run(settings: Settings, argv: Sequence[str]) -> None:
         raise StartupError(f"cannot listen on {_bind(settings)}: {exc.strerror or exc}") from None
     own_dir = settings.metrics_dir is None
     metrics_dir = settings.metrics_dir or tempfile.mkdtemp(prefix="mana-llm-metrics-")
+    os.makedirs(metrics_dir, exist_ok=True)
     _wipe(metrics_dir)
     try:
         supervisor = Supervisor(settings, argv, metrics_dir, reserved.getsockname()[1])

@@ -348,3 +348,30 @@ async def test_debug_logging_never_prints_upstream_headers(nursery: trio.Nursery
     text = gw.log.decode()
     assert UPSTREAM_KEY not in text and "authorization" not in text.lower()
     assert " httpcore" not in text and " httpx" not in text  # LOG_LEVEL=DEBUG is not theirs
+
+
+async def test_an_env_file_is_read_and_the_environment_wins(
+    nursery: trio.Nursery, tmp_path: pathlib.Path
+) -> None:
+    ollama: FakeServer = await nursery.start(FakeServer(FakeOllama()).serve)
+    cloud: FakeServer = await nursery.start(FakeServer(FakeOpenAI()).serve)
+    env_file = tmp_path / "gateway.env"
+    env_file.write_text(
+        "# the quick start's file\nLOG_FORMAT=json\nCORS_ORIGINS=https://from-the-file.example\n"
+    )
+    env = stack_env(ollama, cloud, CORS_ORIGINS="https://from-the-env.example")
+    with trio.fail_after(20):
+        async with gateway_process(env, "--env-file", str(env_file)) as gw:
+            async with httpx.AsyncClient(base_url=gw.base_url, timeout=10) as client:
+                origin = {"origin": "https://from-the-env.example"}
+                allowed = await client.get("/v1/models", headers=origin)
+            gw.proc.send_signal(signal.SIGTERM)
+            assert await gw.proc.wait() == 0
+    first = json.loads(gw.log.decode().splitlines()[0])  # JSON: the file's LOG_FORMAT
+    assert first["message"] == f"settings from {env_file} (the environment wins over it)"
+    assert allowed.headers["access-control-allow-origin"] == "https://from-the-env.example"
+
+
+def test_a_missing_env_file_is_one_line_and_exit_2(tmp_path: pathlib.Path) -> None:
+    line = one_line_exit_2("--env-file", str(tmp_path / "nope.env"))
+    assert line == f"mana-llm: --env-file '{tmp_path / 'nope.env'}' does not exist"

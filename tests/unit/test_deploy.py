@@ -53,3 +53,94 @@ def test_the_check_sees_a_wrong_name() -> None:
     assert used_names("rate(mana_llm_requests_total[5m])") - exported_names() == {
         "mana_llm_requests_total"
     }
+
+
+# --- Kubernetes, Compose, .env.example: offline checks ---------------------------------
+
+INTERNAL = {"MANA_LLM_WORKER"}  # set by the supervisor for its workers, not by operators
+
+
+def gateway_variables() -> set[str]:
+    """Every variable the gateway reads: the quoted names in the settings reader."""
+    source = (ROOT / "mana_llm/settings.py").read_text()
+    levels = {"DEBUG", "INFO", "WARNING", "ERROR", "TEXT", "JSON"}
+    return set(re.findall(r'"([A-Z][A-Z0-9_]{2,})"', source)) - levels - INTERNAL
+
+
+def readme_variables() -> set[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Configuration") : text.index("## Development")]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    return {name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row)}
+
+
+def env_example_variables() -> set[str]:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    return {m.group(1) for line in lines if (m := re.match(r"#? ?([A-Z][A-Z0-9_]+)=", line))}
+
+
+def manifests() -> list[pathlib.Path]:
+    return sorted(p for p in (ROOT / "deploy/kubernetes").rglob("*.yaml"))
+
+
+def test_the_readme_env_example_and_the_gateway_agree_on_every_variable() -> None:
+    assert readme_variables() == gateway_variables()
+    assert env_example_variables() == gateway_variables()
+
+
+def test_every_kubernetes_manifest_validates_strictly() -> None:
+    import kubernetes_validate
+
+    for path in manifests():
+        for document in yaml.safe_load_all(path.read_text()):
+            if document["kind"] == "Kustomization":
+                listed = {*document.get("resources", ())}
+                assert listed <= {p.name for p in path.parent.iterdir()} | {"redis"}
+                continue
+            kubernetes_validate.validate(document, "1.31", strict=True)
+
+
+def test_the_deployment_sets_only_variables_the_gateway_reads_and_drains_in_time() -> None:
+    deployment = yaml.safe_load((ROOT / "deploy/kubernetes/deployment.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {item["name"]: item for item in container["env"]}
+    assert set(env) <= gateway_variables()
+    drain = int(env["DRAIN_DELAY"]["value"]) + int(env["GRACEFUL_TIMEOUT"]["value"])
+    assert pod["terminationGracePeriodSeconds"] > drain
+    assert env["WORKERS"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    keys = [
+        v["valueFrom"]["secretKeyRef"]
+        for v in env.values()
+        if "secretKeyRef" in v.get("valueFrom", {})
+    ]
+    assert {k["key"] for k in keys} >= {"GROQ_API_KEY", "OPENROUTER_API_KEY", "TOGETHER_API_KEY"}
+    assert "ALIASES_WATCH_INTERVAL" in env
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+
+
+def test_the_compose_files_point_at_the_real_image_port_and_variables() -> None:
+    full = yaml.safe_load((ROOT / "deploy/compose/docker-compose.yml").read_text())
+    gateway = full["services"]["mana-llm"]
+    assert gateway["ports"] == ["3025:3025"]
+    assert set(gateway["environment"]) <= gateway_variables()
+    assert (ROOT / "deploy/compose" / gateway["build"]["context"] / "Dockerfile").is_file()
+    assert {"redis", "prometheus", "grafana"} <= set(full["services"])
+    for service in ("prometheus", "grafana"):
+        for volume in full["services"][service]["volumes"]:
+            assert (ROOT / "deploy/compose" / volume.split(":")[0]).is_file(), volume
+    scrape = yaml.safe_load((ROOT / "deploy/compose/prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == ["mana-llm:3025"]
+    dev = yaml.safe_load((ROOT / "deploy/compose/docker-compose.dev.yml").read_text())
+    assert list(dev["services"]) == ["redis"]
+
+
+def test_the_dockerfile_stops_gracefully_and_checks_liveness() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert "STOPSIGNAL SIGTERM" in text and "/livez" in text
+    assert text.index("pip install -r") < text.index("COPY mana_llm")  # dependencies cached apart
