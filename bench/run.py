@@ -4,6 +4,7 @@ gateway's CPU time per request and per streamed chunk, and its peak memory, for 
 and streaming chat at concurrency 1 and 32. Everything runs on 127.0.0.1 and stops by itself.
 
     python bench/run.py [--seconds 4] [--tokens 20] [--delay-ms 5] [--conc 1,32]
+    python bench/run.py --workers [--seconds 4] [--conc 1,32]   # WORKERS=1 against WORKERS=2
 
 CPU per streamed chunk = (CPU per stream - CPU per non-streaming request) / chunks per stream.
 Figures are for comparison within one run; the machine is shared and noisy.
@@ -159,6 +160,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--delay-ms", type=float, default=5.0)
     parser.add_argument("--conc", default="1,32")
+    parser.add_argument(
+        "--workers",
+        action="store_true",
+        help="instead: the same load against WORKERS=1 and WORKERS=2, one after the other",
+    )
     args = parser.parse_args()
     up_port, gw_port = free_ports(2)
     print(f"fake upstream :{up_port}, gateway :{gw_port}")
@@ -187,6 +193,14 @@ def main() -> None:
         "GROQ_BASE_URL": f"http://127.0.0.1:{up_port}/v1",
         "OLLAMA_URL": f"http://127.0.0.1:{up_port}",
     }
+    if args.workers:
+        try:
+            asyncio.run(wait_port(up_port))
+            compare_workers(args, env, gw_port)
+        finally:
+            upstream.terminate()
+            upstream.wait(10)
+        return
     gateway = subprocess.Popen([sys.executable, "-m", "mana_llm"], cwd=ROOT, env=env)
     try:
         asyncio.run(wait_port(up_port))
@@ -198,6 +212,64 @@ def main() -> None:
         for proc in (gateway, upstream):
             proc.terminate()
             proc.wait(10)
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its children (a supervisor and its workers)."""
+    total = cpu_s(pid)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    total += cpu_s(int(entry))
+            except OSError:
+                continue
+    return total
+
+
+def compare_workers(args: argparse.Namespace, env: dict[str, str], port: int) -> None:
+    """The same closed loops against WORKERS=1, then WORKERS=2: requests per second, p50, and
+    the share of CPU the load generator itself took (it runs on the same cores)."""
+    messages = [{"role": "user", "content": "hi"}]
+    loads = {
+        "non-stream": json.dumps({"model": "groq/bench", "messages": messages}).encode(),
+        "stream": json.dumps(
+            {"model": "groq/bench", "messages": messages, "stream": True}
+        ).encode(),
+    }
+    results: dict[tuple[str, int, int], dict[str, Any]] = {}
+    for workers in (1, 2):
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "mana_llm"], cwd=ROOT, env={**env, "WORKERS": str(workers)}
+        )
+        try:
+            asyncio.run(wait_port(port))
+            time.sleep(1.0)  # every worker listening
+            for name, body in loads.items():
+                for conc in (int(c) for c in args.conc.split(",")):
+                    asyncio.run(closed_loop(port, body, conc, 0.5))  # warm-up
+                    ours, gw = os.times(), tree_cpu_s(gateway.pid)
+                    result = asyncio.run(closed_loop(port, body, conc, args.seconds))
+                    after = os.times()
+                    load = (after.user + after.system) - (ours.user + ours.system)
+                    result["load_share"] = load / max(1e-9, load + tree_cpu_s(gateway.pid) - gw)
+                    results[(name, conc, workers)] = result
+        finally:
+            gateway.terminate()
+            gateway.wait(30)
+    head = f"{'rps 1w':>8} {'rps 2w':>8} {'x':>6} {'p50 1w/2w ms':>16} {'load gen cpu':>13}"
+    print(f"{'workload':<18} {head}")
+    for (name, conc, workers), two in results.items():
+        if workers != 2:
+            continue
+        one = results[(name, conc, 1)]
+        p50 = f"{pct(one['lat'], 0.5):7.2f}/{pct(two['lat'], 0.5):<8.2f}"
+        ratio = two["rps"] / max(1e-9, one["rps"])
+        share = f"{one['load_share']:.0%}/{two['load_share']:.0%}"
+        rps = f"{one['rps']:8.0f} {two['rps']:8.0f} {ratio:6.2f}"
+        print(f"{name + f' c={conc}':<18} {rps} {p50} {share:>13}")
 
 
 # Resilience rows: the same stream through a live alias, a buffered one (generated whole,
