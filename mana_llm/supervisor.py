@@ -27,7 +27,8 @@ import attrs
 import trio
 from prometheus_client import multiprocess
 
-from mana_llm.server_config import reuse_port_socket
+from mana_llm.server_config import hypercorn_config, reuse_port_socket
+from mana_llm.service import load_aliases
 from mana_llm.settings import Settings, StartupError
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,12 @@ class Supervisor:
                     self.signal_all(signal.SIGTERM)
 
 
-async def run(settings: Settings, argv: Sequence[str]) -> None:
-    """Supervise settings.workers workers until they have all drained after a signal."""
+async def run(settings: Settings, argv: Sequence[str], config_path: str | None = None) -> None:
+    """Supervise settings.workers workers until they have all drained after a signal. What
+    would stop every worker from starting (the alias file, hypercorn.toml, the port) stops the
+    supervisor first, with one line."""
+    load_aliases(settings)
+    hypercorn_config(settings, config_path)
     try:
         reserved = reuse_port_socket(_bind(settings))
     except OSError as exc:

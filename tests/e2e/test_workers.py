@@ -191,3 +191,10 @@ def test_a_taken_port_with_workers_is_one_line_and_exit_2() -> None:
         port = taken.getsockname()[1]
         line = one_line_exit_2(PORT=str(port), WORKERS="2")
     assert line == f"mana-llm: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+def test_a_bad_alias_file_with_workers_is_one_line_and_exit_2(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "aliases.yaml"
+    path.write_text("aliases:\n  fast:\n    chain: [ollama/x]\n")
+    line = one_line_exit_2(PORT="0", WORKERS="2", ALIASES_PATH=str(path))
+    assert line == f"mana-llm: aliases: {path}:2: alias 'fast' must be named mana/<class>"

@@ -53,7 +53,8 @@ ALLOWED: dict[str, set[str]] = {
     "mana_llm.api": LEAVES | {"mana_llm.gateway", "mana_llm.metrics", "mana_llm.api"},
     "mana_llm.signals": set(),
     "mana_llm.server_config": LEAVES,
-    "mana_llm.supervisor": LEAVES | {"mana_llm.server_config"},
+    # the other composition root: it checks what service.run would refuse before any worker
+    "mana_llm.supervisor": LEAVES | {"mana_llm.server_config", "mana_llm.service"},
 }
 # third-party packages and the only layers that may import them
 THIRD_PARTY = {
