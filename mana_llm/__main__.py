@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         if settings.workers > 1 and settings.worker is None:
             passed = ["--config", args.config] if args.config else []
             passed += ["--env-file", env_file] if env_file else []
-            trio.run(supervisor.run, settings, passed, args.config)
+            trio.run(supervisor.run, settings, passed, env, args.config)
         else:
             trio.run(partial(service.run, settings, config_path=args.config))
     except (StartupError, SettingsError) as error:

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import attrs
 import trio
@@ -49,6 +49,7 @@ class Worker:
 class Supervisor:
     settings: Settings
     argv: Sequence[str]  # passed on to every worker (--config)
+    env: Mapping[str, str]  # the supervisor's environment, which every worker inherits
     metrics_dir: str
     port: int
     workers: list[Worker] = attrs.field(factory=list)
@@ -57,7 +58,7 @@ class Supervisor:
 
     def worker_env(self, worker: Worker) -> dict[str, str]:
         return {
-            **os.environ,
+            **self.env,
             "WORKERS": "1",
             "MANA_LLM_WORKER": str(worker.number),
             "HOST": self.settings.host,
@@ -112,7 +113,12 @@ class Supervisor:
                     self.signal_all(signal.SIGTERM)
 
 
-async def run(settings: Settings, argv: Sequence[str], config_path: str | None = None) -> None:
+async def run(
+    settings: Settings,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    config_path: str | None = None,
+) -> None:
     """Supervise settings.workers workers until they have all drained after a signal. What
     would stop every worker from starting (the alias file, hypercorn.toml, the port) stops the
     supervisor first, with one line."""
@@ -127,7 +133,8 @@ async def run(settings: Settings, argv: Sequence[str], config_path: str | None =
     os.makedirs(metrics_dir, exist_ok=True)
     _wipe(metrics_dir)
     try:
-        supervisor = Supervisor(settings, argv, metrics_dir, reserved.getsockname()[1])
+        port = reserved.getsockname()[1]
+        supervisor = Supervisor(settings, argv, env, metrics_dir, port)
         supervisor.workers = [Worker(n) for n in range(1, settings.workers + 1)]
         log.info(
             "mana-llm supervisor: %d workers on %s:%d",

@@ -112,15 +112,16 @@ class Walker:
     def _partner(self, targets: Sequence[Target], start: int) -> Target | None:
         """The next entry a hedge could start: configured, its circuit not open."""
         now = self.clock()
-        for target in targets[start:]:
-            provider = self.providers.get(target.provider)
-            if (
-                provider is not None
-                and provider.configured
-                and self.health.state(target.provider, now) is not CircuitState.OPEN
-            ):
-                return target
-        return None
+        return next((t for t in targets[start:] if self._eligible(t, now)), None)
+
+    def _eligible(self, target: Target, now: float) -> bool:
+        """Configured and its circuit not open (a half-open trial is not taken here)."""
+        provider = self.providers.get(target.provider)
+        return (
+            provider is not None
+            and provider.configured
+            and self.health.state(target.provider, now) is not CircuitState.OPEN
+        )
 
     async def _race(
         self,
@@ -242,15 +243,7 @@ class Walker:
         """The entry a walk starting now would try first (its provider configured, its circuit
         not open), without taking a half-open circuit's trial; the first of all when none is."""
         now = self.clock()
-        for target in targets:
-            provider = self.providers.get(target.provider)
-            if (
-                provider is not None
-                and provider.configured
-                and self.health.state(target.provider, now) is not CircuitState.OPEN
-            ):
-                return target
-        return targets[0]
+        return next((t for t in targets if self._eligible(t, now)), targets[0])
 
     def _skip_reason(self, provider: Provider) -> GatewayError | None:
         if not provider.configured:

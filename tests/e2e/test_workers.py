@@ -15,7 +15,7 @@ import httpx
 import trio
 
 from tests.e2e.stack import stack_env
-from tests.e2e.test_process import gateway_process, one_line_exit_2
+from tests.e2e.test_process import Gateway, gateway_process, one_line_exit_2
 from tests.fakes.server import FakeServer, WaitFor
 from tests.fakes.upstreams import FakeOllama, FakeOpenAI, ollama_line, ollama_stream
 
@@ -34,6 +34,13 @@ async def fresh(base_url: str, method: str, path: str, **kwargs: Any) -> httpx.R
     """One request on a connection of its own: the kernel picks the worker anew."""
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
         return await client.request(method, path, headers={"connection": "close"}, **kwargs)
+
+
+async def every_worker_logs(gw: Gateway, what: bytes, start: int = 0) -> None:
+    """Until both workers logged a JSON line containing `what` (after offset `start`)."""
+    for worker in (1, 2):
+        tag = b'"worker": %d' % worker
+        await gw.wait_log(tag + rb"[^\n]*" + what + b"|" + what + rb"[^\n]*" + tag, start)
 
 
 def json_lines(log: bytearray) -> list[dict[str, Any]]:
@@ -70,8 +77,7 @@ async def test_two_workers_serve_one_port_and_every_scrape_counts_exactly(
     )
     with trio.fail_after(40):
         async with gateway_process(env) as gw:
-            await gw.wait_log(rb'"worker": 2[^\n]*listening on|listening on[^\n]*"worker": 2')
-            await gw.wait_log(rb'"worker": 1[^\n]*listening on|listening on[^\n]*"worker": 1')
+            await every_worker_logs(gw, b"listening on")
             for _ in range(40):
                 assert (
                     await fresh(gw.base_url, "POST", "/v1/chat/completions", json=CHAT)
@@ -81,12 +87,7 @@ async def test_two_workers_serve_one_port_and_every_scrape_counts_exactly(
             mark = len(gw.log)
             path.write_text(ALIASES_B)  # the watch would see it too: SIGHUP first
             gw.proc.send_signal(signal.SIGHUP)
-            for worker in (1, 2):
-                pattern = (
-                    rb'aliases loaded from[^\n]*"worker": %d|"worker": %d[^\n]*aliases loaded from'
-                    % (worker, worker)
-                )
-                await gw.wait_log(pattern, mark)
+            await every_worker_logs(gw, b"aliases loaded from", mark)
             aliases = [
                 (await fresh(gw.base_url, "GET", "/v1/aliases")).json()["data"][0]["name"]
                 for _ in range(6)
@@ -117,19 +118,10 @@ async def test_the_file_watch_reaches_every_worker(
     )
     with trio.fail_after(40):
         async with gateway_process(env) as gw:
-            for worker in (1, 2):
-                await gw.wait_log(
-                    rb'"worker": %d[^\n]*listening on|listening on[^\n]*"worker": %d'
-                    % (worker, worker)
-                )
+            await every_worker_logs(gw, b"listening on")
             mark = len(gw.log)
             path.write_text(ALIASES_B)  # as a ConfigMap changes: nobody sends SIGHUP
-            for worker in (1, 2):
-                pattern = (
-                    rb'aliases loaded from[^\n]*"worker": %d|"worker": %d[^\n]*aliases loaded from'
-                    % (worker, worker)
-                )
-                await gw.wait_log(pattern, mark)
+            await every_worker_logs(gw, b"aliases loaded from", mark)
             gw.proc.send_signal(signal.SIGTERM)
             assert await gw.proc.wait() == 0
 
@@ -145,11 +137,7 @@ async def test_a_killed_worker_is_replaced_and_sigterm_drains_every_worker(
     stream: Any = {**CHAT, "stream": True}
     with trio.fail_after(40):
         async with gateway_process(env) as gw:
-            for worker in (1, 2):
-                await gw.wait_log(
-                    rb'"worker": %d[^\n]*listening on|listening on[^\n]*"worker": %d'
-                    % (worker, worker)
-                )
+            await every_worker_logs(gw, b"listening on")
             workers = children(gw.proc.pid)
             assert len(workers) == 2
             mark = len(gw.log)
@@ -173,12 +161,7 @@ async def test_a_killed_worker_is_replaced_and_sigterm_drains_every_worker(
                     await ollama.wait_requests(len(ollama.requests) + 1)
                 mark = len(gw.log)
                 gw.proc.send_signal(signal.SIGTERM)
-                for worker in (1, 2):
-                    await gw.wait_log(
-                        rb'"worker": %d[^\n]*SIGTERM: draining|SIGTERM: draining[^\n]*"worker": %d'
-                        % (worker, worker),
-                        mark,
-                    )
+                await every_worker_logs(gw, b"SIGTERM: draining", mark)
                 release.set()
             assert await gw.proc.wait() == 0
     assert len(bodies) == 4 and all(b.endswith("data: [DONE]\n\n") for b in bodies)
