@@ -18,6 +18,7 @@ import json
 import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -160,6 +161,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--delay-ms", type=float, default=5.0)
     parser.add_argument("--conc", default="1,32")
+    parser.add_argument("--reps", type=int, default=3, help="with --workers: interleaved reps")
     parser.add_argument(
         "--workers",
         action="store_true",
@@ -230,8 +232,10 @@ def tree_cpu_s(pid: int) -> float:
 
 
 def compare_workers(args: argparse.Namespace, env: dict[str, str], port: int) -> None:
-    """The same closed loops against WORKERS=1, then WORKERS=2: requests per second, p50, and
-    the share of CPU the load generator itself took (it runs on the same cores)."""
+    """The same closed loops against WORKERS=1 and WORKERS=2, both running (on two ports) and
+    measured in turn, `--reps` times each, so both see the same noisy machine: requests per
+    second (median of the reps), their ratio, p50 latency, and the share of CPU the load
+    generator itself took (it runs on the same cores)."""
     messages = [{"role": "user", "content": "hi"}]
     loads = {
         "non-stream": json.dumps({"model": "groq/bench", "messages": messages}).encode(),
@@ -239,37 +243,56 @@ def compare_workers(args: argparse.Namespace, env: dict[str, str], port: int) ->
             {"model": "groq/bench", "messages": messages, "stream": True}
         ).encode(),
     }
-    results: dict[tuple[str, int, int], dict[str, Any]] = {}
-    for workers in (1, 2):
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "mana_llm"], cwd=ROOT, env={**env, "WORKERS": str(workers)}
+    ports = {1: port, 2: free_ports(1)[0]}
+    gateways = {
+        workers: subprocess.Popen(
+            [sys.executable, "-m", "mana_llm"],
+            cwd=ROOT,
+            env={**env, "WORKERS": str(workers), "PORT": str(ports[workers])},
         )
-        try:
-            asyncio.run(wait_port(port))
-            time.sleep(1.0)  # every worker listening
+        for workers in (1, 2)
+    }
+    results: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+    try:
+        for p in ports.values():
+            asyncio.run(wait_port(p))
+        time.sleep(1.5)  # every worker listening
+        for _ in range(args.reps):
             for name, body in loads.items():
                 for conc in (int(c) for c in args.conc.split(",")):
-                    asyncio.run(closed_loop(port, body, conc, 0.5))  # warm-up
-                    ours, gw = os.times(), tree_cpu_s(gateway.pid)
-                    result = asyncio.run(closed_loop(port, body, conc, args.seconds))
-                    after = os.times()
-                    load = (after.user + after.system) - (ours.user + ours.system)
-                    result["load_share"] = load / max(1e-9, load + tree_cpu_s(gateway.pid) - gw)
-                    results[(name, conc, workers)] = result
-        finally:
+                    for workers, gateway in gateways.items():
+                        result = measure_loop(ports[workers], gateway.pid, body, conc, args.seconds)
+                        results.setdefault((name, conc, workers), []).append(result)
+    finally:
+        for gateway in gateways.values():
             gateway.terminate()
             gateway.wait(30)
     head = f"{'rps 1w':>8} {'rps 2w':>8} {'x':>6} {'p50 1w/2w ms':>16} {'load gen cpu':>13}"
-    print(f"{'workload':<18} {head}")
-    for (name, conc, workers), two in results.items():
+    print(f"{'workload':<18} {head}   (median of {args.reps} interleaved reps)")
+    for (name, conc, workers), twos in results.items():
         if workers != 2:
             continue
-        one = results[(name, conc, 1)]
+        ones = results[(name, conc, 1)]
+        one, two = median_run(ones), median_run(twos)
+        ratio = statistics.median(b["rps"] / a["rps"] for a, b in zip(ones, twos, strict=True))
         p50 = f"{pct(one['lat'], 0.5):7.2f}/{pct(two['lat'], 0.5):<8.2f}"
-        ratio = two["rps"] / max(1e-9, one["rps"])
         share = f"{one['load_share']:.0%}/{two['load_share']:.0%}"
         rps = f"{one['rps']:8.0f} {two['rps']:8.0f} {ratio:6.2f}"
         print(f"{name + f' c={conc}':<18} {rps} {p50} {share:>13}")
+
+
+def measure_loop(port: int, pid: int, body: bytes, conc: int, seconds: float) -> dict[str, Any]:
+    asyncio.run(closed_loop(port, body, conc, 0.5))  # warm-up
+    ours, gateway = os.times(), tree_cpu_s(pid)
+    result = asyncio.run(closed_loop(port, body, conc, seconds))
+    after = os.times()
+    load = (after.user + after.system) - (ours.user + ours.system)
+    result["load_share"] = load / max(1e-9, load + tree_cpu_s(pid) - gateway)
+    return result
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
 
 
 # Resilience rows: the same stream through a live alias, a buffered one (generated whole,
