@@ -198,7 +198,7 @@ def main() -> None:
     if args.workers:
         try:
             asyncio.run(wait_port(up_port))
-            compare_workers(args, env, gw_port)
+            compare_workers(args, env, gw_port, upstream.pid)
         finally:
             upstream.terminate()
             upstream.wait(10)
@@ -231,7 +231,7 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
-def compare_workers(args: argparse.Namespace, env: dict[str, str], port: int) -> None:
+def compare_workers(args: argparse.Namespace, env: dict[str, str], port: int, up_pid: int) -> None:
     """The same closed loops against WORKERS=1 and WORKERS=2, both running (on two ports) and
     measured in turn, `--reps` times each, so both see the same noisy machine: requests per
     second (median of the reps), their ratio, p50 latency, and the share of CPU the load
@@ -261,13 +261,16 @@ def compare_workers(args: argparse.Namespace, env: dict[str, str], port: int) ->
             for name, body in loads.items():
                 for conc in (int(c) for c in args.conc.split(",")):
                     for workers, gateway in gateways.items():
-                        result = measure_loop(ports[workers], gateway.pid, body, conc, args.seconds)
+                        result = measure_loop(
+                            ports[workers], gateway.pid, up_pid, body, conc, args.seconds
+                        )
                         results.setdefault((name, conc, workers), []).append(result)
     finally:
         for gateway in gateways.values():
             gateway.terminate()
             gateway.wait(30)
-    head = f"{'rps 1w':>8} {'rps 2w':>8} {'x':>6} {'p50 1w/2w ms':>16} {'load gen cpu':>13}"
+    head = f"{'rps 1w':>8} {'rps 2w':>8} {'x':>6} {'p50 1w/2w ms':>16}"
+    head += "  cores gw/load/upstream 1w | 2w"
     print(f"{'workload':<18} {head}   (median of {args.reps} interleaved reps)")
     for (name, conc, workers), twos in results.items():
         if workers != 2:
@@ -276,18 +279,28 @@ def compare_workers(args: argparse.Namespace, env: dict[str, str], port: int) ->
         one, two = median_run(ones), median_run(twos)
         ratio = statistics.median(b["rps"] / a["rps"] for a, b in zip(ones, twos, strict=True))
         p50 = f"{pct(one['lat'], 0.5):7.2f}/{pct(two['lat'], 0.5):<8.2f}"
-        share = f"{one['load_share']:.0%}/{two['load_share']:.0%}"
+        cores = " | ".join("/".join(f"{c:.2f}" for c in run["cores"]) for run in (one, two))
         rps = f"{one['rps']:8.0f} {two['rps']:8.0f} {ratio:6.2f}"
-        print(f"{name + f' c={conc}':<18} {rps} {p50} {share:>13}")
+        print(f"{name + f' c={conc}':<18} {rps} {p50}  {cores}")
 
 
-def measure_loop(port: int, pid: int, body: bytes, conc: int, seconds: float) -> dict[str, Any]:
+def measure_loop(
+    port: int, pid: int, up_pid: int, body: bytes, conc: int, seconds: float
+) -> dict[str, Any]:
+    """One closed loop, and where the machine's CPU went meanwhile: the gateway (all its
+    processes), the load generator (this process), the fake upstream, in cores."""
     asyncio.run(closed_loop(port, body, conc, 0.5))  # warm-up
-    ours, gateway = os.times(), tree_cpu_s(pid)
+    ours, gateway, upstream = os.times(), tree_cpu_s(pid), cpu_s(up_pid)
+    started = time.perf_counter()
     result = asyncio.run(closed_loop(port, body, conc, seconds))
+    elapsed = time.perf_counter() - started
     after = os.times()
     load = (after.user + after.system) - (ours.user + ours.system)
-    result["load_share"] = load / max(1e-9, load + tree_cpu_s(pid) - gateway)
+    result["cores"] = (
+        (tree_cpu_s(pid) - gateway) / elapsed,
+        load / elapsed,
+        (cpu_s(up_pid) - upstream) / elapsed,
+    )
     return result
 
 

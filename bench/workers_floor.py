@@ -55,11 +55,13 @@ async def main():
         headers = {"content-type": "application/json"}
         request = httpx.Request("POST", UP, content=body, headers=headers)
         response = await transport.handle_async_request(request)
-        data = await response.aread()
-        await response.aclose()
+        kind = response.headers.get("content-type", "application/json").encode()
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": data})
+                    "headers": [(b"content-type", kind)]})
+        async for part in response.aiter_raw():  # relayed as it comes: SSE chunk by chunk
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await response.aclose()
+        await send({"type": "http.response.body", "body": b""})
 
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -76,8 +78,11 @@ trio.run(main)
 """
 
 
-def measure(processes: int, port: int, up_port: int, conc: int, seconds: float) -> dict[str, Any]:
-    body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "hi"}]}).encode()
+def measure(
+    processes: int, port: int, up_port: int, conc: int, seconds: float, stream: bool
+) -> dict[str, Any]:
+    message = {"model": "bench", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    body = json.dumps(message).encode()
     procs = [
         subprocess.Popen([sys.executable, "-c", RELAY, str(port), str(up_port)])
         for _ in range(processes)
@@ -107,18 +112,21 @@ def main() -> None:
     )
     try:
         asyncio.run(wait_port(up_port))
-        one = measure(1, port, up_port, args.conc, args.seconds)
-        two = measure(2, port, up_port, args.conc, args.seconds)
+        for stream in (False, True):
+            one = measure(1, port, up_port, args.conc, args.seconds, stream)
+            two = measure(2, port, up_port, args.conc, args.seconds, stream)
+            what = "stream" if stream else "non-stream"
+            print(
+                f"minimal relay, {what} c={args.conc}: 1 process {one['rps']:.0f}/s"
+                f" ({one['cpu_ms']:.3f} ms CPU each, p50 {pct(one['lat'], 0.5):.2f} ms);"
+                f" 2 processes {two['rps']:.0f}/s"
+                f" ({two['cpu_ms']:.3f} ms CPU each, p50 {pct(two['lat'], 0.5):.2f} ms);"
+                f" x{two['rps'] / one['rps']:.2f}",
+                flush=True,
+            )
     finally:
         upstream.terminate()
         upstream.wait(10)
-    print(
-        f"minimal relay c={args.conc}: 1 process {one['rps']:.0f} rps"
-        f" ({one['cpu_ms']:.3f} ms CPU/req, p50 {pct(one['lat'], 0.5):.2f} ms);"
-        f" 2 processes {two['rps']:.0f} rps"
-        f" ({two['cpu_ms']:.3f} ms CPU/req, p50 {pct(two['lat'], 0.5):.2f} ms);"
-        f" x{two['rps'] / one['rps']:.2f}"
-    )
 
 
 if __name__ == "__main__":
