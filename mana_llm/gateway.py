@@ -32,73 +32,30 @@ from mana_llm.domain import (
     EmbeddingResponse,
     ModelInfo,
     ProviderStatus,
-    StreamChunk,
     Target,
 )
 from mana_llm.providers.protocol import Provider
-from mana_llm.routing.aliases import Alias, AliasStore
-from mana_llm.routing.commit import CommittedStream, Recorder, StreamPolicy, open_committed
+from mana_llm.routing.aliases import AliasStore
+from mana_llm.routing.commit import (
+    CommittedStream,
+    Recorder,
+    StreamPolicy,
+    open_committed,
+    read_whole,
+)
 from mana_llm.routing.fallback import Walker
 from mana_llm.routing.health import ProviderHealthCache
 from mana_llm.routing.retry import Budgets, RetryPolicy
+from mana_llm.routing.route import Prepared, Route
 from mana_llm.routing.targets import ALIAS_PREFIX, parse_target
 from mana_llm.settings import Settings
+
+__all__ = ["NO_DIRECTIVES", "Gateway", "Route"]  # Route: what resolve() answers the api
 
 log = logging.getLogger(__name__)
 
 Answer = TypeVar("Answer", ChatResponse, EmbeddingResponse)
 NO_DIRECTIVES = CacheControl()
-
-
-@attrs.frozen
-class Route:
-    """What a model string resolved to, against one snapshot of the alias table."""
-
-    targets: tuple[Target, ...]
-    alias: Alias | None = None
-
-    @property
-    def direct(self) -> bool:
-        return self.alias is None
-
-    @property
-    def label(self) -> str:
-        """The alias, or the one `provider/model` a direct request names."""
-        return self.alias.name if self.alias is not None else self.targets[0].resolved
-
-    def attempt_timeout_s(self, provider: Provider) -> float:
-        if self.alias is not None and self.alias.attempt_timeout_s is not None:
-            return self.alias.attempt_timeout_s
-        return provider.timeout_s
-
-    @property
-    def hedge_after_s(self) -> float | None:
-        return self.alias.hedge_after_s if self.alias is not None else None
-
-    def retries(self, default: int) -> int:
-        if self.alias is not None and self.alias.retries is not None:
-            return self.alias.retries
-        return default
-
-    def first_token_timeout_s(self, provider: Provider, default_s: float) -> float:
-        if self.alias is not None and self.alias.first_token_timeout_s is not None:
-            default_s = self.alias.first_token_timeout_s
-        return min(default_s, self.attempt_timeout_s(provider))
-
-
-@attrs.define(eq=False)
-class Prepared:
-    """One request as each provider needs it, prepared once per provider whatever the number
-    of attempts (Ollama fetches image URLs once per request, not once per chain entry)."""
-
-    request: ChatRequest
-    _by_provider: dict[str, ChatRequest] = attrs.field(factory=dict)
-
-    async def for_provider(self, provider: Provider) -> ChatRequest:
-        found = self._by_provider.get(provider.name)
-        if found is None:
-            found = self._by_provider[provider.name] = await provider.prepare(self.request)
-        return found
 
 
 @attrs.define(eq=False)
@@ -209,10 +166,45 @@ class Gateway:
         `ended_at` is when the stream committed (its first token)."""
         route = route or self.resolve(request.model)
         deadline = self.clock() + self.settings.request_timeout_s  # the walk included
-        prepared = Prepared(request)
         plan = self._chat_plan(route, request, control)
+        whole = route.alias is not None and route.alias.buffer
+        attempt = self._stream_attempt(Prepared(request), plan, deadline, whole)
+        if plan is not None:
+            entry = await plan.lookup(self._walker.first_candidate(route.targets))
+            if entry is not None:
+                stream = read_through.stream_hit(entry, self.wall_clock())
+                target = read_through.target_of(entry)
+                return Answered(stream, target, (), cached=True, cache=plan.result)
+        first_token_s = self.settings.first_token_timeout_s
+        try:
+            answered = await self._walker.walk(
+                route.targets,
+                attempt,
+                route.attempt_timeout_s
+                if whole
+                else lambda p: route.first_token_timeout_s(p, first_token_s),
+                "answer" if whole else "first token",
+                direct=route.direct,
+                retries=route.retries(self.settings.retries),
+                hedge_after_s=route.hedge_after_s,
+            )
+        except errors.GatewayError as error:
+            error.cache = None if plan is None else plan.result
+            raise
+        cache = None if plan is None else plan.result
+        return attrs.evolve(answered, ended_at=self.clock(), cache=cache)
 
-        async def attempt(provider: Provider, target: Target) -> AnswerStream:
+    def _stream_attempt(
+        self,
+        prepared: Prepared,
+        plan: read_through.Plan | None,
+        deadline: float,
+        whole: bool,
+    ) -> Callable[[Provider, Target], Awaitable[AnswerStream]]:
+        """One stream attempt: open the upstream and read to the commit point, its policy built
+        whole; or, for a buffered alias (`whole`), read the entire answer and replay it."""
+
+        async def live(provider: Provider, target: Target) -> AnswerStream:
             recorder = None
             if plan is not None and plan.enabled:
                 recorder = Recorder(
@@ -235,31 +227,7 @@ class Gateway:
                 await plan.save_stream(target, [chunk.payload for chunk in answer])
             return CommittedStream.replay(target, answer)
 
-        if plan is not None:
-            entry = await plan.lookup(self._walker.first_candidate(route.targets))
-            if entry is not None:
-                stream = read_through.stream_hit(entry, self.wall_clock())
-                target = read_through.target_of(entry)
-                return Answered(stream, target, (), cached=True, cache=plan.result)
-        first_token_s = self.settings.first_token_timeout_s
-        whole = route.alias is not None and route.alias.buffer
-        try:
-            answered = await self._walker.walk(
-                route.targets,
-                buffered if whole else attempt,
-                route.attempt_timeout_s
-                if whole
-                else lambda p: route.first_token_timeout_s(p, first_token_s),
-                "answer" if whole else "first token",
-                direct=route.direct,
-                retries=route.retries(self.settings.retries),
-                hedge_after_s=route.hedge_after_s,
-            )
-        except errors.GatewayError as error:
-            error.cache = None if plan is None else plan.result
-            raise
-        cache = None if plan is None else plan.result
-        return attrs.evolve(answered, ended_at=self.clock(), cache=cache)
+        return buffered if whole else live
 
     async def embed(
         self,
@@ -361,21 +329,6 @@ class Gateway:
         if self.cache is None:
             return {"backend": None, "state": "off"}
         return self.cache.statistics()
-
-
-async def read_whole(stream: CommittedStream) -> list[StreamChunk]:
-    """A committed stream read to its end (a buffered alias). A failure after the first
-    content is marked so: the walk moves to the next entry, never retries or splices."""
-    chunks: list[StreamChunk] = []
-    try:
-        while got := await stream.receive():
-            chunks.extend(got)
-    except errors.ProviderError as error:
-        error.after_content = True
-        raise
-    finally:
-        await stream.aclose()
-    return chunks
 
 
 def _embeddings_valid(payload: dict[str, object]) -> bool:

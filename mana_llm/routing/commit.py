@@ -186,3 +186,18 @@ class _Ended:
 
     async def aclose(self) -> None:
         pass
+
+
+async def read_whole(stream: CommittedStream) -> list[StreamChunk]:
+    """A committed stream read to its end (a buffered alias). A failure after the first
+    content is marked so: the walk moves to the next entry, never retries or splices."""
+    chunks: list[StreamChunk] = []
+    try:
+        while got := await stream.receive():
+            chunks.extend(got)
+    except errors.ProviderError as error:
+        error.after_content = True
+        raise
+    finally:
+        await stream.aclose()
+    return chunks

@@ -9,27 +9,24 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import attrs
 import trio
 
 from mana_llm import errors
 from mana_llm.domain import Answered, Target
-from mana_llm.errors import AttemptRecord, GatewayError
+from mana_llm.errors import GatewayError
 from mana_llm.providers.protocol import Provider
+from mana_llm.routing.attempts import Attempt, Failure, Race, Walk, records
 from mana_llm.routing.health import CircuitState, ProviderHealthCache
 from mana_llm.routing.retry import Budget, Budgets, RetryPolicy
 
 T = TypeVar("T")
 
-CLEANUP_S = 1.0
 # The Retry-After an all-failed 503 advertises when some circuit reopens within this long.
 RETRY_AFTER_HORIZON_S = 120.0
-
-
-Attempt = Callable[[Provider, Target], Awaitable[T]]
 
 
 @attrs.define(eq=False)
@@ -72,7 +69,7 @@ class Walker:
         often an entry is tried again after a transient failure before moving on.
         `hedge_after_s`: an entry silent that long gets the next one started beside it."""
         failures: list[Failure] = []
-        walk = _Walk(attempt, deadline_s, waiting_for, retries, failures)
+        walk = Walk(attempt, deadline_s, waiting_for, retries, failures)
         current: Target | None = None
         index = 0
         with trio.move_on_after(self.request_timeout_s) as overall:
@@ -99,7 +96,7 @@ class Walker:
                 if found is not None:
                     result, started_at, by = found
                     hedged = None if hedge == "started" else hedge
-                    return Answered(result, by, _records(failures), started_at, hedge=hedged)
+                    return Answered(result, by, records(failures), started_at, hedge=hedged)
         if overall.cancelled_caught and current is not None:
             error = errors.UpstreamTimeout(
                 f"the request deadline of {self.request_timeout_s:g}s passed",
@@ -129,14 +126,14 @@ class Walker:
         target: Target,
         partner: Target,
         hedge_after_s: float,
-        walk: _Walk[T],
+        walk: Walk[T],
     ) -> tuple[tuple[T, float, Target] | None, str | None]:
         """The entry, and after `hedge_after_s` without an answer its partner beside it: the
         first to answer (for a stream: its first content) wins and the other is cancelled,
         its upstream connection closed. A failure of one waits for the other. The outcome:
         won (the partner answered), lost (the entry did), started (both failed),
         budget_exhausted, or None (the entry was done before the hedge time)."""
-        race = _Race[T]()
+        race = Race[T]()
         hedge: str | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(race.run, self._entry(provider, target, walk), target, nursery)
@@ -153,7 +150,7 @@ class Walker:
         return race.winner, hedge
 
     def _start_hedge(
-        self, partner: Target, walk: _Walk[T], race: _Race[T], nursery: trio.Nursery
+        self, partner: Target, walk: Walk[T], race: Race[T], nursery: trio.Nursery
     ) -> str | None:
         provider = self.providers[partner.provider]
         if not self.hedge_budgets[partner.provider].try_spend(self.clock()):
@@ -165,7 +162,7 @@ class Walker:
         return "started"
 
     async def _entry(
-        self, provider: Provider, target: Target, walk: _Walk[T], *, hedge: bool = False
+        self, provider: Provider, target: Target, walk: Walk[T], *, hedge: bool = False
     ) -> tuple[T, float, Target] | None:
         """One chain entry: its attempt and its same-target retries, all under the entry's
         deadline. Returns the answer, when its try began and the entry; appends each failure;
@@ -197,7 +194,7 @@ class Walker:
             self.report(target.provider, error)
         assert error is not None
         if not error.retryable:
-            error.attempts = _records(walk.failures)
+            error.attempts = records(walk.failures)
             error.retried = any(f.retry == "sent" for f in walk.failures)
             raise error
         return None
@@ -282,82 +279,20 @@ class Walker:
         return error
 
     def _last_word(self, failures: list[Failure], direct: bool) -> GatewayError:
-        records = _records(failures)
+        tried = records(failures)
         errs = [f.error for f in failures]
         if direct and errs:
-            errs[-1].attempts = records
+            errs[-1].attempts = tried
             return errs[-1]
         kinds = {(type(e), e.code) for e in errs}
         if len(kinds) == 1 and errors.is_caller_fixable(errs[0]):
-            errs[0].attempts = records
+            errs[0].attempts = tried
             return errs[0]
         retry_after = min((e.retry_after_s for e in errs if e.retry_after_s), default=None)
         if retry_after is not None and retry_after > RETRY_AFTER_HORIZON_S:
             retry_after = None
         return errors.AllProvidersFailed(
             f"all {len(failures)} entries of the chain failed",
-            attempts=records,
+            attempts=tried,
             retry_after_s=retry_after,
         )
-
-
-@attrs.frozen
-class _Walk(Generic[T]):
-    """What every entry of one walk shares."""
-
-    attempt: Attempt[T]
-    deadline_s: Callable[[Provider], float]
-    waiting_for: str
-    retries: int
-    failures: list[Failure]
-
-
-@attrs.define(eq=False)
-class _Race(Generic[T]):
-    """Two entries racing (a hedge): the first answer, the failures, when the first is done."""
-
-    winner: tuple[T, float, Target] | None = None
-    errors: list[GatewayError] = attrs.field(factory=list)
-    first_done: trio.Event = attrs.field(factory=trio.Event)
-
-    async def run(
-        self,
-        entry: Awaitable[tuple[T, float, Target] | None],
-        target: Target,
-        nursery: trio.Nursery,
-    ) -> None:
-        try:
-            found = await entry
-        except GatewayError as error:  # this entry's final word; the other may still answer
-            self.errors.append(error)
-            found = None
-        finally:
-            self.first_done.set()
-        if found is None:
-            return
-        if self.winner is None:
-            self.winner = found
-            nursery.cancel_scope.cancel()  # the other entry: cancelled, its upstream closed
-        else:  # both answered at once: the late one's open stream is closed, not leaked
-            close = getattr(found[0], "aclose", None)
-            if close is not None:
-                with trio.move_on_after(CLEANUP_S, shield=True):  # the late answer's upstream
-                    await close()
-
-
-@attrs.frozen
-class Failure:
-    """One chain entry's failed try, or its skip, and whether it was tried again."""
-
-    target: Target
-    error: GatewayError
-    retry: str | None = None  # "sent" or "budget_exhausted"
-
-
-def _records(failures: list[Failure]) -> tuple[AttemptRecord, ...]:
-    return tuple(
-        AttemptRecord(
-            f.target.resolved, f.error.reason, f.error.kind, f.retry, f.error.after_content
-        )
-        for f in failures
-    )

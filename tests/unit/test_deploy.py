@@ -63,6 +63,7 @@ INTERNAL = {"MANA_LLM_WORKER"}  # set by the supervisor for its workers, not by 
 def gateway_variables() -> set[str]:
     """Every variable the gateway reads: the quoted names in the settings reader."""
     source = (ROOT / "mana_llm/settings.py").read_text()
+    source += (ROOT / "mana_llm/settings_groups.py").read_text()
     levels = {"DEBUG", "INFO", "WARNING", "ERROR", "TEXT", "JSON"}
     return set(re.findall(r'"([A-Z][A-Z0-9_]{2,})"', source)) - levels - INTERNAL
 

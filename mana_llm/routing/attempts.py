@@ -1,0 +1,80 @@
+"""What one walk over a chain keeps while it runs: what every entry shares (Walk), each
+failed try or skip (Failure, as AttemptRecords for callers), two entries racing (Race)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+import attrs
+import trio
+
+from mana_llm.domain import Target
+from mana_llm.errors import AttemptRecord, GatewayError
+from mana_llm.providers.protocol import Provider
+
+T = TypeVar("T")
+Attempt = Callable[[Provider, Target], Awaitable[T]]
+CLEANUP_S = 1.0
+
+
+@attrs.frozen
+class Walk(Generic[T]):
+    """What every entry of one walk shares."""
+
+    attempt: Attempt[T]
+    deadline_s: Callable[[Provider], float]
+    waiting_for: str
+    retries: int
+    failures: list[Failure]
+
+
+@attrs.define(eq=False)
+class Race(Generic[T]):
+    """Two entries racing (a hedge): the first answer, the failures, when the first is done."""
+
+    winner: tuple[T, float, Target] | None = None
+    errors: list[GatewayError] = attrs.field(factory=list)
+    first_done: trio.Event = attrs.field(factory=trio.Event)
+
+    async def run(
+        self,
+        entry: Awaitable[tuple[T, float, Target] | None],
+        target: Target,
+        nursery: trio.Nursery,
+    ) -> None:
+        try:
+            found = await entry
+        except GatewayError as error:  # this entry's final word; the other may still answer
+            self.errors.append(error)
+            found = None
+        finally:
+            self.first_done.set()
+        if found is None:
+            return
+        if self.winner is None:
+            self.winner = found
+            nursery.cancel_scope.cancel()  # the other entry: cancelled, its upstream closed
+        else:  # both answered at once: the late one's open stream is closed, not leaked
+            close = getattr(found[0], "aclose", None)
+            if close is not None:
+                with trio.move_on_after(CLEANUP_S, shield=True):  # the late answer's upstream
+                    await close()
+
+
+@attrs.frozen
+class Failure:
+    """One chain entry's failed try, or its skip, and whether it was tried again."""
+
+    target: Target
+    error: GatewayError
+    retry: str | None = None  # "sent" or "budget_exhausted"
+
+
+def records(failures: list[Failure]) -> tuple[AttemptRecord, ...]:
+    return tuple(
+        AttemptRecord(
+            f.target.resolved, f.error.reason, f.error.kind, f.retry, f.error.after_content
+        )
+        for f in failures
+    )
