@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             passed += ["--env-file", env_file] if env_file else []
             trio.run(supervisor.run, settings, passed, env, args.config)
         else:
+            if settings.metrics_dir is not None:  # one process writing multiprocess metrics
+                os.makedirs(settings.metrics_dir, exist_ok=True)
             trio.run(partial(service.run, settings, config_path=args.config))
     except (StartupError, SettingsError) as error:
         print(f"mana-llm: {error}", file=sys.stderr)
