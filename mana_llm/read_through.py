@@ -55,6 +55,14 @@ class Plan:
     control: CacheControl
     enabled: bool = True
     outcome: Lookup | None = None  # what the lookup did, once it ran
+    _keys: dict[Target, str] = attrs.field(factory=dict)  # each target's key, hashed once
+
+    def key(self, target: Target) -> str:
+        """The key for `target`: looked up and stored under the same one, computed once."""
+        found = self._keys.get(target)
+        if found is None:
+            found = self._keys[target] = self.key_of(target)
+        return found
 
     @property
     def result(self) -> str | None:
@@ -67,7 +75,7 @@ class Plan:
         if not self.control.lookup:
             self.outcome = Lookup.BYPASS
             return None
-        outcome, data = await self.cache.get(self.key_of(target))
+        outcome, data = await self.cache.get(self.key(target))
         entry = decode(data) if data is not None else None
         if entry is not None and not self.valid(entry.payload):
             entry = None
@@ -80,7 +88,7 @@ class Plan:
         """Store the answer `target` gave, if it is a storable one (never after a failed
         lookup: a cache in trouble costs at most one command deadline per request)."""
         if self.enabled and self.outcome is not Lookup.ERROR and self.valid(payload):
-            await self.cache.put(self.key_of(target), Entry(target.resolved, payload).encode())
+            await self.cache.put(self.key(target), Entry(target.resolved, payload).encode())
 
     async def save_stream(self, target: Target, payloads: list[JSON]) -> None:
         """Runs as the stream ends: a failure here is logged, never the caller's failure."""
