@@ -30,6 +30,17 @@ async def fakes(nursery: trio.Nursery) -> tuple[FakeServer, FakeServer]:
     return ollama, cloud
 
 
+async def two_workers(
+    nursery: trio.Nursery, tmp_path: pathlib.Path, **extra: str
+) -> tuple[pathlib.Path, dict[str, str]]:
+    """Fakes, an alias file, and the environment of a two-worker gateway with JSON logs."""
+    ollama, cloud = await fakes(nursery)
+    path = tmp_path / "aliases.yaml"
+    path.write_text(ALIASES_A)
+    env = stack_env(ollama, cloud, WORKERS="2", LOG_FORMAT="json", ALIASES_PATH=str(path), **extra)
+    return path, env
+
+
 async def fresh(base_url: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
     """One request on a connection of its own: the kernel picks the worker anew."""
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
@@ -64,17 +75,7 @@ def children(pid: int) -> list[int]:
 async def test_two_workers_serve_one_port_and_every_scrape_counts_exactly(
     nursery: trio.Nursery, tmp_path: pathlib.Path
 ) -> None:
-    ollama, cloud = await fakes(nursery)
-    path = tmp_path / "aliases.yaml"
-    path.write_text(ALIASES_A)
-    env = stack_env(
-        ollama,
-        cloud,
-        WORKERS="2",
-        LOG_FORMAT="json",
-        ALIASES_PATH=str(path),
-        ALIASES_WATCH_INTERVAL="0.2",
-    )
+    path, env = await two_workers(nursery, tmp_path)  # no file watch: SIGHUP alone reloads
     with trio.fail_after(40):
         async with gateway_process(env) as gw:
             await every_worker_logs(gw, b"listening on")
@@ -85,7 +86,7 @@ async def test_two_workers_serve_one_port_and_every_scrape_counts_exactly(
             scrapes = [(await fresh(gw.base_url, "GET", "/metrics")).text for _ in range(6)]
             # SIGHUP reaches every worker
             mark = len(gw.log)
-            path.write_text(ALIASES_B)  # the watch would see it too: SIGHUP first
+            path.write_text(ALIASES_B)
             gw.proc.send_signal(signal.SIGHUP)
             await every_worker_logs(gw, b"aliases loaded from", mark)
             aliases = [
@@ -105,17 +106,7 @@ async def test_two_workers_serve_one_port_and_every_scrape_counts_exactly(
 async def test_the_file_watch_reaches_every_worker(
     nursery: trio.Nursery, tmp_path: pathlib.Path
 ) -> None:
-    ollama, cloud = await fakes(nursery)
-    path = tmp_path / "aliases.yaml"
-    path.write_text(ALIASES_A)
-    env = stack_env(
-        ollama,
-        cloud,
-        WORKERS="2",
-        LOG_FORMAT="json",
-        ALIASES_PATH=str(path),
-        ALIASES_WATCH_INTERVAL="0.2",
-    )
+    path, env = await two_workers(nursery, tmp_path, ALIASES_WATCH_INTERVAL="0.2")
     with trio.fail_after(40):
         async with gateway_process(env) as gw:
             await every_worker_logs(gw, b"listening on")
