@@ -46,14 +46,17 @@ class EnvReader:
             raise SettingsError(f"{name}={raw!r} must be {bounds}")
         return value
 
+    def _number(self, name: str, raw: str, what: str) -> float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not {what}") from None
+
     def seconds(self, name: str, default: float) -> float:
         raw = self._raw(name)
         if raw is None:
             return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise SettingsError(f"{name}={raw!r} is not a number of seconds") from None
+        value = self._number(name, raw, "a number of seconds")
         if not value > 0 or value == float("inf"):
             raise SettingsError(f"{name}={raw!r} must be a positive number of seconds")
         return value
@@ -70,10 +73,7 @@ class EnvReader:
         raw = self._raw(name)
         if raw is None:
             return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise SettingsError(f"{name}={raw!r} is not a number") from None
+        value = self._number(name, raw, "a number")
         if not 0 <= value <= 10:
             raise SettingsError(f"{name}={raw!r} must be between 0 and 10")
         return value

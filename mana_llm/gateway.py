@@ -55,6 +55,7 @@ __all__ = ["NO_DIRECTIVES", "Gateway", "Route"]  # Route: what resolve() answers
 log = logging.getLogger(__name__)
 
 Answer = TypeVar("Answer", ChatResponse, EmbeddingResponse)
+T = TypeVar("T")
 NO_DIRECTIVES = CacheControl()
 
 
@@ -107,22 +108,35 @@ class Gateway:
             if entry is not None:
                 target = read_through.target_of(entry)
                 return Answered(from_entry(entry), target, (), cached=True, cache=plan.result)
+        answered = await self._walk(route, attempt, plan, route.attempt_timeout_s, "answer")
+        if plan is not None:
+            await plan.save(answered.target, answered.result.payload)
+        return answered
+
+    async def _walk(
+        self,
+        route: Route,
+        attempt: Callable[[Provider, Target], Awaitable[T]],
+        plan: read_through.Plan | None,
+        deadline_s: Callable[[Provider], float],
+        waiting_for: str,
+    ) -> Answered[T]:
+        """The walk over the route's chain, with its policy; the answer, or the failure,
+        carries what the cache lookup did."""
+        cache = None if plan is None else plan.result
         try:
             answered = await self._walker.walk(
                 route.targets,
                 attempt,
-                route.attempt_timeout_s,
-                "answer",
+                deadline_s,
+                waiting_for,
                 direct=route.direct,
                 retries=route.retries(self.settings.retries),
                 hedge_after_s=route.hedge_after_s,
             )
         except errors.GatewayError as error:
-            error.cache = None if plan is None else plan.result  # what the lookup did
+            error.cache = cache
             raise
-        if plan is not None:
-            await plan.save(answered.target, answered.result.payload)
-        cache = None if plan is None else plan.result
         return attrs.evolve(answered, ended_at=self.clock(), cache=cache)
 
     def _chat_plan(
@@ -176,23 +190,15 @@ class Gateway:
                 target = read_through.target_of(entry)
                 return Answered(stream, target, (), cached=True, cache=plan.result)
         first_token_s = self.settings.first_token_timeout_s
-        try:
-            answered = await self._walker.walk(
-                route.targets,
-                attempt,
-                route.attempt_timeout_s
-                if whole
-                else lambda p: route.first_token_timeout_s(p, first_token_s),
-                "answer" if whole else "first token",
-                direct=route.direct,
-                retries=route.retries(self.settings.retries),
-                hedge_after_s=route.hedge_after_s,
-            )
-        except errors.GatewayError as error:
-            error.cache = None if plan is None else plan.result
-            raise
-        cache = None if plan is None else plan.result
-        return attrs.evolve(answered, ended_at=self.clock(), cache=cache)
+        if whole:
+            return await self._walk(route, attempt, plan, route.attempt_timeout_s, "answer")
+        return await self._walk(
+            route,
+            attempt,
+            plan,
+            lambda p: route.first_token_timeout_s(p, first_token_s),
+            "first token",
+        )
 
     def _stream_attempt(
         self,

@@ -190,7 +190,7 @@ def error_from_exception(
     )
 
 
-async def read_error_body(response: httpx.Response, limit: int = MAX_ERROR_BODY_BYTES) -> bytes:
+async def read_bounded(response: httpx.Response, limit: int = MAX_ERROR_BODY_BYTES) -> bytes:
     """Read at most `limit` bytes of a streamed response (an error's body, a probe's)."""
     parts: list[bytes] = []
     size = 0

@@ -25,7 +25,7 @@ from mana_llm.providers.http_errors import (
     Redactor,
     error_from_exception,
     error_from_status,
-    read_error_body,
+    read_bounded,
 )
 from mana_llm.settings import ProviderSettings
 
@@ -159,9 +159,7 @@ class Upstream:
         try:
             try:
                 ok = 200 <= response.status_code < 300
-                raw = await read_error_body(
-                    response, CHECK_MAX_BYTES if ok else MAX_ERROR_BODY_BYTES
-                )
+                raw = await read_bounded(response, CHECK_MAX_BYTES if ok else MAX_ERROR_BODY_BYTES)
             except httpx.HTTPError as exc:
                 raise self.failed(exc) from None
             if not ok:
@@ -183,7 +181,7 @@ class Upstream:
         if response.status_code == 200:
             return response
         try:
-            raw = await read_error_body(response)
+            raw = await read_bounded(response)
         except httpx.HTTPError:
             raw = b""
         finally:
