@@ -1,16 +1,19 @@
 """A fast fake OpenAI-compatible upstream for benchmarks (stdlib asyncio, no framework).
 
-POST /v1/chat/completions: JSON, or SSE when "stream": true; the reply has TOKENS tokens and a
-stream waits DELAY_MS between chunks. Usage: python bench/fake_upstream.py PORT TOKENS DELAY_MS
+POST /v1/chat/completions: JSON, or SSE when "stream": true; the reply has TOKENS tokens (or the
+request's `max_tokens`) and a stream waits DELAY_MS between chunks.
+Usage: python bench/fake_upstream.py PORT TOKENS DELAY_MS
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 
 HEAD_JSON = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+MAX_TOKENS = re.compile(rb'"max_tokens": *(\d+)')
 HEAD_SSE = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 )
@@ -64,11 +67,13 @@ async def serve(
             if b'"stream":true' not in body.replace(b" ", b""):
                 writer.write(HEAD_JSON % len(body_json) + body_json)
                 continue
+            asked = MAX_TOKENS.search(body)
+            count = int(asked.group(1)) if asked else tokens
             writer.write(HEAD_SSE + chunk({"role": "assistant", "content": ""}))
-            for _ in range(tokens):
+            for _ in range(count):
                 await asyncio.sleep(delay_s)
                 writer.write(token_chunk)
-            usage = {"prompt_tokens": 5, "completion_tokens": tokens, "total_tokens": 5 + tokens}
+            usage = {"prompt_tokens": 5, "completion_tokens": count, "total_tokens": 5 + count}
             event = (
                 b"data: "
                 + json.dumps(

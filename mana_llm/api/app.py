@@ -1,7 +1,7 @@
 """The HTTP surface: a Quart-Trio app whose routes are thin, one module per concern.
 
 guard.py     gateway keys and CORS
-chat.py      POST /v1/chat/completions, /v1/embeddings
+chat.py      POST /v1/chat/completions, /v1/embeddings (plain ASGI, `plain.py`, before Quart)
 models.py    GET /v1/models[/{model}]
 status.py    /health, /livez, /readyz, /v1/health, /v1/aliases, /metrics
 failures.py  OpenAI-shaped errors for everything, the status on the trace
@@ -9,12 +9,15 @@ failures.py  OpenAI-shaped errors for everything, the status on the trace
 
 from __future__ import annotations
 
+from quart import Response
 from quart_trio import QuartTrio
 
-from mana_llm.api.chat import register_chat
+from mana_llm import errors
+from mana_llm.api.chat import CHAT_PATH, EMBEDDINGS_PATH, InferenceRoutes
 from mana_llm.api.failures import register_failures
-from mana_llm.api.guard import register_guard
+from mana_llm.api.guard import Guard, register_guard
 from mana_llm.api.models import register_models
+from mana_llm.api.request_scope import ASGIApp
 from mana_llm.api.status import register_status
 from mana_llm.gateway import Gateway
 from mana_llm.lifecycle import Lifecycle
@@ -24,13 +27,22 @@ from mana_llm.settings import Settings
 
 def create_app(
     gateway: Gateway, settings: Settings, metrics: Metrics, lifecycle: Lifecycle
-) -> QuartTrio:
+) -> ASGIApp:
+    """The inference routes in front, Quart behind them for everything else."""
+    guard = Guard.from_settings(settings)
     app = QuartTrio("mana_llm")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["RESPONSE_TIMEOUT"] = None  # our own deadlines bound every stream
-    register_guard(app, settings)
-    register_chat(app, gateway, settings, metrics)
+    register_guard(app, guard)
+    # POST on the inference routes never reaches Quart; their rules here keep Quart's answer
+    # to any other method on them (405 with Allow, OPTIONS for a CORS preflight)
+    for path in (CHAT_PATH, EMBEDDINGS_PATH):
+        app.add_url_rule(path, path, _answered_in_front, methods=["POST"])
     register_models(app, gateway, metrics)
     register_status(app, gateway, metrics, lifecycle)
     register_failures(app, settings)
-    return app
+    return InferenceRoutes(gateway, settings, metrics, guard).asgi(app)
+
+
+async def _answered_in_front() -> Response:
+    raise errors.InternalError("an inference route reached Quart")

@@ -1,11 +1,13 @@
-"""Who may call: gateway keys on /v1/* (each key's cache namespace computed once) and CORS."""
+"""Who may call: gateway keys on /v1/* (each key's cache namespace computed once) and CORS,
+for Quart's routes (hooks) and the plain ASGI inference routes (`api/plain.py`) alike."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 
-from quart import Response, g, request
+import attrs
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from mana_llm import errors
@@ -13,36 +15,63 @@ from mana_llm.settings import Settings
 
 ALLOW_HEADERS = "Authorization, Content-Type, X-Request-Id, Cache-Control, X-Mana-LLM-Cache"
 EXPOSED = "X-Mana-LLM-Resolved, X-Mana-LLM-Attempts, X-Mana-LLM-Cache, X-Request-Id"
+PUBLIC = "public"  # the cache namespace when the gateway has no keys
 
 
-def register_guard(app: QuartTrio, settings: Settings) -> None:
-    # each gateway key with its cache namespace (the key hashed), computed once
-    api_keys = tuple(
-        (key.encode(), hashlib.sha256(key.encode()).hexdigest()[:32]) for key in settings.api_keys
-    )
-    origins = frozenset(settings.cors_origins)
+@attrs.frozen
+class Guard:
+    keys: tuple[tuple[bytes, str], ...]  # each gateway key with its namespace (the key hashed)
+    origins: frozenset[str]
 
-    @app.before_request
-    async def authenticate() -> None:
-        if not api_keys or request.method == "OPTIONS" or not request.path.startswith("/v1/"):
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Guard:
+        keys = tuple(
+            (key.encode(), hashlib.sha256(key.encode()).hexdigest()[:32])
+            for key in settings.api_keys
+        )
+        return cls(keys, frozenset(settings.cors_origins))
+
+    def namespace(self, authorization: str) -> str:
+        """The cache namespace of the key in an `Authorization` header; Unauthorized when the
+        gateway has keys and this is none of them."""
+        if not self.keys:
+            return PUBLIC
+        scheme, _, token = authorization.partition(" ")
         given = token.strip().encode()
-        namespace = next((ns for key, ns in api_keys if hmac.compare_digest(given, key)), None)
+        namespace = next((ns for key, ns in self.keys if hmac.compare_digest(given, key)), None)
         if scheme.lower() != "bearer" or namespace is None:
             raise errors.Unauthorized("a valid API key is required: Authorization: Bearer <key>")
-        g.cache_namespace = namespace
+        return namespace
 
-    if not origins:
+    def cors(self, origin: str) -> dict[str, str]:
+        """The CORS headers an answer to `origin` carries (none for an origin not allowed)."""
+        if not origin or not ("*" in self.origins or origin in self.origins):
+            return {}
+        return {
+            "access-control-allow-origin": "*" if "*" in self.origins else origin,
+            "vary": "Origin",
+            "access-control-allow-headers": ALLOW_HEADERS,
+            "access-control-allow-methods": "GET, POST, OPTIONS",
+            "access-control-expose-headers": EXPOSED,
+        }
+
+    def cors_headers(self, origin: str) -> list[tuple[bytes, bytes]]:
+        if not self.origins:
+            return []
+        return [(k.encode(), v.encode("latin-1")) for k, v in self.cors(origin).items()]
+
+
+def register_guard(app: QuartTrio, guard: Guard) -> None:
+    @app.before_request
+    async def authenticate() -> None:
+        if request.method == "OPTIONS" or not request.path.startswith("/v1/"):
+            return
+        guard.namespace(request.headers.get("authorization", ""))  # a 401 for a wrong key
+
+    if not guard.origins:
         return
 
     @app.after_request
     async def cors(response: Response) -> Response:
-        origin = request.headers.get("origin")
-        if origin and ("*" in origins or origin in origins):
-            response.headers["access-control-allow-origin"] = "*" if "*" in origins else origin
-            response.headers["vary"] = "Origin"
-            response.headers["access-control-allow-headers"] = ALLOW_HEADERS
-            response.headers["access-control-allow-methods"] = "GET, POST, OPTIONS"
-            response.headers["access-control-expose-headers"] = EXPOSED
+        response.headers.update(guard.cors(request.headers.get("origin", "")))
         return response

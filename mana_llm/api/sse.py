@@ -26,7 +26,8 @@ def error_event(error: errors.GatewayError) -> bytes:
 
 class SSEBody:
     """An async iterator of bytes (not a generator: it owns the upstream and closes it in
-    `aclose`, which Quart calls when the body ends, fails or is cancelled)."""
+    `aclose`, which `plain.Call.stream` calls when the body ends, fails or is cancelled).
+    `done` once the last event (`[DONE]` or a final error) has been given."""
 
     def __init__(
         self,
@@ -39,13 +40,13 @@ class SSEBody:
         self._include_usage = include_usage
         self._trace = trace
         self._clock = clock
-        self._done = False
+        self.done = False
 
     def __aiter__(self) -> SSEBody:
         return self
 
     async def __anext__(self) -> bytes:
-        while not self._done:
+        while not self.done:
             try:
                 chunks = await self._stream.receive()
             except errors.GatewayError as error:
@@ -54,7 +55,7 @@ class SSEBody:
                 log.exception("stream relay failed")
                 return self._end(errors.InternalError("the gateway failed relaying the stream"))
             if not chunks:
-                self._done = True
+                self.done = True
                 self._trace.status = 200
                 self._trace.usage = self._stream.usage
                 self._trace.upstream_ended_at = self._clock()
@@ -70,14 +71,14 @@ class SSEBody:
         raise StopAsyncIteration
 
     def _end(self, error: errors.GatewayError) -> bytes:
-        self._done = True
+        self.done = True
         self._trace.fail(error)
         self._trace.usage = self._stream.usage
         self._trace.upstream_ended_at = self._clock()
         return error_event(error)
 
     async def aclose(self) -> None:
-        self._done = True
+        self.done = True
         await self._stream.aclose()
 
 
@@ -93,6 +94,11 @@ class PendingSSEBody:
         self._ready = trio.Event()
         self._result: SSEBody | bytes | None = None
         self._closed = False
+
+    @property
+    def done(self) -> bool:
+        result = self._result
+        return self._closed if isinstance(result, bytes) else result is not None and result.done
 
     def resolve(self, result: AnswerStream | errors.GatewayError) -> None:
         if isinstance(result, errors.GatewayError):

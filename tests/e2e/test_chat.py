@@ -208,3 +208,38 @@ async def test_cors_lets_allowed_origins_send_and_read_the_gateway_headers(
     assert "x-mana-llm-resolved" in exposed and "x-mana-llm-cache" in exposed
     assert allowed.headers["x-mana-llm-cache"] == "MISS"
     assert "access-control-allow-origin" not in other.headers
+
+
+async def test_cors_and_the_request_id_on_streams_and_errors_of_the_inference_routes(
+    nursery: trio.Nursery,
+) -> None:
+    """The inference routes are served in front of Quart: their streams, their errors and a
+    refused key carry the same CORS headers and request id as Quart's routes."""
+    stack = await start_stack(nursery, CORS_ORIGINS="https://app.example", MANA_LLM_API_KEYS="k-1")
+    origin = {"origin": "https://app.example", "authorization": "Bearer k-1"}
+    stream = {
+        "model": "groq/llama-3.1-8b-instant",
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    with trio.fail_after(10):
+        async with stack.client() as client:
+            async with client.stream(
+                "POST", "/v1/chat/completions", json=stream, headers=origin
+            ) as streamed:
+                events = [line async for line in streamed.aiter_lines() if line]
+            invalid = await client.post("/v1/embeddings", content=b"[", headers=origin)
+            refused = await client.post(
+                "/v1/chat/completions",
+                json=stream,
+                headers={"origin": "https://app.example", "x-request-id": "rid-7"},
+            )
+    assert events[-1] == "data: [DONE]"
+    for response in (streamed, invalid, refused):
+        assert response.headers["access-control-allow-origin"] == "https://app.example"
+        assert "x-mana-llm-resolved" in response.headers["access-control-expose-headers"].lower()
+        assert response.headers["x-request-id"]
+    assert streamed.headers["content-type"] == "text/event-stream"
+    assert streamed.headers["x-mana-llm-resolved"] == "groq/llama-3.1-8b-instant"
+    assert invalid.status_code == 400 and invalid.json()["error"]["type"] == "invalid_request_error"
+    assert refused.status_code == 401 and refused.headers["x-request-id"] == "rid-7"

@@ -1,0 +1,118 @@
+"""The gateway's streaming relay next to its floor: the same streams (20 and 200 tokens, 5 ms
+apart) through mana-llm and through the minimal relays of `floor_relays.py` (hypercorn + raw
+ASGI + httpx; the same under quart-trio), measured in turn within each rep so that all see the
+same noisy machine. Prints the median CPU per content chunk of each and the gateway's ratio to
+the raw ASGI floor (issue 13's target: at most 1.10 at c=1 and c=16).
+
+    python bench/floor.py [--seconds 4] [--reps 5] [--conc 1,16] [--tokens 20,200] [--no-pin]
+
+By default the relays share the last CPU and the load generator and the fake upstream the
+others (less noise from the scheduler; absolute figures differ from unpinned runs).
+
+CPU per chunk = the relay's CPU time (from /proc) over the content chunks its clients
+received, the per-stream work included. Everything runs on 127.0.0.1 and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from run import closed_loop, cpu_s, free_ports, wait_port  # noqa: E402
+
+TARGETS = ("gateway", "asgi", "quart")
+
+
+def cpu_per_chunk(port: int, pid: int, tokens: int, conc: int, seconds: float) -> float:
+    message = {
+        "model": "groq/bench",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "max_tokens": tokens,
+    }
+    body = json.dumps(message).encode()
+    asyncio.run(closed_loop(port, body, conc, 0.5))  # warm-up: connections, pools
+    before = cpu_s(pid)
+    result = asyncio.run(closed_loop(port, body, conc, seconds))
+    if result["errors"] or not result["events"]:
+        raise SystemExit(f"port {port}: {result['errors']} errors, {result['events']} chunks")
+    return (cpu_s(pid) - before) * 1000 / result["events"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--conc", default="1,16")
+    parser.add_argument("--tokens", default="20,200")
+    parser.add_argument("--no-pin", action="store_true", help="let the scheduler place them")
+    args = parser.parse_args()
+    up_port, gw_port, asgi_port, quart_port = free_ports(4)
+    env = {
+        **os.environ,
+        "GROQ_API_KEY": "bench",
+        "GROQ_BASE_URL": f"http://127.0.0.1:{up_port}/v1",
+        "OLLAMA_URL": f"http://127.0.0.1:{up_port}",
+        "HOST": "127.0.0.1",
+        "PORT": str(gw_port),
+        "LOG_LEVEL": "WARNING",
+        "PROBE_INTERVAL": "86400",  # one probe round at start-up only, off the measured path
+    }
+    relays = os.path.join(HERE, "floor_relays.py")
+    procs = {
+        "upstream": subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "fake_upstream.py"), str(up_port), "20", "5"]
+        ),
+        "gateway": subprocess.Popen([sys.executable, "-m", "mana_llm"], cwd=ROOT, env=env),
+        "asgi": subprocess.Popen([sys.executable, relays, "asgi", str(asgi_port), str(up_port)]),
+        "quart": subprocess.Popen([sys.executable, relays, "quart", str(quart_port), str(up_port)]),
+    }
+    ports = {"gateway": gw_port, "asgi": asgi_port, "quart": quart_port}
+    cpus = sorted(os.sched_getaffinity(0))
+    if not args.no_pin and len(cpus) > 1:
+        for name, proc in procs.items():
+            os.sched_setaffinity(proc.pid, cpus[:-1] if name == "upstream" else cpus[-1:])
+        os.sched_setaffinity(0, cpus[:-1])
+    try:
+        for port in (up_port, *ports.values()):
+            asyncio.run(wait_port(port))
+        time.sleep(1.0)
+        print("ms CPU per content chunk, median of", args.reps, "interleaved reps")
+        print(f"{'tokens':>6} {'c':>3} " + " ".join(f"{t:>8}" for t in TARGETS) + "  gw/asgi")
+        for tokens in (int(t) for t in args.tokens.split(",")):
+            for conc in (int(c) for c in args.conc.split(",")):
+                seen: dict[str, list[float]] = {t: [] for t in TARGETS}
+                for _ in range(args.reps):
+                    for target in TARGETS:
+                        pid = procs[target].pid
+                        seen[target].append(
+                            cpu_per_chunk(ports[target], pid, tokens, conc, args.seconds)
+                        )
+                med: dict[str, Any] = {t: statistics.median(v) for t, v in seen.items()}
+                print(
+                    f"{tokens:>6} {conc:>3} "
+                    + " ".join(f"{med[t]:8.4f}" for t in TARGETS)
+                    + f"  {med['gateway'] / med['asgi']:7.2f}",
+                    flush=True,
+                )
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()

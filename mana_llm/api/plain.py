@@ -1,0 +1,180 @@
+"""The inference routes (POST /v1/chat/completions, /v1/embeddings) as plain ASGI: no Quart
+request or response objects on the hot path, everything else as Quart serves it.
+
+`serve` runs one view over a `Call`: the key checked, the body read bounded in size and time,
+a client that goes away cancels the work (the watch Quart-Trio keeps for its own routes), a
+failure rendered as `api/failures.py` renders Quart's, and every answer carries the trace's
+status, the cache header and CORS like Quart's `after_request` hooks give them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from mana_llm import errors
+from mana_llm.api.failures import CACHE, CACHE_HEADER
+from mana_llm.api.guard import Guard
+from mana_llm.api.render import error_headers, error_object
+from mana_llm.api.request_scope import request_nursery, request_trace
+from mana_llm.codec import dumps
+from mana_llm.metrics import RequestTrace
+
+log = logging.getLogger(__name__)
+
+Header = tuple[bytes, bytes]
+JSON_TYPE: Header = (b"content-type", b"application/json")
+SSE_HEADERS: tuple[Header, ...] = (
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+    (b"content-type", b"text/event-stream"),
+)
+END = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class Body(Protocol):
+    """A streamed body: chunks of bytes; `done` once the last one has been given."""
+
+    @property
+    def done(self) -> bool: ...
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+@attrs.define(eq=False)
+class Call:
+    """One POST on an inference route: its scope, its trace, and how to answer it."""
+
+    scope: Any
+    receive: Any
+    send: Any
+    guard: Guard
+    trace: RequestTrace
+    cancel: trio.CancelScope  # the exchange's work: cancelled when the client goes away
+    started: bool = False  # the response's head is out: a failure can only end the body
+
+    def header(self, name: bytes) -> str:
+        """The first value of a request header (`name` in lower case), or ""."""
+        for key, value in self.scope["headers"]:
+            if key == name:
+                return str(value.decode("latin-1"))
+        return ""
+
+    def namespace(self) -> str:
+        """The caller's cache namespace; a missing or wrong key is a 401 (before the body)."""
+        return self.guard.namespace(self.header(b"authorization"))
+
+    async def body(self, max_bytes: int, timeout_s: float) -> bytes:
+        """The whole request body: a 413 past `max_bytes` (at once when the declared length is
+        over), a 408 when it does not arrive within `timeout_s`."""
+        declared = self.header(b"content-length")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise _too_large(max_bytes)
+        parts: list[bytes] = []
+        size = 0
+        with trio.move_on_after(timeout_s):
+            while True:
+                message = await self.receive()
+                if message["type"] == "http.disconnect":
+                    raise _ClientGone
+                part = message.get("body", b"")
+                size += len(part)
+                if size > max_bytes:
+                    raise _too_large(max_bytes)
+                parts.append(part)
+                if not message.get("more_body", False):
+                    request_nursery(self.scope).start_soon(_watch_disconnect, self)
+                    return parts[0] if len(parts) == 1 else b"".join(parts)
+        raise errors.RequestTimeout(f"the request body did not arrive within {timeout_s:g}s")
+
+    def _head(self, status: int, headers: list[Header], stream: bool = False) -> dict[str, Any]:
+        trace = self.trace
+        if trace.status is None and not stream:
+            trace.status = status  # a stream's outcome is known at its end
+        if trace.cache is not None and status < 400:
+            headers.append((CACHE.encode(), CACHE_HEADER[trace.cache].encode()))
+        headers.extend(self.guard.cors_headers(self.header(b"origin")))
+        self.started = True
+        return {"type": "http.response.start", "status": status, "headers": headers}
+
+    async def answer(self, status: int, headers: list[Header], content: bytes) -> None:
+        headers.append((b"content-length", str(len(content)).encode()))
+        await self.send(self._head(status, headers))
+        await self.send({"type": "http.response.body", "body": content, "more_body": False})
+
+    async def answer_json(self, payload: Any, headers: list[Header]) -> None:
+        headers.append(JSON_TYPE)
+        await self.answer(200, headers, dumps(payload))
+
+    async def stream(self, headers: list[Header], body: Body) -> None:
+        """Headers, then each chunk as it comes; the last chunk ends the body in one send."""
+        headers.extend(SSE_HEADERS)
+        await self.send(self._head(200, headers, stream=True))
+        try:
+            async for chunk in body:
+                last = body.done
+                await self.send(
+                    {"type": "http.response.body", "body": chunk, "more_body": not last}
+                )
+                if last:
+                    return
+        finally:
+            await body.aclose()
+        await self.send(END)
+
+    async def fail(self, error: errors.GatewayError) -> None:
+        self.trace.fail(error)
+        headers = [(k.encode(), v.encode()) for k, v in error_headers(error).items()]
+        await self.answer(error.status, headers, dumps(error_object(error)))
+
+
+View = Callable[[Call], Awaitable[None]]
+
+
+async def serve(view: View, guard: Guard, scope: Any, receive: Any, send: Any) -> None:
+    """Run `view` for one exchange (inside `request_scope.with_request_scope`)."""
+    with trio.CancelScope() as cancel:
+        call = Call(scope, receive, send, guard, request_trace(scope), cancel)
+        try:
+            await view(call)
+        except _ClientGone:
+            return  # nothing to answer, nobody to answer: the trace says 499
+        except Exception as raised:
+            if call.started:
+                raise  # the head is out: hypercorn ends the connection
+            await call.fail(_as_gateway_error(raised, scope["path"]))
+
+
+def _as_gateway_error(raised: Exception, path: str) -> errors.GatewayError:
+    """A failure as Quart-Trio's handlers see it (a nursery's group stands for its first
+    exception); anything not a GatewayError is a bug, logged, and a 500."""
+    error: BaseException = raised
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    if isinstance(error, errors.GatewayError):
+        return error
+    log.error("unhandled error on POST %s", path, exc_info=raised)
+    return errors.InternalError("internal gateway error")
+
+
+async def _watch_disconnect(call: Call) -> None:
+    """Once the body is in, the next message can only be the client going away: then the
+    exchange's work is cancelled (an upstream stream closed at once, a walk abandoned). The
+    exchange's nursery cancels this watch when the exchange ends."""
+    while (await call.receive())["type"] != "http.disconnect":
+        pass
+    call.cancel.cancel()
+
+
+def _too_large(max_bytes: int) -> errors.PayloadTooLarge:
+    return errors.PayloadTooLarge(f"the request body is larger than {max_bytes} bytes")
