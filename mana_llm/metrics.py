@@ -113,6 +113,8 @@ class Metrics:
     hedges: Counter = attrs.field(init=False)
     cache_requests: Counter = attrs.field(init=False)
     cache_errors: Counter = attrs.field(init=False)
+    # each labelled child found once (`labels()` takes a lock and checks its values every call)
+    _children: dict[tuple[Any, ...], Any] = attrs.field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
         for attr, kind, name, doc, labels in DECLARATIONS:
@@ -160,36 +162,43 @@ class Metrics:
     def model_label(self, model: str | None) -> str:
         return model if model is not None and model in self._known_models else OTHER
 
+    def _at(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def begin(self, trace: RequestTrace) -> None:
         """Count the request as active; call once its `stream` flag is known."""
         trace.active = _flag(trace.stream)
-        self.active.labels(trace.active).inc()
+        self._at(self.active, trace.active).inc()
 
     def finish(self, trace: RequestTrace, now: float) -> None:
         if trace.active is not None:
-            self.active.labels(trace.active).dec()
+            self._at(self.active, trace.active).dec()
         if trace.status is None:
             trace.error = "client_disconnected"
         if trace.error is not None:
-            self.errors.labels(trace.error).inc()
+            self._at(self.errors, trace.error).inc()
         if trace.cache is not None:
-            self.cache_requests.labels(trace.cache).inc()
+            self._at(self.cache_requests, trace.cache).inc()
         for attempt in trace.attempts:
             if attempt.retry is not None:
                 provider = attempt.model.partition("/")[0]  # a configured provider: bounded
-                self.retries.labels(provider, attempt.kind, attempt.retry).inc()
+                self._at(self.retries, provider, attempt.kind, attempt.retry).inc()
         total = now - trace.started_at
-        self.request_duration.labels(trace.endpoint, _flag(trace.stream)).observe(total)
+        self._at(self.request_duration, trace.endpoint, _flag(trace.stream)).observe(total)
         if trace.endpoint not in ("chat", "embeddings") or trace.model is None:
             return
         self._count_model_traffic(trace)
         if trace.upstream_started_at is not None and trace.resolved is not None:
             provider = trace.resolved.split("/", 1)[0]
             upstream = (trace.upstream_ended_at or now) - trace.upstream_started_at
-            self.upstream_duration.labels(provider).observe(upstream)
-            self.overhead.labels(trace.endpoint).observe(max(0.0, total - upstream))
+            self._at(self.upstream_duration, provider).observe(upstream)
+            self._at(self.overhead, trace.endpoint).observe(max(0.0, total - upstream))
             if trace.first_token_at is not None:
-                self.ttft.labels(provider).observe(trace.first_token_at - trace.started_at)
+                self._at(self.ttft, provider).observe(trace.first_token_at - trace.started_at)
 
     def _count_model_traffic(self, trace: RequestTrace) -> None:
         assert trace.model is not None
@@ -198,28 +207,31 @@ class Metrics:
             self._remember(trace.resolved or "")  # a provider answered for it: a real model
         requested = self.model_label(trace.label_model)
         requested_provider = _provider_of(requested)
-        self.llm_requests.labels(requested_provider, requested, "requested").inc()
+        self._at(self.llm_requests, requested_provider, requested, "requested").inc()
         if trace.model.startswith("mana/"):  # a move down a chain; a direct request has none
             tried = [a.model for a in trace.attempts] + ([trace.resolved] if trace.resolved else [])
             for attempt, to_model in zip(trace.attempts, tried[1:], strict=False):
-                self.fallbacks.labels(
-                    self.model_label(attempt.model), self.model_label(to_model), attempt.kind
+                self._at(
+                    self.fallbacks,
+                    self.model_label(attempt.model),
+                    self.model_label(to_model),
+                    attempt.kind,
                 ).inc()
         if not answered or trace.resolved is None:
-            self.llm_requests.labels(requested_provider, requested, "error").inc()
+            self._at(self.llm_requests, requested_provider, requested, "error").inc()
             return
         provider = _provider_of(trace.resolved)
-        self.llm_requests.labels(provider, trace.resolved, "success").inc()
+        self._at(self.llm_requests, provider, trace.resolved, "success").inc()
         if trace.model.startswith("mana/") and requested != OTHER:
-            self.alias_resolved.labels(requested, trace.resolved).inc()
+            self._at(self.alias_resolved, requested, trace.resolved).inc()
             for attempt in trace.attempts:
                 if attempt.after_content:
-                    self.stream_rescues.labels(requested, attempt.kind).inc()
+                    self._at(self.stream_rescues, requested, attempt.kind).inc()
             if trace.hedge is not None:
-                self.hedges.labels(requested, trace.hedge).inc()
+                self._at(self.hedges, requested, trace.hedge).inc()
         if trace.usage is not None and trace.cache != "hit":  # a hit spends no tokens
-            self.tokens.labels(provider, trace.resolved, "prompt").inc(trace.usage.prompt_tokens)
-            self.tokens.labels(provider, trace.resolved, "completion").inc(
+            self._at(self.tokens, provider, trace.resolved, "prompt").inc(trace.usage.prompt_tokens)
+            self._at(self.tokens, provider, trace.resolved, "completion").inc(
                 trace.usage.completion_tokens
             )
 

@@ -10,11 +10,10 @@ from typing import Any
 import attrs
 
 from mana_llm import errors
-from mana_llm.api import wire
+from mana_llm.api import sse, wire
 from mana_llm.api.guard import Guard
 from mana_llm.api.plain import Call, Header, View, serve
 from mana_llm.api.request_scope import ASGIApp, add_cleanup, begin, request_nursery
-from mana_llm.api.sse import PendingSSEBody, SSEBody
 from mana_llm.domain import Answered, CacheControl, ChatRequest
 from mana_llm.gateway import Gateway, Route
 from mana_llm.metrics import Metrics, RequestTrace
@@ -88,44 +87,47 @@ class InferenceRoutes:
         trace = begin(self.metrics, call.scope, "chat", chat.stream)
         route = self._routed(trace, chat.model)
         control = cache_control(call, namespace)
-        if chat.stream and self.settings.stream_keepalive_s:
-            await call.stream([], self._keepalive_body(call, chat, route, control))
+        keepalive_s = self.settings.stream_keepalive_s
+        if chat.stream and keepalive_s:
+            pending = self._walk_beside(call, chat, route, control)
+            send = await call.start_stream([])
+            await sse.relay_pending(send, pending, keepalive_s, chat.include_usage, trace)
         elif chat.stream:
             streamed = await self.gateway.chat_stream(chat, control, route)
             trace.answered(streamed, stream=True)
-            add_cleanup(call.scope, streamed.result.aclose)
-            body = SSEBody(streamed.result, chat.include_usage, trace)
-            await call.stream(answer_headers(streamed), body)
+            add_cleanup(call.scope, streamed.result.aclose)  # closed even if never relayed
+            send = await call.start_stream(answer_headers(streamed))
+            await sse.relay(send, streamed.result, chat.include_usage, trace)
         else:
             answered = await self.gateway.chat(chat, control, route)
             trace.answered(answered, answered.result.usage)
             await call.answer_json(answered.result.payload, answer_headers(answered))
 
-    def _keepalive_body(
+    def _walk_beside(
         self, call: Call, chat: ChatRequest, route: Route, control: CacheControl
-    ) -> PendingSSEBody:
-        """Headers go out at once and SSE comments keep idle proxies from closing the
-        connection while the walk looks for a first token; the walk runs beside the body in
-        the request's nursery. The answering model is then only in each chunk's `model`."""
+    ) -> sse.Pending:
+        """With keep-alives, headers go out at once and SSE comments keep idle proxies from
+        closing the connection while the walk, in the request's nursery beside the body,
+        looks for a first token. The answering model is then only in each chunk's `model`."""
         trace, scope, gateway = call.trace, call.scope, self.gateway
-        body = PendingSSEBody(chat.include_usage, self.settings.stream_keepalive_s, trace)
+        pending = sse.Pending()
 
         async def walk() -> None:
             try:
                 streamed = await gateway.chat_stream(chat, control, route)
             except errors.GatewayError as error:
-                body.resolve(error)
+                pending.resolve(error)
                 return
             except Exception:  # the root of this task: a bug is logged and reported
                 log.exception("stream walk failed")
-                body.resolve(errors.InternalError("internal gateway error"))
+                pending.resolve(errors.InternalError("internal gateway error"))
                 return
             trace.answered(streamed, stream=True)
             add_cleanup(scope, streamed.result.aclose)
-            body.resolve(streamed.result)
+            pending.resolve(streamed.result)
 
         request_nursery(scope).start_soon(walk)
-        return body
+        return pending
 
     async def embeddings(self, call: Call) -> None:
         namespace = call.namespace()

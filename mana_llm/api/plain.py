@@ -10,8 +10,8 @@ status, the cache header and CORS like Quart's `after_request` hooks give them.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
 import trio
@@ -33,18 +33,6 @@ SSE_HEADERS: tuple[Header, ...] = (
     (b"x-accel-buffering", b"no"),
     (b"content-type", b"text/event-stream"),
 )
-END = {"type": "http.response.body", "body": b"", "more_body": False}
-
-
-class Body(Protocol):
-    """A streamed body: chunks of bytes; `done` once the last one has been given."""
-
-    @property
-    def done(self) -> bool: ...
-
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
-
-    async def aclose(self) -> None: ...
 
 
 class _ClientGone(Exception):
@@ -116,21 +104,11 @@ class Call:
         headers.append(JSON_TYPE)
         await self.answer(200, headers, dumps(payload))
 
-    async def stream(self, headers: list[Header], body: Body) -> None:
-        """Headers, then each chunk as it comes; the last chunk ends the body in one send."""
+    async def start_stream(self, headers: list[Header]) -> Any:
+        """Send the head of an SSE answer; returns the ASGI `send` its body goes to."""
         headers.extend(SSE_HEADERS)
         await self.send(self._head(200, headers, stream=True))
-        try:
-            async for chunk in body:
-                last = body.done
-                await self.send(
-                    {"type": "http.response.body", "body": chunk, "more_body": not last}
-                )
-                if last:
-                    return
-        finally:
-            await body.aclose()
-        await self.send(END)
+        return self.send
 
     async def fail(self, error: errors.GatewayError) -> None:
         self.trace.fail(error)

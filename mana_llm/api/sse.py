@@ -1,11 +1,18 @@
-"""The SSE body of a committed stream: chunks re-framed as `data:` events, `[DONE]` only after a
-complete answer, a final error event (and no `[DONE]`) when the upstream fails after commit."""
+"""The SSE body of a committed stream, relayed as it comes: chunks re-framed as `data:` events,
+one send per upstream read, `[DONE]` only after a complete answer, a final error event (and no
+`[DONE]`) when the upstream fails after commit. The last event ends the body in the same send.
+
+One loop per stream, pushing to the ASGI `send`: no iterator protocol, no body object between
+the upstream and hypercorn (issue 13: each layer is paid on every chunk).
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
+import attrs
 import trio
 
 from mana_llm import errors
@@ -18,115 +25,98 @@ log = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
+Send = Callable[[dict[str, Any]], Any]
 
 
 def error_event(error: errors.GatewayError) -> bytes:
     return b"data: " + dumps(error_object(error)) + b"\n\n"
 
 
-class SSEBody:
-    """An async iterator of bytes (not a generator: it owns the upstream and closes it in
-    `aclose`, which `plain.Call.stream` calls when the body ends, fails or is cancelled).
-    `done` once the last event (`[DONE]` or a final error) has been given."""
-
-    def __init__(
-        self,
-        stream: AnswerStream,
-        include_usage: bool,
-        trace: RequestTrace,
-        clock: Callable[[], float] = trio.current_time,
-    ) -> None:
-        self._stream = stream
-        self._include_usage = include_usage
-        self._trace = trace
-        self._clock = clock
-        self.done = False
-
-    def __aiter__(self) -> SSEBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        while not self.done:
+async def relay(
+    send: Send,
+    stream: AnswerStream,
+    include_usage: bool,
+    trace: RequestTrace,
+    clock: Callable[[], float] = trio.current_time,
+) -> None:
+    """The body of an SSE answer whose head is out; closes the stream however it ends."""
+    try:
+        while True:
             try:
-                chunks = await self._stream.receive()
+                chunks = await stream.receive()
             except errors.GatewayError as error:
-                return self._end(error)
+                last = _failed(trace, stream, error, clock)
+                break
             except Exception:  # the root of this stream's relay: a bug must not look like an answer
                 log.exception("stream relay failed")
-                return self._end(errors.InternalError("the gateway failed relaying the stream"))
+                bug = errors.InternalError("the gateway failed relaying the stream")
+                last = _failed(trace, stream, bug, clock)
+                break
             if not chunks:
-                self.done = True
-                self._trace.status = 200
-                self._trace.usage = self._stream.usage
-                self._trace.upstream_ended_at = self._clock()
-                return DONE
-            keep = self._include_usage
+                trace.status = 200
+                trace.usage = stream.usage
+                trace.upstream_ended_at = clock()
+                last = DONE
+                break
             events = [
                 b"data: " + dumps(chunk.payload) + b"\n\n"
                 for chunk in chunks
-                if keep or not chunk.usage_only
+                if include_usage or not chunk.usage_only
             ]
             if events:
-                return b"".join(events)
-        raise StopAsyncIteration
-
-    def _end(self, error: errors.GatewayError) -> bytes:
-        self.done = True
-        self._trace.fail(error)
-        self._trace.usage = self._stream.usage
-        self._trace.upstream_ended_at = self._clock()
-        return error_event(error)
-
-    async def aclose(self) -> None:
-        self.done = True
-        await self._stream.aclose()
+                body = events[0] if len(events) == 1 else b"".join(events)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+    finally:
+        await stream.aclose()
+    await send({"type": "http.response.body", "body": last, "more_body": False})
 
 
-class PendingSSEBody:
+def _failed(
+    trace: RequestTrace,
+    stream: AnswerStream,
+    error: errors.GatewayError,
+    clock: Callable[[], float],
+) -> bytes:
+    trace.fail(error)
+    trace.usage = stream.usage
+    trace.upstream_ended_at = clock()
+    return error_event(error)
+
+
+@attrs.define(eq=False)
+class Pending:
+    """What the walk behind keep-alives found: a committed stream or the error that ended it."""
+
+    _ready: trio.Event = attrs.field(factory=trio.Event)
+    result: AnswerStream | errors.GatewayError | None = None
+
+    def resolve(self, result: AnswerStream | errors.GatewayError) -> None:
+        self.result = result
+        self._ready.set()
+
+    async def wait(self, seconds: float) -> bool:
+        """Whether the walk is over, waiting at most `seconds` for it."""
+        with trio.move_on_after(seconds):
+            await self._ready.wait()
+        return self._ready.is_set()
+
+
+async def relay_pending(
+    send: Send,
+    pending: Pending,
+    keepalive_s: float,
+    include_usage: bool,
+    trace: RequestTrace,
+) -> None:
     """SSE keep-alives while the walk looks for a first token (headers are already out, so
     proxies with idle timeouts keep the connection); then the committed stream, or a final
     error event when nothing answered. Comments do not commit the stream."""
-
-    def __init__(self, include_usage: bool, keepalive_s: float, trace: RequestTrace) -> None:
-        self._include_usage = include_usage
-        self._trace = trace
-        self._keepalive_s = keepalive_s
-        self._ready = trio.Event()
-        self._result: SSEBody | bytes | None = None
-        self._closed = False
-
-    @property
-    def done(self) -> bool:
-        result = self._result
-        return self._closed if isinstance(result, bytes) else result is not None and result.done
-
-    def resolve(self, result: AnswerStream | errors.GatewayError) -> None:
-        if isinstance(result, errors.GatewayError):
-            self._trace.fail(result)
-            self._result = error_event(result)
-        else:
-            self._result = SSEBody(result, self._include_usage, self._trace)
-        self._ready.set()
-
-    def __aiter__(self) -> PendingSSEBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if not self._ready.is_set():
-            with trio.move_on_after(self._keepalive_s):
-                await self._ready.wait()
-            if not self._ready.is_set():
-                return KEEPALIVE
-        result = self._result
-        if isinstance(result, bytes):
-            if self._closed:
-                raise StopAsyncIteration
-            self._closed = True
-            return result
-        assert result is not None
-        return await result.__anext__()
-
-    async def aclose(self) -> None:
-        self._closed = True
-        if isinstance(self._result, SSEBody):
-            await self._result.aclose()
+    while not await pending.wait(keepalive_s):
+        await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+    result = pending.result
+    if isinstance(result, errors.GatewayError):
+        trace.fail(result)
+        await send({"type": "http.response.body", "body": error_event(result), "more_body": False})
+        return
+    assert result is not None
+    await relay(send, result, include_usage, trace)

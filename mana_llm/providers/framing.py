@@ -36,6 +36,11 @@ class _Lines:
             raise FrameTooLong(f"a line longer than {self._max} bytes")
         return lines
 
+    @property
+    def empty(self) -> bool:
+        """No unfinished line is kept."""
+        return not self._buffer
+
     def tail(self) -> bytes:
         tail = bytes(self._buffer)
         self._buffer.clear()
@@ -52,6 +57,11 @@ class SSEDecoder:
         self._max = max_line_bytes
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        if chunk.startswith(b"data: ") and chunk.endswith(b"\n\n") and self._lines.empty:
+            # the common read: one whole `data: ...` event and nothing else
+            value = chunk[6:-2]
+            if b"\n" not in value and b"\r" not in value and not self._data:
+                return [value]
         return self._events(self._lines.feed(chunk))
 
     def _events(self, lines: list[bytes]) -> list[bytes]:

@@ -24,7 +24,7 @@ from mana_llm.domain import (
 from mana_llm.providers import ollama_wire as wire
 from mana_llm.providers.framing import NDJSONDecoder
 from mana_llm.providers.images import ImageFetcher
-from mana_llm.providers.upstream import FramedChunkStream, RawStream, Upstream
+from mana_llm.providers.upstream import FramedChunkStream, Upstream
 
 
 @attrs.define(eq=False)
@@ -102,7 +102,7 @@ class OllamaProvider:
         response = await self.upstream.open_stream("/api/chat", body)
         translator = wire.StreamTranslator(target, self.wall_clock)
         parse = partial(ndjson_chunks, self.upstream, translator)
-        return FramedChunkStream(RawStream(self.upstream, response), NDJSONDecoder(), parse)
+        return FramedChunkStream(self.upstream, response, NDJSONDecoder(), parse)
 
     async def embed(self, target: Target, request: EmbeddingRequest) -> EmbeddingResponse:
         body = wire.embed_body(target.model, request, self.defaults(target.model))

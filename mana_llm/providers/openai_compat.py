@@ -23,7 +23,7 @@ from mana_llm.domain import (
     Usage,
 )
 from mana_llm.providers.framing import SSEDecoder
-from mana_llm.providers.upstream import FramedChunkStream, RawStream, Upstream
+from mana_llm.providers.upstream import FramedChunkStream, Upstream
 
 _COMMIT_KEYS = ("content", "tool_calls", "reasoning_content", "reasoning", "refusal")
 
@@ -107,7 +107,7 @@ class OpenAICompatProvider:
         }
         response = await self.upstream.open_stream("/chat/completions", body)
         parse = partial(sse_chunks, self.upstream, target)
-        return FramedChunkStream(RawStream(self.upstream, response), SSEDecoder(), parse)
+        return FramedChunkStream(self.upstream, response, SSEDecoder(), parse)
 
     async def embed(self, target: Target, request: EmbeddingRequest) -> EmbeddingResponse:
         body = dict(request.body)
@@ -162,8 +162,9 @@ _NULLABLE_MESSAGE = frozenset({"content", "refusal", "audio"})
 
 
 def _drop_nulls(obj: dict[str, Any], keep: frozenset[str]) -> None:
-    for key in [k for k, v in obj.items() if v is None and k not in keep]:
-        del obj[key]
+    if None in obj.values():  # rare but for the choices' own nullable fields: checked in C
+        for key in [k for k, v in obj.items() if v is None and k not in keep]:
+            del obj[key]
 
 
 def drop_disallowed_nulls(data: JSON, message_key: str) -> None:
@@ -198,7 +199,10 @@ def sse_chunks(upstream: Upstream, target: Target, event: bytes) -> list[StreamC
         if not isinstance(delta, dict):
             raise upstream.protocol_error("a stream choice without a delta")
         if not commits:
-            commits = any(delta.get(key) for key in _COMMIT_KEYS)
+            for key in _COMMIT_KEYS:
+                if delta.get(key):
+                    commits = True
+                    break
         finish = choice.get("finish_reason") or finish
     if finish == "error":
         raise errors.UpstreamUnavailable(

@@ -203,48 +203,6 @@ async def aclose_response(response: httpx.Response) -> None:
         await response.aclose()
 
 
-@attrs.define(eq=False)
-class RawStream:
-    """The raw bytes of an open response, read one network read at a time."""
-
-    upstream: Upstream
-    response: httpx.Response
-    _chunks: AsyncGenerator[bytes, None] = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        # the transport's own byte stream: one generator, no decoding (none is negotiated)
-        stream = cast(httpx.AsyncByteStream, self.response.stream)
-        self._chunks = cast(AsyncGenerator[bytes, None], stream.__aiter__())
-
-    async def read(self) -> bytes:
-        """The next bytes, or b"" at the end; transport failures raise ProviderError."""
-        try:
-            return await anext(self._chunks)
-        except StopAsyncIteration:
-            return b""
-        except httpx.HTTPError as exc:
-            raise self.upstream.failed(exc) from None
-
-    async def drain(self) -> None:
-        """Read to the end of the body, ignoring what comes; a body that does not end within
-        DRAIN_S or DRAIN_MAX_BYTES is left to `aclose`, which closes the connection."""
-        total = 0
-        with trio.move_on_after(DRAIN_S):
-            while total <= DRAIN_MAX_BYTES:
-                try:
-                    total += len(await anext(self._chunks))
-                except (StopAsyncIteration, httpx.HTTPError):
-                    return
-
-    async def aclose(self) -> None:
-        # bounded, shielded cleanup: the byte iterator and the upstream connection
-        with trio.move_on_after(CLEANUP_S, shield=True):
-            try:
-                await self._chunks.aclose()
-            finally:
-                await self.response.aclose()
-
-
 class FrameDecoder(Protocol):
     def feed(self, chunk: bytes) -> list[bytes]: ...
 
@@ -257,16 +215,30 @@ FrameParser = Callable[[bytes], list[StreamChunk] | None]
 
 @attrs.define(eq=False)
 class FramedChunkStream:
-    """A ChunkStream over any framing: reads until a read yields chunks, or the end."""
+    """A ChunkStream over an open response in any framing: reads (one network read at a
+    time, straight from the transport's byte stream: no decoding is negotiated) until a read
+    yields chunks, or the end."""
 
-    raw: RawStream
+    upstream: Upstream
+    response: httpx.Response
     decoder: FrameDecoder
     parse: FrameParser
+    _reads: AsyncGenerator[bytes, None] = attrs.field(init=False)
     _ended: bool = False
+    _closed: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        stream = cast(httpx.AsyncByteStream, self.response.stream)
+        self._reads = cast(AsyncGenerator[bytes, None], stream.__aiter__())
 
     async def receive(self) -> list[StreamChunk]:
         while not self._ended:
-            data = await self.raw.read()
+            try:
+                data = await anext(self._reads)
+            except StopAsyncIteration:
+                data = b""
+            except httpx.HTTPError as exc:
+                raise self.upstream.failed(exc) from None
             try:
                 if data:
                     frames = self.decoder.feed(data)
@@ -274,18 +246,37 @@ class FramedChunkStream:
                     frames = self.decoder.close()
                     self._ended = True
             except ValueError as exc:  # FrameTooLong: not the framing it should speak
-                raise self.raw.upstream.protocol_error(str(exc)) from None
+                raise self.upstream.protocol_error(str(exc)) from None
             chunks: list[StreamChunk] = []
             for frame in frames:
                 parsed = self.parse(frame)
                 if parsed is None:
                     self._ended = True
-                    await self.raw.drain()
+                    await self._drain()
                     break
                 chunks.extend(parsed)
             if chunks:
                 return chunks
         return []
 
+    async def _drain(self) -> None:
+        """Read to the end of the body, ignoring what comes; a body that does not end within
+        DRAIN_S or DRAIN_MAX_BYTES is left to `aclose`, which closes the connection."""
+        total = 0
+        with trio.move_on_after(DRAIN_S):
+            while total <= DRAIN_MAX_BYTES:
+                try:
+                    total += len(await anext(self._reads))
+                except (StopAsyncIteration, httpx.HTTPError):
+                    return
+
     async def aclose(self) -> None:
-        await self.raw.aclose()
+        """Bounded, shielded cleanup of the byte stream and the upstream connection; once."""
+        if self._closed:
+            return
+        self._closed = True
+        with trio.move_on_after(CLEANUP_S, shield=True):
+            try:
+                await self._reads.aclose()
+            finally:
+                await self.response.aclose()
