@@ -32,6 +32,7 @@ from mana_llm.metrics import Metrics
 from mana_llm.providers.images import ImageFetcher
 from mana_llm.providers.ollama import OllamaProvider
 from mana_llm.providers.openai_compat import OpenAICompatProvider
+from mana_llm.providers.pool import Pool
 from mana_llm.providers.protocol import Provider
 from mana_llm.providers.upstream import Upstream
 from mana_llm.routing.aliases import AliasFileError, AliasStore, run_alias_watch
@@ -45,12 +46,12 @@ log = logging.getLogger(__name__)
 
 
 def build_providers(
-    settings: Settings, transport: httpx.AsyncHTTPTransport, images: ImageFetcher
+    settings: Settings, pools: dict[str, Pool], images: ImageFetcher
 ) -> dict[str, Provider]:
     providers: dict[str, Provider] = {}
     for ps in settings.providers:
         upstream = Upstream(
-            ps, transport, settings.connect_timeout_s, settings.max_upstream_response_bytes
+            ps, pools[ps.name], settings.connect_timeout_s, settings.max_upstream_response_bytes
         )
         if ps.kind == "ollama":
             providers[ps.name] = OllamaProvider(upstream, images)
@@ -60,12 +61,25 @@ def build_providers(
 
 
 def http_transport(connections: int) -> httpx.AsyncHTTPTransport:
-    """A connection pool: one shared by every provider, one for image fetches."""
+    """The image fetches' own connection pool."""
     limits = httpx.Limits(
         max_connections=connections,
         max_keepalive_connections=connections,  # else httpcore evicts and reopens
     )
     return httpx.AsyncHTTPTransport(limits=limits, retries=0)
+
+
+@asynccontextmanager
+async def provider_pools(settings: Settings) -> AsyncIterator[dict[str, Pool]]:
+    """Each provider its own connections (`MAX_UPSTREAM_CONNECTIONS` each): one provider's
+    load never makes another's requests wait or scan its pool."""
+    tls = httpx.create_ssl_context()
+    pools = {ps.name: Pool(settings.max_connections, tls) for ps in settings.providers}
+    try:
+        yield pools
+    finally:
+        for pool in pools.values():
+            await pool.aclose()
 
 
 def image_fetcher(settings: Settings, transport: httpx.AsyncHTTPTransport) -> ImageFetcher:
@@ -133,11 +147,11 @@ async def _run(
     for warning in settings.warnings():
         log.warning("%s", warning)
     async with (
-        http_transport(settings.max_connections) as transport,
+        provider_pools(settings) as pools,
         http_transport(settings.image_fetch_concurrency) as image_transport,
         open_cache(settings, metrics) as cache,
     ):
-        providers = build_providers(settings, transport, image_fetcher(settings, image_transport))
+        providers = build_providers(settings, pools, image_fetcher(settings, image_transport))
         configured = [p for p in providers.values() if p.configured]
         metrics.start_providers([p.name for p in configured])
         gateway = Gateway(settings, providers, health, aliases, cache=cache)

@@ -1,11 +1,11 @@
 """One HTTP upstream: base URL, fixed headers, JSON in and out, error mapping at the boundary.
 
-Requests go straight to the shared `httpx.AsyncHTTPTransport` (httpcore's pool, TLS and
-errors) rather than through `AsyncClient`, whose per-request layers (request merging, auth and
-redirect flows, cookie extraction) cost a fifth of the gateway's CPU per request and serve
-nothing here. URLs and headers are built once. Deadlines are not set here: the walk puts a trio
-cancel scope around every call (httpx's read timeout is per read, not per response); only the
-connect timeout rides on each request.
+Requests go straight to a transport (the provider's `pool.Pool`: httpcore's pools, TLS and
+errors underneath) rather than through `AsyncClient`, whose per-request layers (request
+merging, auth and redirect flows, cookie extraction) cost a fifth of the gateway's CPU per
+request and serve nothing here. URLs and headers are built once. Deadlines are not set here:
+the walk puts a trio cancel scope around every call (httpx's read timeout is per read, not per
+response); only the connect timeout rides on each request.
 """
 
 from __future__ import annotations
@@ -38,10 +38,16 @@ DRAIN_MAX_BYTES = 64 * 1024
 CHECK_MAX_BYTES = 8 * 1024 * 1024
 
 
+class Transport(Protocol):
+    """`httpx.AsyncHTTPTransport`, or a `pool.Pool` of them."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response: ...
+
+
 @attrs.define(eq=False)
 class Upstream:
     settings: ProviderSettings
-    transport: httpx.AsyncHTTPTransport
+    transport: Transport
     connect_timeout_s: float = 5.0
     max_response_bytes: int = 64 * 1024 * 1024
     wall_clock: Callable[[], float] = time.time  # reads a Retry-After given as a date
@@ -101,8 +107,10 @@ class Upstream:
         response = await self._send(request)
         parts: list[bytes] = []
         size = 0
+        # decoded when encoded (a zip bomb is bounded too); else the transport's own reads
+        reads = response.aiter_bytes() if "content-encoding" in response.headers else None
         try:
-            async for part in response.aiter_bytes():  # decoded: a zip bomb is bounded too
+            async for part in reads or cast(httpx.AsyncByteStream, response.stream):
                 size += len(part)
                 if size > self.max_response_bytes:
                     raise errors.UpstreamProtocolError(

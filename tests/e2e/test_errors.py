@@ -3,6 +3,8 @@ taxonomy; every error has the OpenAI shape."""
 
 from __future__ import annotations
 
+import gzip
+import json
 from typing import Any
 
 import httpx
@@ -276,6 +278,27 @@ async def test_an_upstream_answer_larger_than_the_bound_is_a_502(nursery: trio.N
         assert error["message"] == (
             "ollama sent an answer larger than 4096 bytes (MAX_UPSTREAM_RESPONSE_BYTES)"
         )
+
+
+async def test_a_compressed_answer_is_decoded_and_its_decoded_size_bounded(
+    nursery: trio.Nursery,
+) -> None:
+    """An upstream that compresses (a proxy in front of it, say) is read decoded: the answer
+    arrives whole, and a small compressed body that inflates past the bound is refused."""
+    stack = await start_stack(nursery, MAX_UPSTREAM_RESPONSE_BYTES="4096")
+    small = {"message": {"role": "assistant", "content": "hi"}, "done": True}
+    bomb = {"message": {"role": "assistant", "content": "x" * 100_000}, "done": True}
+    gzipped = {"content-type": "application/json", "content-encoding": "gzip"}
+    for answer in (small, bomb):
+        body = gzip.compress(json.dumps(answer).encode())
+        stack.ollama.script("/api/chat", Reply(200, [body], gzipped))
+    assert len(gzip.compress(json.dumps(bomb).encode())) < 4096
+    with trio.fail_after(10):
+        decoded = await stack.chat({"model": "gemma3:4b", "messages": MSG})
+        refused = await stack.chat({"model": "gemma3:4b", "messages": MSG})
+    assert decoded.status_code == 200
+    assert decoded.json()["choices"][0]["message"]["content"] == "hi"
+    assert_error_shape(refused, 502, "upstream_protocol_error")
 
 
 async def test_a_stream_line_without_end_is_a_502_not_a_growing_buffer(
