@@ -348,6 +348,27 @@ def report(args: argparse.Namespace, up_port: int, gw_port: int, pid: int) -> No
     widths = (18, 19, 14, 13)
     header = " ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))
     print(f"{'workload':<18} {header} {'gw cpu ms/req':>13} {'ms/chunk':>9}")
+    floor_port = free_ports(1)[0]
+    relays = os.path.join(HERE, "floor_relays.py")
+    floor = subprocess.Popen([sys.executable, relays, "asgi", str(floor_port), str(up_port)])
+    try:
+        asyncio.run(wait_port(floor_port))
+        rows(args, up_port, gw_port, pid, floor_port, floor.pid, (plain, cached, stream))
+    finally:
+        floor.terminate()
+        floor.wait(10)
+
+
+def rows(
+    args: argparse.Namespace,
+    up_port: int,
+    gw_port: int,
+    pid: int,
+    floor_port: int,
+    floor_pid: int,
+    bodies: tuple[bytes, bytes, bytes],
+) -> None:
+    plain, cached, stream = bodies
     for conc in (int(c) for c in args.conc.split(",")):
         direct = run(up_port, None, plain, conc, args.seconds)
         ours = run(gw_port, pid, plain, conc, args.seconds)
@@ -366,6 +387,15 @@ def report(args: argparse.Namespace, up_port: int, gw_port: int, pid: int) -> No
             ours_s,
             ours_s["cpu_ms"],
             per_chunk,
+        )
+        # the floor (bench/floor.py): the same streams through a minimal relay on the same stack;
+        # CPU per content chunk with the per-stream work included, for both
+        floor_s = run(floor_port, floor_pid, stream, conc, args.seconds)
+        gw_chunk = ours_s["cpu_ms"] * ours_s["n"] / max(1, ours_s["events"])
+        floor_chunk = floor_s["cpu_ms"] * floor_s["n"] / max(1, floor_s["events"])
+        print(
+            f"{f'  floor c={conc}':<18} hypercorn + raw ASGI + httpx: {floor_chunk:.3f} ms/chunk,"
+            f" gateway {gw_chunk:.3f} (x{gw_chunk / floor_chunk:.2f}; bench/floor.py for more)"
         )
 
 

@@ -18,7 +18,7 @@ import trio
 from mana_llm import errors
 from mana_llm.api.render import error_object
 from mana_llm.codec import dumps
-from mana_llm.domain import AnswerStream
+from mana_llm.domain import AnswerStream, StreamChunk
 from mana_llm.metrics import RequestTrace
 
 log = logging.getLogger(__name__)
@@ -40,32 +40,34 @@ async def relay(
     clock: Callable[[], float] = trio.current_time,
 ) -> None:
     """The body of an SSE answer whose head is out; closes the stream however it ends."""
+
+    async def emit(chunks: list[StreamChunk]) -> None:
+        events = [
+            b"data: " + dumps(chunk.payload) + b"\n\n"
+            for chunk in chunks
+            if include_usage or not chunk.usage_only
+        ]
+        if events:
+            body = events[0] if len(events) == 1 else b"".join(events)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+
     try:
-        while True:
-            try:
-                chunks = await stream.receive()
-            except errors.GatewayError as error:
-                last = _failed(trace, stream, error, clock)
-                break
-            except Exception:  # the root of this stream's relay: a bug must not look like an answer
-                log.exception("stream relay failed")
-                bug = errors.InternalError("the gateway failed relaying the stream")
-                last = _failed(trace, stream, bug, clock)
-                break
-            if not chunks:
-                trace.status = 200
-                trace.usage = stream.usage
-                trace.upstream_ended_at = clock()
-                last = DONE
-                break
-            events = [
-                b"data: " + dumps(chunk.payload) + b"\n\n"
-                for chunk in chunks
-                if include_usage or not chunk.usage_only
-            ]
-            if events:
-                body = events[0] if len(events) == 1 else b"".join(events)
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+        try:
+            complete = await stream.relay(emit)
+        except errors.GatewayError as error:
+            last = _failed(trace, stream, error, clock)
+        except Exception:  # the root of this stream's relay: a bug must not look like an answer
+            log.exception("stream relay failed")
+            bug = errors.InternalError("the gateway failed relaying the stream")
+            last = _failed(trace, stream, bug, clock)
+        else:
+            if not complete:  # the client held the stream: ended as if it had left (499)
+                log.info("the client stopped reading the stream; ended")
+                return
+            trace.status = 200
+            trace.usage = stream.usage
+            trace.upstream_ended_at = clock()
+            last = DONE
     finally:
         await stream.aclose()
     await send({"type": "http.response.body", "body": last, "more_body": False})

@@ -1,9 +1,18 @@
-"""The committed stream's recorder: keeps chunks for the cache only while they stay small."""
+"""The committed stream: its recorder keeps chunks for the cache only while they stay small;
+its relay pushes chunks under one deadline and tells a stalled upstream from a stalled client
+(MockClock, exact times)."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
+import trio
+import trio.testing
+
+from mana_llm import errors
 from mana_llm.domain import JSON, StreamChunk, Target
-from mana_llm.routing.commit import Recorder
+from mana_llm.routing.commit import CommittedStream, Recorder, StreamPolicy
 from tests.fakes.providers import chunk_payload
 
 TARGET = Target("ollama", "m")
@@ -37,3 +46,102 @@ async def test_a_recorder_lets_go_past_its_bound() -> None:
     recorder.keep(chunks("x", 1))
     await recorder.complete()
     assert seen == []
+
+
+class Script:
+    """A ChunkStream that answers from a list: chunks, or a number of seconds to go silent
+    for (inf: for ever), or an error to raise."""
+
+    def __init__(self, *steps: object) -> None:
+        self.steps = list(steps)
+
+    async def receive(self) -> list[StreamChunk]:
+        while self.steps:
+            step = self.steps.pop(0)
+            if isinstance(step, float):
+                await trio.sleep(step)
+                continue
+            if isinstance(step, Exception):
+                raise step
+            assert isinstance(step, list)
+            return step
+        return []
+
+    async def aclose(self) -> None:
+        pass
+
+
+def committed(upstream: Script, idle_s: float = 10.0) -> tuple[CommittedStream, list[str]]:
+    blamed: list[str] = []
+    policy = StreamPolicy(idle_s, on_error=lambda error: blamed.append(error.message))
+    return CommittedStream(TARGET, upstream, [], policy), blamed
+
+
+FINISH = [StreamChunk(chunk_payload(TARGET, {}, "stop"), finish_reason="stop")]
+
+
+async def test_relay_pushes_every_chunk_and_says_complete(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    stream, blamed = committed(Script(chunks("a", 1), 9.5, chunks("b", 2), 9.5, FINISH))
+    seen: list[int] = []
+
+    async def emit(got: list[StreamChunk]) -> None:
+        seen.append(len(got))
+
+    assert await stream.relay(emit) is True
+    assert seen == [1, 2, 1] and stream.finish_reason == "stop" and blamed == []
+    assert trio.current_time() == 19.0  # silences just under the idle timeout are no stall
+
+
+async def test_relay_declares_a_stall_after_the_idle_timeout_not_before(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    stream, blamed = committed(Script(chunks("a", 1), 4.0, chunks("b", 1), math.inf))
+
+    async def emit(got: list[StreamChunk]) -> None:
+        pass
+
+    with pytest.raises(errors.UpstreamTimeout, match="stalled mid-stream"):
+        await stream.relay(emit)
+    # the last data came at 4.0; the idle timeout is 10s, moved forward at most every 1s
+    assert 14.0 <= trio.current_time() <= 15.0
+    assert len(blamed) == 1
+
+
+async def test_relay_idle_after_the_finish_is_a_complete_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    stream, blamed = committed(Script(chunks("a", 1), FINISH, math.inf))
+
+    async def emit(got: list[StreamChunk]) -> None:
+        pass
+
+    assert await stream.relay(emit) is True
+    assert blamed == []
+
+
+async def test_relay_a_client_that_holds_the_stream_is_not_the_upstreams_fault(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    stream, blamed = committed(Script(chunks("a", 1), chunks("b", 1), FINISH))
+
+    async def emit(got: list[StreamChunk]) -> None:
+        await trio.sleep(math.inf)  # the client stopped reading
+
+    assert await stream.relay(emit) is False
+    assert blamed == [] and 10.0 <= trio.current_time() <= 11.0
+
+
+async def test_relay_an_upstream_failure_is_raised_and_blamed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cut = errors.UpstreamUnavailable("groq reset the connection", provider="groq")
+    stream, blamed = committed(Script(chunks("a", 1), cut))
+
+    async def emit(got: list[StreamChunk]) -> None:
+        pass
+
+    with pytest.raises(errors.UpstreamUnavailable):
+        await stream.relay(emit)
+    assert blamed == ["groq reset the connection"]
