@@ -189,16 +189,16 @@ class Answered(Generic[T]):
 class AnswerStream(Protocol):
     """A committed answer, relayed chunk by chunk (live, or replayed from the cache).
     `receive` returns the next chunks, [] once the answer is complete, and raises GatewayError
-    when it fails after commit; `relay` pushes every chunk to `emit` the same way, and says
-    False when `emit` held the stream past the idle timeout; `usage` is known once the
-    upstream sent it."""
+    when it fails after commit; `relay` pushes every chunk to `emit` the same way (and raises
+    RequestTimeout when `emit` held the stream past the idle timeout); `usage` is known once
+    the upstream sent it."""
 
     @property
     def usage(self) -> Usage | None: ...
 
     async def receive(self) -> list[StreamChunk]: ...
 
-    async def relay(self, emit: Callable[[list[StreamChunk]], Awaitable[None]]) -> bool: ...
+    async def relay(self, emit: Callable[[list[StreamChunk]], Awaitable[None]]) -> None: ...
 
     async def aclose(self) -> None: ...
 

@@ -8,7 +8,7 @@ GatewayError (500 internal_error)
 ├── NotFound              404 no such route or model
 │   └── ModelNotFound         an unknown alias or model
 ├── MethodNotAllowed      405
-├── RequestTimeout        408 the request body did not arrive in time
+├── RequestTimeout        408 the client was too slow: its body, or reading a stream
 ├── PayloadTooLarge       413
 ├── ProviderNotConfigured 503 the provider has no key here (a chain skips it)
 ├── AllProvidersFailed    503 every chain entry failed or was skipped; `attempts` lists them
@@ -139,7 +139,8 @@ class MethodNotAllowed(GatewayError):
 
 
 class RequestTimeout(GatewayError):
-    """The request body did not arrive in time."""
+    """The client was too slow: its request body did not arrive in time, or it read nothing
+    of a stream for the idle timeout."""
 
     error_type = "invalid_request"
 

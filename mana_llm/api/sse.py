@@ -53,7 +53,7 @@ async def relay(
 
     try:
         try:
-            complete = await stream.relay(emit)
+            await stream.relay(emit)
         except errors.GatewayError as error:
             last = _failed(trace, stream, error, clock)
         except Exception:  # the root of this stream's relay: a bug must not look like an answer
@@ -61,9 +61,6 @@ async def relay(
             bug = errors.InternalError("the gateway failed relaying the stream")
             last = _failed(trace, stream, bug, clock)
         else:
-            if not complete:  # the client held the stream: ended as if it had left (499)
-                log.info("the client stopped reading the stream; ended")
-                return
             trace.status = 200
             trace.usage = stream.usage
             trace.upstream_ended_at = clock()

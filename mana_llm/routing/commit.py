@@ -128,10 +128,10 @@ class CommittedStream:
             return await self._next()
         return await self._went_idle()
 
-    async def relay(self, emit: Callable[[list[StreamChunk]], Awaitable[None]]) -> bool:
-        """Every chunk to `emit` until the answer is complete (True). Raises GatewayError when
-        the upstream fails after commit. False: `emit` (the client) held the stream past the
-        idle timeout; the upstream is not to blame.
+    async def relay(self, emit: Callable[[list[StreamChunk]], Awaitable[None]]) -> None:
+        """Every chunk to `emit` until the answer is complete. Raises GatewayError when the
+        upstream fails after commit, and RequestTimeout when `emit` (the client) held the
+        stream past the idle timeout: the upstream is not to blame for that.
 
         One cancel scope for the whole relay: the request's deadline, and the idle timeout
         moved forward at most every `step` (at 60s, a second), so the stall is declared
@@ -152,11 +152,14 @@ class CommittedStream:
                 chunks = await self._next()
                 reading = False
                 if not chunks:
-                    return True
+                    return
                 await emit(chunks)
         if not reading:
-            return False
-        return not await self._went_idle()
+            self._ended = True
+            raise errors.RequestTimeout(
+                f"the client read nothing of the stream for {idle:g}s; it was ended"
+            )
+        await self._went_idle()
 
     async def _next(self) -> list[StreamChunk]:
         """What the upstream gives next (what was read before commit first); [] once the

@@ -215,3 +215,45 @@ async def test_a_finished_stream_gives_its_upstream_connection_back(nursery: tri
     assert stack.cloud.connections == opened  # no connection was opened for the chats
     ollama = [r for r in stack.ollama.requests if r.path == "/api/chat"]
     assert len({r.connection for r in ollama}) == 1
+
+
+async def test_a_client_that_stops_reading_has_its_stream_ended_not_the_upstream_blamed(
+    nursery: trio.Nursery,
+) -> None:
+    """The client reads the head, then nothing for longer than STREAM_IDLE_TIMEOUT while the
+    upstream keeps sending: the gateway's sends back up, the stream is ended with a final 408
+    event (no [DONE]) once the client reads again, and the provider stays healthy."""
+    stack = await start_stack(nursery, STREAM_IDLE_TIMEOUT="0.3", FIRST_TOKEN_TIMEOUT="5")
+    word = "w" * 400
+    parts: list[Part] = [openai_chunk(word, role=True)]
+    parts += [openai_chunk(word)] * 20_000
+    stack.cloud.script("/v1/chat/completions", openai_stream(*parts, openai_chunk(finish="stop")))
+    body = json.dumps(
+        {"model": "groq/llama-3.1-8b-instant", "messages": MSG, "stream": True}
+    ).encode()
+    host, port = stack.base_url.removeprefix("http://").split(":")
+    with trio.fail_after(20):
+        sock = trio.socket.socket()
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+        await sock.connect((host, int(port)))
+        stream = trio.SocketStream(sock)
+        await stream.send_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%b" % (len(body), body)
+        )
+        received = await stream.receive_some(1024)
+        assert received.startswith(b"HTTP/1.1 200")
+        await trio.sleep(1.5)  # reads nothing: every buffer fills, the gateway's sends wait
+        while not received.endswith(b"0\r\n\r\n"):
+            part = await stream.receive_some(1 << 16)
+            assert part, "the connection closed before the stream ended"
+            received += part
+        await stream.aclose()
+        async with stack.client() as client:
+            health = (await client.get("/v1/health")).json()
+    tail = received[-2000:].decode("latin-1")
+    assert '"code":"request_timeout"' in tail and "read nothing of the stream" in tail
+    assert "[DONE]" not in tail
+    assert len(received) < 20_000 * 400  # ended early, not relayed to the end
+    groq = health["providers"]["groq"]
+    assert groq["state"] == "closed" and groq["consecutive_failures"] == 0
