@@ -154,6 +154,8 @@ class CommittedStream:
                 if not chunks:
                     return
                 await emit(chunks)
+                if scope.cancel_called:  # expired while a shielded send (hypercorn's) waited
+                    break
         if not reading:
             self._ended = True
             raise errors.RequestTimeout(

@@ -134,6 +134,22 @@ async def test_relay_a_client_that_holds_the_stream_is_not_the_upstreams_fault(
     assert blamed == [] and 10.0 <= trio.current_time() <= 11.0
 
 
+async def test_relay_a_client_held_inside_a_shielded_send_is_still_the_clients_fault(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """hypercorn writes under a shielded scope: the deadline passes there, the cancellation
+    can only land later (at the next read); the client is still the one to blame."""
+    stream, blamed = committed(Script(chunks("a", 1), chunks("b", 1), FINISH))
+
+    async def emit(got: list[StreamChunk]) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(15.0)
+
+    with pytest.raises(errors.RequestTimeout):
+        await stream.relay(emit)
+    assert blamed == [] and trio.current_time() == 15.0
+
+
 async def test_relay_an_upstream_failure_is_raised_and_blamed(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
