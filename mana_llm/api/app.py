@@ -1,4 +1,5 @@
-"""The HTTP surface: a Quart-Trio app whose routes are thin, one module per concern.
+"""The HTTP surface: the inference routes as plain ASGI in front of a Quart-Trio app for every
+other route; routes are thin, one module per concern.
 
 guard.py     gateway keys and CORS
 chat.py      POST /v1/chat/completions, /v1/embeddings (plain ASGI, `plain.py`, before Quart)

@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 from mana_llm import errors
 from mana_llm.api.render import error_response
 from mana_llm.api.request_scope import request_trace
+from mana_llm.metrics import RequestTrace
 from mana_llm.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,14 +27,23 @@ _HTTP_ERRORS: dict[int, type[errors.GatewayError]] = {
 }
 
 
+def note_answer(trace: RequestTrace, status: int, stream: bool) -> str | None:
+    """What an answer's head tells its trace (a stream's outcome is known only at its end),
+    and the cache header it carries, if any (Quart's routes and the plain ASGI ones)."""
+    if trace.status is None and not stream:
+        trace.status = status
+    if trace.cache is not None and status < 400:
+        return CACHE_HEADER[trace.cache]
+    return None
+
+
 def register_failures(app: QuartTrio, settings: Settings) -> None:
     @app.after_request
     async def record_status(response: Response) -> Response:
-        trace = request_trace(request.scope)
-        if trace.status is None and response.mimetype != "text/event-stream":
-            trace.status = response.status_code  # a stream's outcome is known at its end
-        if trace.cache is not None and response.status_code < 400:
-            response.headers[CACHE] = CACHE_HEADER[trace.cache]
+        stream = response.mimetype == "text/event-stream"
+        cache = note_answer(request_trace(request.scope), response.status_code, stream)
+        if cache is not None:
+            response.headers[CACHE] = cache
         return response
 
     def failed(error: errors.GatewayError) -> Response:

@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from mana_llm import errors
-from mana_llm.api.failures import CACHE, CACHE_HEADER
+from mana_llm.api.failures import CACHE, note_answer
 from mana_llm.api.guard import Guard
 from mana_llm.api.render import error_headers, error_object
 from mana_llm.api.request_scope import request_nursery, request_trace
@@ -27,6 +27,7 @@ from mana_llm.metrics import RequestTrace
 log = logging.getLogger(__name__)
 
 Header = tuple[bytes, bytes]
+CACHE_NAME = CACHE.encode()
 JSON_TYPE: Header = (b"content-type", b"application/json")
 SSE_HEADERS: tuple[Header, ...] = (
     (b"cache-control", b"no-cache"),
@@ -86,11 +87,9 @@ class Call:
         raise errors.RequestTimeout(f"the request body did not arrive within {timeout_s:g}s")
 
     def _head(self, status: int, headers: list[Header], stream: bool = False) -> dict[str, Any]:
-        trace = self.trace
-        if trace.status is None and not stream:
-            trace.status = status  # a stream's outcome is known at its end
-        if trace.cache is not None and status < 400:
-            headers.append((CACHE.encode(), CACHE_HEADER[trace.cache].encode()))
+        cache = note_answer(self.trace, status, stream)
+        if cache is not None:
+            headers.append((CACHE_NAME, cache.encode()))
         headers.extend(self.guard.cors_headers(self.header(b"origin")))
         self.started = True
         return {"type": "http.response.start", "status": status, "headers": headers}

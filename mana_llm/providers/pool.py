@@ -67,11 +67,12 @@ class Pool:
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         index = self._pick()
         self._in_flight[index] += 1
+        response = None
         try:
             response = await self._shard(index).handle_async_request(request)
-        except BaseException:
-            self._in_flight[index] -= 1
-            raise
+        finally:
+            if response is None:  # failed or cancelled: its slot is free again
+                self._in_flight[index] -= 1
         response.stream = _Held(response.stream, self._in_flight, index)
         return response
 
