@@ -40,6 +40,23 @@ def error_event(message: str) -> bytes:
     return b"data: " + orjson.dumps(error) + b"\n\n"
 
 
+async def request_body(scope: Any, receive: Any, send: Any) -> bytes | None:
+    """A raw ASGI app's plumbing: answers the lifespan protocol (then None), else returns the
+    whole request body. Shared with `workers_floor.py`'s relay."""
+    if scope["type"] == "lifespan":
+        while True:
+            kind = (await receive())["type"]  # lifespan.startup, then lifespan.shutdown
+            await send({"type": kind + ".complete"})
+            if kind == "lifespan.shutdown":
+                return None
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
 class Relay:
     """SSE events in, in any split; events out with `model` rewritten."""
 
@@ -89,18 +106,9 @@ def asgi_app(upstream: Upstream) -> Any:
     headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                kind = (await receive())["type"]  # lifespan.startup, then lifespan.shutdown
-                await send({"type": kind + ".complete"})
-                if kind == "lifespan.shutdown":
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await request_body(scope, receive, send)
+        if body is None:
+            return
         response, sse = await upstream.open(body)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         try:

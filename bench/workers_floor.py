@@ -30,6 +30,8 @@ RELAY = r"""
 import os, socket, sys, httpx, trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
+sys.path.insert(0, sys.argv[3])
+from floor_relays import request_body
 
 UP = httpx.URL(f"http://127.0.0.1:{sys.argv[2]}/v1/chat/completions")
 
@@ -38,20 +40,9 @@ async def main():
     transport = httpx.AsyncHTTPTransport(limits=limits)
 
     async def app(scope, receive, send):
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await request_body(scope, receive, send)
+        if body is None:
+            return
         headers = {"content-type": "application/json"}
         request = httpx.Request("POST", UP, content=body, headers=headers)
         response = await transport.handle_async_request(request)
@@ -84,7 +75,7 @@ def measure(
     message = {"model": "bench", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
     body = json.dumps(message).encode()
     procs = [
-        subprocess.Popen([sys.executable, "-c", RELAY, str(port), str(up_port)])
+        subprocess.Popen([sys.executable, "-c", RELAY, str(port), str(up_port), HERE])
         for _ in range(processes)
     ]
     try:
