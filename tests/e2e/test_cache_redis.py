@@ -135,11 +135,13 @@ async def test_a_killed_redis_fails_no_request_and_the_cache_recovers(
         assert stack.cloud_calls() == 5
         await redis.start()  # same port, empty
         seen: list[str] = []
-        while seen[-2:] != ["MISS", "HIT"]:  # bypassed until the cool-down ends, then a trial
+        while seen[-1:] != ["HIT"]:  # bypassed until the cool-down ends, then stored, then a hit
             r = await stack.chat(BODY)
             assert r.status_code == 200
             seen.append(r.headers["x-mana-llm-cache"])
-    assert set(seen[:-2]) <= {"BYPASS"}
+    # the answer that stored it: a trial lookup (MISS), or a request whose lookup was bypassed
+    # and whose store came after the cool-down ended (a slow machine)
+    assert set(seen[:-2]) <= {"BYPASS"} and seen[-2] in ("MISS", "BYPASS")
 
 
 async def test_a_hung_redis_costs_one_deadline_per_request_then_none(
