@@ -48,7 +48,7 @@ def cpu_per_chunk(port: int, pid: int, tokens: int, conc: int, seconds: float) -
     result = asyncio.run(closed_loop(port, body, conc, seconds))
     if result["errors"] or not result["events"]:
         raise SystemExit(f"port {port}: {result['errors']} errors, {result['events']} chunks")
-    return (cpu_s(pid) - before) * 1000 / result["events"]
+    return (cpu_s(pid) - before) * 1000 / float(result["events"])
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ and response objects. No auth, no routing, no metrics, no disconnect watch, no f
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -52,7 +52,7 @@ async def request_body(scope: Any, receive: Any, send: Any) -> bytes | None:
     body = b""
     while True:
         message = await receive()
-        body += message.get("body", b"")
+        body += bytes(message.get("body", b""))
         if not message.get("more_body"):
             return body
 
@@ -113,7 +113,7 @@ def asgi_app(upstream: Upstream) -> Any:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         try:
             with trio.CancelScope(deadline=trio.current_time() + IDLE_S) as idle:
-                async for data in response.stream:
+                async for data in cast(httpx.AsyncByteStream, response.stream):
                     out = sse.feed(data)
                     if out:
                         await send({"type": "http.response.body", "body": out, "more_body": True})
@@ -139,7 +139,7 @@ def quart_app(upstream: Upstream) -> Any:
     class Body:
         def __init__(self, response: httpx.Response, sse: Relay) -> None:
             self.response, self.sse, self.over = response, sse, False
-            self.parts = response.stream.__aiter__()  # type: ignore[attr-defined]
+            self.parts = cast(httpx.AsyncByteStream, response.stream).__aiter__()
 
         def __aiter__(self) -> Body:
             return self
