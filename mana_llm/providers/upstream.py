@@ -51,7 +51,8 @@ class Upstream:
     connect_timeout_s: float = 5.0
     max_response_bytes: int = 64 * 1024 * 1024
     wall_clock: Callable[[], float] = time.time  # reads a Retry-After given as a date
-    _headers: list[tuple[str, str]] = attrs.field(init=False)
+    _headers: httpx.Headers = attrs.field(init=False)
+    _json_headers: httpx.Headers = attrs.field(init=False)
     _extensions: dict[str, Any] = attrs.field(init=False)
     _urls: dict[str, httpx.URL] = attrs.field(init=False, factory=dict)
     redact: Redactor = attrs.field(init=False)
@@ -64,7 +65,8 @@ class Upstream:
         if self.settings.api_key:
             headers.append(("authorization", f"Bearer {self.settings.api_key}"))
         headers.extend((k.lower(), v) for k, v in self.settings.headers.items())
-        self._headers = headers
+        self._headers = httpx.Headers(headers)
+        self._json_headers = httpx.Headers([*headers, ("content-type", "application/json")])
         timeout = {"connect": self.connect_timeout_s, "read": None, "write": None, "pool": None}
         self._extensions = {"timeout": timeout}
         self.redact = Redactor(self.settings.api_key)
@@ -88,9 +90,15 @@ class Upstream:
                 method, self.url(path), headers=self._headers, extensions=self._extensions
             )
         content = codec.dumps(body)
-        headers = [*self._headers, ("content-type", "application/json")]
+        headers = httpx.Headers(self._json_headers)  # a copy of the list, nothing re-checked
+        headers["content-length"] = str(len(content))
+        # `stream=`: httpx adds no headers of its own (they are all here) and reads nothing
         return httpx.Request(
-            method, self.url(path), headers=headers, content=content, extensions=self._extensions
+            method,
+            self.url(path),
+            headers=headers,
+            stream=httpx.ByteStream(content),
+            extensions=self._extensions,
         )
 
     def failed(self, exc: httpx.HTTPError) -> errors.ProviderError:
