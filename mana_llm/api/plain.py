@@ -49,7 +49,7 @@ class Call:
     send: Any
     guard: Guard
     trace: RequestTrace
-    cancel: trio.CancelScope  # the exchange's work: cancelled when the client goes away
+    cancel: trio.CancelScope  # the exchange's nursery: cancelled when the client goes away
     started: bool = False  # the response's head is out: a failure can only end the body
 
     def header(self, name: bytes) -> str:
@@ -119,17 +119,19 @@ View = Callable[[Call], Awaitable[None]]
 
 
 async def serve(view: View, guard: Guard, scope: Any, receive: Any, send: Any) -> None:
-    """Run `view` for one exchange (inside `request_scope.with_request_scope`)."""
-    with trio.CancelScope() as cancel:
-        call = Call(scope, receive, send, guard, request_trace(scope), cancel)
-        try:
-            await view(call)
-        except _ClientGone:
-            return  # nothing to answer, nobody to answer: the trace says 499
-        except Exception as raised:
-            if call.started:
-                raise  # the head is out: hypercorn ends the connection
-            await call.fail(_as_gateway_error(raised, scope["path"]))
+    """Run `view` for one exchange (inside `request_scope.with_request_scope`). A client
+    that goes away cancels the exchange's nursery, the view with it: the exchange ends there
+    (no scope of its own here: one fewer per request, issue 13)."""
+    cancel = request_nursery(scope).cancel_scope
+    call = Call(scope, receive, send, guard, request_trace(scope), cancel)
+    try:
+        await view(call)
+    except _ClientGone:
+        return  # nothing to answer, nobody to answer: the trace says 499
+    except Exception as raised:
+        if call.started:
+            raise  # the head is out: hypercorn ends the connection
+        await call.fail(_as_gateway_error(raised, scope["path"]))
 
 
 def _as_gateway_error(raised: Exception, path: str) -> errors.GatewayError:
