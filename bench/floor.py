@@ -8,7 +8,10 @@ lowest figure of each (noise only ever adds CPU).
     python bench/floor.py [--seconds 4] [--reps 5] [--conc 1,16] [--tokens 20,200] [--no-pin]
 
 By default the relays share the last CPU and the load generator and the fake upstream the
-others (less noise from the scheduler; absolute figures differ from unpinned runs).
+others (less noise from the scheduler; absolute figures differ from unpinned runs). Each rep
+measures the three in turn, in alternating order; the ratio of each rep's gateway and floor
+figures (measured seconds apart) is printed too, with the middle half of those ratios: when
+that spread is wide, the machine was too noisy for the run's length.
 
 CPU per chunk = the relay's CPU time (from /proc) over the content chunks its clients
 received, the per-stream work included. Everything runs on 127.0.0.1 and stops by itself.
@@ -96,8 +99,8 @@ def main() -> None:
         for tokens in (int(t) for t in args.tokens.split(",")):
             for conc in (int(c) for c in args.conc.split(",")):
                 seen: dict[str, list[float]] = {t: [] for t in TARGETS}
-                for _ in range(args.reps):
-                    for target in TARGETS:
+                for rep in range(args.reps):
+                    for target in TARGETS if rep % 2 == 0 else TARGETS[::-1]:
                         pid = procs[target].pid
                         seen[target].append(
                             cpu_per_chunk(ports[target], pid, tokens, conc, args.seconds)
@@ -110,6 +113,13 @@ def main() -> None:
                         + f"  {got['gateway'] / got['asgi']:7.2f}  ({how})",
                         flush=True,
                     )
+                paired = sorted(g / a for g, a in zip(seen["gateway"], seen["asgi"], strict=True))
+                quarter = len(paired) // 4
+                print(
+                    f"{'':>10} gateway/asgi rep by rep: median {statistics.median(paired):.2f},"
+                    f" middle half {paired[quarter]:.2f}..{paired[-quarter - 1]:.2f}",
+                    flush=True,
+                )
     finally:
         for proc in procs.values():
             proc.terminate()

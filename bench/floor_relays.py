@@ -1,14 +1,16 @@
 """The floor the gateway's streaming relay is held against: minimal relays on the same stack,
 doing the same hop and the same per-event work, nothing else.
 
-    python bench/floor_relays.py asgi|quart PORT UPSTREAM_PORT
+    python bench/floor_relays.py asgi|quart|json PORT UPSTREAM_PORT
 
-Both take an OpenAI chat request, send it to the upstream with `model` stripped of its
-provider prefix and usage asked for, and relay the SSE stream event by event with `model`
-rewritten (each event parsed and serialized again), `[DONE]` only after a finish, a final error
-event otherwise. `asgi`: hypercorn + a raw ASGI app + httpx's transport, one cancel scope with
-a moving idle deadline (the floor of issue 13). `quart`: the same under quart-trio's request
-and response objects. No auth, no routing, no metrics, no disconnect watch, no fallback.
+`asgi` and `quart` take an OpenAI chat request, send it to the upstream with `model` stripped
+of its provider prefix and usage asked for, and relay the SSE stream event by event with
+`model` rewritten (each event parsed and serialized again), `[DONE]` only after a finish, a
+final error event otherwise. `asgi`: hypercorn + a raw ASGI app + httpx's transport, one cancel
+scope with a moving idle deadline (the floor of issue 13). `quart`: the same under quart-trio's
+request and response objects. `json`: a non-streaming chat, the whole answer relayed with
+`model` rewritten, through the gateway's own connection pool (the floor of `conc_floor.py`).
+No auth, no routing, no metrics, no disconnect watch, no fallback.
 """
 
 from __future__ import annotations
@@ -129,6 +131,46 @@ def asgi_app(upstream: Upstream) -> Any:
     return app
 
 
+def json_app(upstream: Upstream) -> Any:
+    """Non-streaming chat: the upstream's whole answer, `model` rewritten, relayed through the
+    gateway's own `providers.pool.Pool` (shards of two connections), so that what a floor run
+    shows at high concurrency is the stack's cost, not httpcore's pool scan."""
+    from mana_llm.providers.pool import Pool
+
+    pool = Pool(100, httpx.create_ssl_context())
+    url = upstream.url
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raw = await request_body(scope, receive, send)
+        if raw is None:
+            return
+        request = orjson.loads(raw)
+        resolved = request["model"]
+        request["model"] = resolved.partition("/")[2] or resolved
+        outgoing = httpx.Request(
+            "POST",
+            url,
+            headers=upstream.headers,
+            content=orjson.dumps(request),
+            extensions=upstream.extensions,
+        )
+        response = await pool.handle_async_request(outgoing)
+        try:
+            parts = [part async for part in cast(httpx.AsyncByteStream, response.stream)]
+        finally:
+            with trio.CancelScope(shield=True):
+                await response.aclose()
+        answer = orjson.loads(b"".join(parts))
+        answer["model"] = resolved
+        content = orjson.dumps(answer)
+        length = b"%d" % len(content)
+        headers = [(b"content-type", b"application/json"), (b"content-length", length)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": content, "more_body": False})
+
+    return app
+
+
 def quart_app(upstream: Upstream) -> Any:
     from quart import Response, request
     from quart_trio import QuartTrio
@@ -182,7 +224,8 @@ async def main(kind: str, port: int, upstream_port: int) -> None:
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
     config.errorlog = None
-    app = asgi_app(upstream) if kind == "asgi" else quart_app(upstream)
+    apps = {"asgi": asgi_app, "quart": quart_app, "json": json_app}
+    app = apps[kind](upstream)
     async with upstream.transport:
         await serve(app, config, mode="asgi")
 
