@@ -42,14 +42,18 @@ async def relay(
     """The body of an SSE answer whose head is out; closes the stream however it ends."""
 
     async def emit(chunks: list[StreamChunk]) -> None:
-        events = [
-            b"data: " + dumps(chunk.payload) + b"\n\n"
-            for chunk in chunks
-            if include_usage or not chunk.usage_only
-        ]
-        if events:
+        if len(chunks) == 1 and chunks[0].usage is None:  # the common read: one content chunk
+            body = b"data: " + dumps(chunks[0].payload) + b"\n\n"
+        else:
+            events = [
+                b"data: " + dumps(chunk.payload) + b"\n\n"
+                for chunk in chunks
+                if include_usage or not chunk.usage_only
+            ]
+            if not events:
+                return
             body = events[0] if len(events) == 1 else b"".join(events)
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": body, "more_body": True})
 
     try:
         try:

@@ -167,12 +167,15 @@ def _drop_nulls(obj: dict[str, Any], keep: frozenset[str]) -> None:
             del obj[key]
 
 
+_NOTHING_NULLABLE: frozenset[str] = frozenset()
+
+
 def drop_disallowed_nulls(data: JSON, message_key: str) -> None:
     """In place: a completion (`message`) or a chunk (`delta`) without nulls the spec forbids."""
     _drop_nulls(data, _NULLABLE_TOP)
     usage = data.get("usage")
     if isinstance(usage, dict):
-        _drop_nulls(usage, frozenset())
+        _drop_nulls(usage, _NOTHING_NULLABLE)
     for choice in data.get("choices") or ():
         if isinstance(choice, dict):
             _drop_nulls(choice, _NULLABLE_CHOICE)
@@ -192,12 +195,24 @@ def sse_chunks(upstream: Upstream, target: Target, event: bytes) -> list[StreamC
     if not isinstance(choices, list):
         raise upstream.protocol_error("a stream chunk without choices")
     data["model"] = target.resolved
-    drop_disallowed_nulls(data, "delta")
+    # what drop_disallowed_nulls(data, "delta") does, in the loop over the choices and with
+    # the checks in C before any call: this runs for every chunk (issue 13)
+    if None in data.values():
+        _drop_nulls(data, _NULLABLE_TOP)
+    raw_usage = data.get("usage")
+    if isinstance(raw_usage, dict):
+        _drop_nulls(raw_usage, _NOTHING_NULLABLE)
     commits, finish = False, None
     for choice in choices:
-        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(choice, dict):
+            raise upstream.protocol_error("a stream choice without a delta")
+        if None in choice.values():
+            _drop_nulls(choice, _NULLABLE_CHOICE)
+        delta = choice.get("delta")
         if not isinstance(delta, dict):
             raise upstream.protocol_error("a stream choice without a delta")
+        if None in delta.values():
+            _drop_nulls(delta, _NULLABLE_MESSAGE)
         if not commits:
             for key in _COMMIT_KEYS:
                 if delta.get(key):
@@ -208,7 +223,7 @@ def sse_chunks(upstream: Upstream, target: Target, event: bytes) -> list[StreamC
         raise errors.UpstreamUnavailable(
             f"{upstream.name} reported an error while generating", provider=upstream.name
         )
-    usage = usage_from_json(data.get("usage"))
+    usage = None if raw_usage is None else usage_from_json(raw_usage)
     if usage is None or not choices:
         return [StreamChunk(data, commits, finish, usage)]
     # Some clouds put usage on the finish chunk; the caller wants it on a chunk of its own.

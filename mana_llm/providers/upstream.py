@@ -264,13 +264,20 @@ class FramedChunkStream:
             except ValueError as exc:  # FrameTooLong: not the framing it should speak
                 raise self.upstream.protocol_error(str(exc)) from None
             chunks: list[StreamChunk] = []
-            for frame in frames:
-                parsed = self.parse(frame)
-                if parsed is None:
-                    self._ended = True
-                    await self._drain()
-                    break
-                chunks.extend(parsed)
+            parsed: list[StreamChunk] | None = chunks
+            if len(frames) == 1:  # the common read: one event
+                parsed = self.parse(frames[0])
+                if parsed:
+                    return parsed
+            else:
+                for frame in frames:
+                    parsed = self.parse(frame)
+                    if parsed is None:
+                        break
+                    chunks.extend(parsed)
+            if parsed is None:
+                self._ended = True
+                await self._drain()
             if chunks:
                 return chunks
         return []
