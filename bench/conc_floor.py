@@ -15,30 +15,16 @@ the gateway's. Everything runs on 127.0.0.1 and stops by itself.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from run import closed_loop, cpu_s, free_ports, wait_port  # noqa: E402
+from floor import measured, start_stack, stop_stack
 
 TARGETS = ("gateway", "floor")
-
-
-def cpu_per_request(port: int, pid: int, body: bytes, conc: int, seconds: float) -> float:
-    asyncio.run(closed_loop(port, body, conc, 0.5))  # warm-up: connections, pools
-    before = cpu_s(pid)
-    result = asyncio.run(closed_loop(port, body, conc, seconds))
-    if result["errors"] or not result["n"]:
-        raise SystemExit(f"port {port}: {result['errors']} errors, {result['n']} answers")
-    return (cpu_s(pid) - before) * 1000 / float(result["n"])
 
 
 def main() -> None:
@@ -50,44 +36,16 @@ def main() -> None:
     parser.add_argument("--conc", default="1,64")
     args = parser.parse_args()
     levels = [int(c) for c in args.conc.split(",")]
-    up_port, gw_port, floor_port = free_ports(3)
-    env = {
-        **os.environ,
-        "GROQ_API_KEY": "bench",
-        "GROQ_BASE_URL": f"http://127.0.0.1:{up_port}/v1",
-        "OLLAMA_URL": f"http://127.0.0.1:{up_port}",
-        "HOST": "127.0.0.1",
-        "PORT": str(gw_port),
-        "LOG_LEVEL": "WARNING",
-        "PROBE_INTERVAL": "86400",
-    }
-    relays = os.path.join(HERE, "floor_relays.py")
-    procs = {
-        "upstream": subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "fake_upstream.py"), str(up_port), "20", "5"]
-        ),
-        "gateway": subprocess.Popen([sys.executable, "-m", "mana_llm"], cwd=ROOT, env=env),
-        "floor": subprocess.Popen([sys.executable, relays, "json", str(floor_port), str(up_port)]),
-    }
-    ports = {"gateway": gw_port, "floor": floor_port}
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) > 1:
-        for name, proc in procs.items():
-            os.sched_setaffinity(proc.pid, cpus[:-1] if name == "upstream" else cpus[-1:])
-        os.sched_setaffinity(0, cpus[:-1])
+    procs, ports = start_stack({"floor": "json"})
     body = json.dumps({"model": "groq/bench", "messages": [{"role": "user", "content": "hi"}]})
     try:
-        for port in (up_port, *ports.values()):
-            asyncio.run(wait_port(port))
-        time.sleep(1.0)
         seen: dict[tuple[str, int], list[float]] = {(t, c): [] for t in TARGETS for c in levels}
         for rep in range(args.reps):
             for conc in levels:
                 for target in TARGETS if rep % 2 == 0 else TARGETS[::-1]:
                     pid = procs[target].pid
-                    seen[target, conc].append(
-                        cpu_per_request(ports[target], pid, body.encode(), conc, args.seconds)
-                    )
+                    result = measured(ports[target], pid, body.encode(), conc, args.seconds)
+                    seen[target, conc].append(result["cpu_ms"])
         print("ms CPU per request, median of", args.reps, "interleaved reps")
         print(f"{'':8} " + " ".join(f"{'c=' + str(c):>8}" for c in levels) + "  highest/lowest")
         for target in TARGETS:
@@ -96,9 +54,7 @@ def main() -> None:
                 f"{target:8} " + " ".join(f"{g:8.3f}" for g in got) + f"  {got[-1] / got[0]:8.2f}"
             )
     finally:
-        for proc in procs.values():
-            proc.terminate()
-            proc.wait(10)
+        stop_stack(procs)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,67 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from run import closed_loop, cpu_s, free_ports, wait_port  # noqa: E402
+from run import free_ports, run, wait_port  # noqa: E402
 
 TARGETS = ("gateway", "asgi", "quart")
+
+
+Procs = dict[str, "subprocess.Popen[bytes]"]
+
+
+def start_stack(relays: dict[str, str], pin: bool = True) -> tuple[Procs, dict[str, int]]:
+    """The fake upstream, the gateway and each named relay (`floor_relays.py` kind), each on
+    a free port and ready; returns the processes and the ports of all but the upstream. Pinned:
+    the gateway and the relays share the last CPU, the upstream and this process the others."""
+    up_port, gw_port, *relay_ports = free_ports(2 + len(relays))
+    env = {
+        **os.environ,
+        "GROQ_API_KEY": "bench",
+        "GROQ_BASE_URL": f"http://127.0.0.1:{up_port}/v1",
+        "OLLAMA_URL": f"http://127.0.0.1:{up_port}",
+        "HOST": "127.0.0.1",
+        "PORT": str(gw_port),
+        "LOG_LEVEL": "WARNING",
+        "PROBE_INTERVAL": "86400",  # one probe round at start-up only, off the measured path
+    }
+    script = os.path.join(HERE, "floor_relays.py")
+    upstream = [sys.executable, os.path.join(HERE, "fake_upstream.py"), str(up_port), "20", "5"]
+    procs: Procs = {
+        "upstream": subprocess.Popen(upstream),
+        "gateway": subprocess.Popen([sys.executable, "-m", "mana_llm"], cwd=ROOT, env=env),
+    }
+    ports = {"gateway": gw_port}
+    for (name, kind), port in zip(relays.items(), relay_ports, strict=True):
+        procs[name] = subprocess.Popen([sys.executable, script, kind, str(port), str(up_port)])
+        ports[name] = port
+    cpus = sorted(os.sched_getaffinity(0))
+    if pin and len(cpus) > 1:
+        for name, proc in procs.items():
+            os.sched_setaffinity(proc.pid, cpus[:-1] if name == "upstream" else cpus[-1:])
+        os.sched_setaffinity(0, cpus[:-1])
+    try:
+        for port in (up_port, *ports.values()):
+            asyncio.run(wait_port(port))
+    except BaseException:
+        stop_stack(procs)
+        raise
+    time.sleep(1.0)
+    return procs, ports
+
+
+def stop_stack(procs: Procs) -> None:
+    for proc in procs.values():
+        proc.terminate()
+        proc.wait(10)
+
+
+def measured(port: int, pid: int, body: bytes, conc: int, seconds: float) -> dict[str, Any]:
+    """`run.run` (a warm-up, then the closed loop with the process's CPU per request) that
+    stops the benchmark when anything failed."""
+    result = run(port, pid, body, conc, seconds)
+    if result["errors"] or not result["n"]:
+        raise SystemExit(f"port {port}: {result['errors']} errors, {result['n']} answers")
+    return result
 
 
 def cpu_per_chunk(port: int, pid: int, tokens: int, conc: int, seconds: float) -> float:
@@ -45,13 +103,8 @@ def cpu_per_chunk(port: int, pid: int, tokens: int, conc: int, seconds: float) -
         "stream": True,
         "max_tokens": tokens,
     }
-    body = json.dumps(message).encode()
-    asyncio.run(closed_loop(port, body, conc, 0.5))  # warm-up: connections, pools
-    before = cpu_s(pid)
-    result = asyncio.run(closed_loop(port, body, conc, seconds))
-    if result["errors"] or not result["events"]:
-        raise SystemExit(f"port {port}: {result['errors']} errors, {result['events']} chunks")
-    return (cpu_s(pid) - before) * 1000 / float(result["events"])
+    result = measured(port, pid, json.dumps(message).encode(), conc, seconds)
+    return float(result["cpu_ms"] * result["n"] / max(1, result["events"]))
 
 
 def main() -> None:
@@ -64,36 +117,8 @@ def main() -> None:
     parser.add_argument("--tokens", default="20,200")
     parser.add_argument("--no-pin", action="store_true", help="let the scheduler place them")
     args = parser.parse_args()
-    up_port, gw_port, asgi_port, quart_port = free_ports(4)
-    env = {
-        **os.environ,
-        "GROQ_API_KEY": "bench",
-        "GROQ_BASE_URL": f"http://127.0.0.1:{up_port}/v1",
-        "OLLAMA_URL": f"http://127.0.0.1:{up_port}",
-        "HOST": "127.0.0.1",
-        "PORT": str(gw_port),
-        "LOG_LEVEL": "WARNING",
-        "PROBE_INTERVAL": "86400",  # one probe round at start-up only, off the measured path
-    }
-    relays = os.path.join(HERE, "floor_relays.py")
-    procs = {
-        "upstream": subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "fake_upstream.py"), str(up_port), "20", "5"]
-        ),
-        "gateway": subprocess.Popen([sys.executable, "-m", "mana_llm"], cwd=ROOT, env=env),
-        "asgi": subprocess.Popen([sys.executable, relays, "asgi", str(asgi_port), str(up_port)]),
-        "quart": subprocess.Popen([sys.executable, relays, "quart", str(quart_port), str(up_port)]),
-    }
-    ports = {"gateway": gw_port, "asgi": asgi_port, "quart": quart_port}
-    cpus = sorted(os.sched_getaffinity(0))
-    if not args.no_pin and len(cpus) > 1:
-        for name, proc in procs.items():
-            os.sched_setaffinity(proc.pid, cpus[:-1] if name == "upstream" else cpus[-1:])
-        os.sched_setaffinity(0, cpus[:-1])
+    procs, ports = start_stack({"asgi": "asgi", "quart": "quart"}, pin=not args.no_pin)
     try:
-        for port in (up_port, *ports.values()):
-            asyncio.run(wait_port(port))
-        time.sleep(1.0)
         print("ms CPU per content chunk over", args.reps, "interleaved reps")
         print(f"{'tokens':>6} {'c':>3} " + " ".join(f"{t:>8}" for t in TARGETS) + "  gw/asgi")
         for tokens in (int(t) for t in args.tokens.split(",")):
@@ -121,9 +146,7 @@ def main() -> None:
                     flush=True,
                 )
     finally:
-        for proc in procs.values():
-            proc.terminate()
-            proc.wait(10)
+        stop_stack(procs)
 
 
 if __name__ == "__main__":
