@@ -162,25 +162,29 @@ _NULLABLE_MESSAGE = frozenset({"content", "refusal", "audio"})
 
 
 def _drop_nulls(obj: dict[str, Any], keep: frozenset[str]) -> None:
-    if None in obj.values():  # rare but for the choices' own nullable fields: checked in C
-        for key in [k for k, v in obj.items() if v is None and k not in keep]:
-            del obj[key]
+    """Drop `obj`'s nulls but those in `keep`; callers check `None in obj.values()` first."""
+    for key in [k for k, v in obj.items() if v is None and k not in keep]:
+        del obj[key]
 
 
 _NOTHING_NULLABLE: frozenset[str] = frozenset()
 
 
 def drop_disallowed_nulls(data: JSON, message_key: str) -> None:
-    """In place: a completion (`message`) or a chunk (`delta`) without nulls the spec forbids."""
-    _drop_nulls(data, _NULLABLE_TOP)
+    """In place: a completion (`message`) or a chunk (`delta`) without nulls the spec forbids.
+    Runs for every streamed chunk: each object is checked for a null in C before any call
+    (a chunk's choice always has one: `finish_reason`)."""
+    if None in data.values():
+        _drop_nulls(data, _NULLABLE_TOP)
     usage = data.get("usage")
-    if isinstance(usage, dict):
+    if isinstance(usage, dict) and None in usage.values():
         _drop_nulls(usage, _NOTHING_NULLABLE)
     for choice in data.get("choices") or ():
         if isinstance(choice, dict):
-            _drop_nulls(choice, _NULLABLE_CHOICE)
+            if None in choice.values():
+                _drop_nulls(choice, _NULLABLE_CHOICE)
             message = choice.get(message_key)
-            if isinstance(message, dict):
+            if isinstance(message, dict) and None in message.values():
                 _drop_nulls(message, _NULLABLE_MESSAGE)
 
 
@@ -195,24 +199,12 @@ def sse_chunks(upstream: Upstream, target: Target, event: bytes) -> list[StreamC
     if not isinstance(choices, list):
         raise upstream.protocol_error("a stream chunk without choices")
     data["model"] = target.resolved
-    # what drop_disallowed_nulls(data, "delta") does, in the loop over the choices and with
-    # the checks in C before any call: this runs for every chunk (issue 13)
-    if None in data.values():
-        _drop_nulls(data, _NULLABLE_TOP)
-    raw_usage = data.get("usage")
-    if isinstance(raw_usage, dict):
-        _drop_nulls(raw_usage, _NOTHING_NULLABLE)
+    drop_disallowed_nulls(data, "delta")
     commits, finish = False, None
     for choice in choices:
-        if not isinstance(choice, dict):
-            raise upstream.protocol_error("a stream choice without a delta")
-        if None in choice.values():
-            _drop_nulls(choice, _NULLABLE_CHOICE)
-        delta = choice.get("delta")
+        delta = choice.get("delta") if isinstance(choice, dict) else None
         if not isinstance(delta, dict):
             raise upstream.protocol_error("a stream choice without a delta")
-        if None in delta.values():
-            _drop_nulls(delta, _NULLABLE_MESSAGE)
         if not commits:
             for key in _COMMIT_KEYS:
                 if delta.get(key):
@@ -223,6 +215,7 @@ def sse_chunks(upstream: Upstream, target: Target, event: bytes) -> list[StreamC
         raise errors.UpstreamUnavailable(
             f"{upstream.name} reported an error while generating", provider=upstream.name
         )
+    raw_usage = data.get("usage")  # on one chunk of a stream: parsed only there
     usage = None if raw_usage is None else usage_from_json(raw_usage)
     if usage is None or not choices:
         return [StreamChunk(data, commits, finish, usage)]

@@ -264,20 +264,16 @@ class FramedChunkStream:
             except ValueError as exc:  # FrameTooLong: not the framing it should speak
                 raise self.upstream.protocol_error(str(exc)) from None
             chunks: list[StreamChunk] = []
-            parsed: list[StreamChunk] | None = chunks
-            if len(frames) == 1:  # the common read: one event
-                parsed = self.parse(frames[0])
-                if parsed:
-                    return parsed
-            else:
-                for frame in frames:
-                    parsed = self.parse(frame)
-                    if parsed is None:
-                        break
+            for frame in frames:
+                parsed = self.parse(frame)
+                if parsed is None:
+                    self._ended = True
+                    await self._drain()
+                    break
+                if chunks:
                     chunks.extend(parsed)
-            if parsed is None:
-                self._ended = True
-                await self._drain()
+                else:
+                    chunks = parsed  # the common read, one event: its own fresh list
             if chunks:
                 return chunks
         return []
