@@ -10,7 +10,7 @@ rule, the relay, metrics, the request scope).
 Prints, from runs at 2 and 200 tokens (minimum CPU of `--reps` batches, alternating the two
 apps), each app's fixed CPU per stream and CPU per content chunk, and the gateway's extra.
 The full-stack comparison (`floor.py`) moves by 10% between runs on a shared machine; this
-one by 1-2%, so it shows what a change to the gateway's own code saves. It does not show what
+one by 2-3%, so it shows what a change to the gateway's own code saves. It does not show what
 the stack underneath costs: that is `floor.py`'s job.
 """
 
@@ -182,7 +182,7 @@ async def measure(tokens: int, streams: int, reps: int) -> dict[str, float]:
         }
     ).encode()
     scope = request_scope(body)
-    expected = tokens + 3  # role, tokens, finish, usage-less [DONE] is counted too
+    expected = tokens + 3  # role, tokens, finish, [DONE] (the floor relays the usage chunk too)
     best = {name: float("inf") for name in apps}
     for app in apps.values():  # warm-up
         for _ in range(max(50, streams // 10)):
