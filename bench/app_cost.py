@@ -93,7 +93,7 @@ class MemoryUpstream:
         pass
 
 
-def request_scope(body: bytes) -> dict[str, Any]:
+def http_scope(body: bytes) -> dict[str, Any]:
     headers = [
         (b"host", b"127.0.0.1:8000"),
         (b"content-type", b"application/json"),
@@ -181,7 +181,7 @@ async def measure(tokens: int, streams: int, reps: int) -> dict[str, float]:
             "max_tokens": tokens,
         }
     ).encode()
-    scope = request_scope(body)
+    scope = http_scope(body)
     expected = tokens + 3  # role, tokens, finish, [DONE] (the floor relays the usage chunk too)
     best = {name: float("inf") for name in apps}
     for app in apps.values():  # warm-up

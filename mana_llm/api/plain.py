@@ -49,7 +49,6 @@ class Call:
     send: Any
     guard: Guard
     trace: RequestTrace
-    cancel: trio.CancelScope  # the exchange's nursery: cancelled when the client goes away
     started: bool = False  # the response's head is out: a failure can only end the body
 
     def header(self, name: bytes) -> str:
@@ -122,8 +121,7 @@ async def serve(view: View, guard: Guard, scope: Any, receive: Any, send: Any) -
     """Run `view` for one exchange (inside `request_scope.with_request_scope`). A client
     that goes away cancels the exchange's nursery, the view with it: the exchange ends there
     (no scope of its own here: one fewer per request, issue 13)."""
-    cancel = request_nursery(scope).cancel_scope
-    call = Call(scope, receive, send, guard, request_trace(scope), cancel)
+    call = Call(scope, receive, send, guard, request_trace(scope))
     try:
         await view(call)
     except _ClientGone:
@@ -148,11 +146,11 @@ def _as_gateway_error(raised: Exception, path: str) -> errors.GatewayError:
 
 async def _watch_disconnect(call: Call) -> None:
     """Once the body is in, the next message can only be the client going away: then the
-    exchange's work is cancelled (an upstream stream closed at once, a walk abandoned). The
-    exchange's nursery cancels this watch when the exchange ends."""
+    exchange's nursery is cancelled, its work with it (an upstream stream closed at once, a
+    walk abandoned). hypercorn also says so inside the last send of a finished exchange."""
     while (await call.receive())["type"] != "http.disconnect":
         pass
-    call.cancel.cancel()
+    request_nursery(call.scope).cancel_scope.cancel()
 
 
 def _too_large(max_bytes: int) -> errors.PayloadTooLarge:
