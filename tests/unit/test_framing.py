@@ -55,3 +55,18 @@ def test_a_long_line_fed_a_byte_at_a_time_is_linear() -> None:
     for i in range(len(line)):  # quadratic re-concatenation would take minutes here
         out += decoder.feed(line[i : i + 1])
     assert out == [line[:-1]]
+
+
+@pytest.mark.parametrize(
+    ("read", "events"),
+    [
+        (b'data: {"a":1}\n\n', [b'{"a":1}']),  # the common read: one whole event
+        (b'data: {"a":1}\n\ndata: {"b":2}\n\n', [b'{"a":1}', b'{"b":2}']),
+        (b'data: {"a":1}\r\n\n', [b'{"a":1}']),
+        (b'data: {"a":\ndata: 1}\n\n', [b'{"a":\n1}']),
+    ],
+)
+def test_a_whole_read_is_split_into_its_events(read: bytes, events: list[bytes]) -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(read) == events
+    assert decoder.close() == []
