@@ -162,7 +162,7 @@ _NULLABLE_MESSAGE = frozenset({"content", "refusal", "audio"})
 
 
 def _drop_nulls(obj: dict[str, Any], keep: frozenset[str]) -> None:
-    """Drop `obj`'s nulls but those in `keep`; callers check `None in obj.values()` first."""
+    """Drop `obj`'s nulls but those in `keep`; callers look for a null in C first."""
     for key in [k for k, v in obj.items() if v is None and k not in keep]:
         del obj[key]
 
@@ -172,8 +172,7 @@ _NOTHING_NULLABLE: frozenset[str] = frozenset()
 
 def drop_disallowed_nulls(data: JSON, message_key: str) -> None:
     """In place: a completion (`message`) or a chunk (`delta`) without nulls the spec forbids.
-    Runs for every streamed chunk: each object is checked for a null in C before any call
-    (a chunk's choice always has one: `finish_reason`)."""
+    Runs for every streamed chunk: each object is checked for a null in C before any call."""
     if None in data.values():
         _drop_nulls(data, _NULLABLE_TOP)
     usage = data.get("usage")
@@ -181,7 +180,11 @@ def drop_disallowed_nulls(data: JSON, message_key: str) -> None:
         _drop_nulls(usage, _NOTHING_NULLABLE)
     for choice in data.get("choices") or ():
         if isinstance(choice, dict):
-            if None in choice.values():
+            # nulls counted in C: a streamed choice's usual ones (finish_reason, logprobs) are
+            # allowed, so `_drop_nulls` is called only when there are others
+            nulls = list(choice.values()).count(None)
+            allowed = (choice.get("finish_reason", 0) is None) + (choice.get("logprobs", 0) is None)
+            if nulls > allowed:
                 _drop_nulls(choice, _NULLABLE_CHOICE)
             message = choice.get(message_key)
             if isinstance(message, dict) and None in message.values():
