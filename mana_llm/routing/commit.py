@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
+from typing import NoReturn
 
 import attrs
 import trio
@@ -144,6 +145,7 @@ class CommittedStream:
         moved = -math.inf
         reading = False
         clock = trio.lowlevel.current_clock()
+        receive = self._upstream.receive
         with trio.CancelScope() as scope:
             while True:
                 now = clock.current_time()
@@ -153,7 +155,14 @@ class CommittedStream:
                     moved = now
                     scope.deadline = min(now + idle + step, policy.deadline)
                 reading = True
-                chunks = await self._next()
+                if self._pending or self._ended:  # what was read before commit; or no more
+                    chunks = await self._next()
+                else:  # `_next`'s common case inlined: one coroutine fewer a chunk
+                    try:
+                        chunks = await receive()
+                    except errors.ProviderError as error:
+                        self._fail(error)
+                    chunks = self._note(chunks) if chunks else await self._upstream_ended()
                 reading = False
                 if not chunks:
                     return
@@ -176,11 +185,13 @@ class CommittedStream:
         try:
             chunks = await self._upstream.receive()
         except errors.ProviderError as error:
-            return self._fail(error)
-        if chunks:
-            return self._note(chunks)
+            self._fail(error)
+        return self._note(chunks) if chunks else await self._upstream_ended()
+
+    async def _upstream_ended(self) -> list[StreamChunk]:
+        """The upstream's body ended: a complete answer ([]) if it had finished, else a cut."""
         if self.finish_reason is None:
-            return self._fail(
+            self._fail(
                 errors.UpstreamUnavailable(
                     f"{self.target.resolved} cut the stream before it finished",
                     provider=self.target.provider,
@@ -192,7 +203,7 @@ class CommittedStream:
         """The idle timeout (or the request's deadline) passed while reading: a stall, or,
         after the finish, a complete answer ([])."""
         if self.finish_reason is None:
-            return self._fail(
+            self._fail(
                 errors.UpstreamTimeout(
                     f"{self.target.resolved} stalled mid-stream"
                     f" (no data for {self._policy.idle_timeout_s:g}s)",
@@ -218,7 +229,7 @@ class CommittedStream:
                 self.usage = chunk.usage
         return chunks
 
-    def _fail(self, error: GatewayError) -> list[StreamChunk]:
+    def _fail(self, error: GatewayError) -> NoReturn:
         self._ended = True
         self._policy.on_error(error)
         raise error
