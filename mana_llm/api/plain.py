@@ -20,7 +20,8 @@ from mana_llm import errors
 from mana_llm.api.failures import CACHE, note_answer
 from mana_llm.api.guard import Guard
 from mana_llm.api.render import error_headers, error_object
-from mana_llm.api.request_scope import request_nursery, request_trace
+from mana_llm.api.request_scope import request_nursery, request_trace, server_send
+from mana_llm.api.sse import BodySend
 from mana_llm.codec import dumps
 from mana_llm.metrics import RequestTrace
 
@@ -102,11 +103,11 @@ class Call:
         headers.append(JSON_TYPE)
         await self.answer(200, headers, dumps(payload))
 
-    async def start_stream(self, headers: list[Header]) -> Any:
-        """Send the head of an SSE answer; returns the ASGI `send` its body goes to."""
+    async def start_stream(self, headers: list[Header]) -> BodySend:
+        """Send the head of an SSE answer; returns where its body goes."""
         headers.extend(SSE_HEADERS)
         await self.send(self._head(200, headers, stream=True))
-        return self.send
+        return BodySend(more=server_send(self.scope), last=self.send)
 
     async def fail(self, error: errors.GatewayError) -> None:
         self.trace.fail(error)

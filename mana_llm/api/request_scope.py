@@ -26,6 +26,7 @@ ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 CLEANUPS = "mana_llm.cleanup"
 NURSERY = "mana_llm.nursery"
 TRACE = "mana_llm.trace"
+SERVER_SEND = "mana_llm.server_send"
 
 log = logging.getLogger("mana_llm.request")
 
@@ -42,6 +43,14 @@ def add_cleanup(scope: Any, cleanup: Cleanup) -> None:
 def request_nursery(scope: Any) -> trio.Nursery:
     nursery: trio.Nursery = scope[NURSERY]
     return nursery
+
+
+def server_send(scope: Any) -> Any:
+    """The server's own ASGI `send`, for the middle of a streamed body (`more_body` true):
+    the request scope's wrapper does nothing there but cost a coroutine a chunk. The head and
+    the last message go through the scope's `send` (request id, metrics, the shielded last
+    send)."""
+    return scope[SERVER_SEND]
 
 
 def request_trace(scope: Any) -> RequestTrace:
@@ -113,6 +122,7 @@ def with_request_scope(
         cleanups: list[Cleanup] = []
         scope[CLEANUPS] = cleanups
         scope[TRACE] = trace = RequestTrace(rid, clock())
+        scope[SERVER_SEND] = send
         bodiless = not any(  # a request without a body has all of it from the start
             k in (b"transfer-encoding", b"content-length") and v.strip() != b"0"
             for k, v in scope["headers"]

@@ -28,18 +28,31 @@ KEEPALIVE = b": keep-alive\n\n"
 Send = Callable[[dict[str, Any]], Any]
 
 
+@attrs.frozen
+class BodySend:
+    """Where an SSE body goes: its middle messages (`more_body` true) straight to the
+    server, its last through the request scope's `send` (metrics, the shielded last send)."""
+
+    more: Send
+    last: Send
+
+    async def end(self, body: bytes) -> None:
+        await self.last({"type": "http.response.body", "body": body, "more_body": False})
+
+
 def error_event(error: errors.GatewayError) -> bytes:
     return b"data: " + dumps(error_object(error)) + b"\n\n"
 
 
 async def relay(
-    send: Send,
+    send: BodySend,
     stream: AnswerStream,
     include_usage: bool,
     trace: RequestTrace,
     clock: Callable[[], float] = trio.current_time,
 ) -> None:
     """The body of an SSE answer whose head is out; closes the stream however it ends."""
+    more = send.more
 
     async def emit(chunks: list[StreamChunk]) -> None:
         if len(chunks) == 1 and chunks[0].usage is None:  # the common read: one content chunk
@@ -53,7 +66,7 @@ async def relay(
             if not events:
                 return
             body = events[0] if len(events) == 1 else b"".join(events)
-        await send({"type": "http.response.body", "body": body, "more_body": True})
+        await more({"type": "http.response.body", "body": body, "more_body": True})
 
     try:
         try:
@@ -71,7 +84,7 @@ async def relay(
             last = DONE
     finally:
         await stream.aclose()
-    await send({"type": "http.response.body", "body": last, "more_body": False})
+    await send.end(last)
 
 
 def _failed(
@@ -105,7 +118,7 @@ class Pending:
 
 
 async def relay_pending(
-    send: Send,
+    send: BodySend,
     pending: Pending,
     keepalive_s: float,
     include_usage: bool,
@@ -115,11 +128,11 @@ async def relay_pending(
     proxies with idle timeouts keep the connection); then the committed stream, or a final
     error event when nothing answered. Comments do not commit the stream."""
     while not await pending.wait(keepalive_s):
-        await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+        await send.more({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
     result = pending.result
     if isinstance(result, errors.GatewayError):
         trace.fail(result)
-        await send({"type": "http.response.body", "body": error_event(result), "more_body": False})
+        await send.end(error_event(result))
         return
     assert result is not None
     await relay(send, result, include_usage, trace)
