@@ -1,9 +1,11 @@
 """The gateway's streaming relay next to its floor (`floor_relays.py asgi`), counted in
 instructions: each relay runs under valgrind's callgrind, the same bounded SSE load goes
-through it, and the counters are read around the load only. Instruction counts do not move
-with the machine's load, where `floor.py`'s CPU times move by 10-30% on a shared machine: this
-is the measurement a small change can be judged by, and `--top` names the C functions (the
-interpreter's, libc's, orjson's) where the two relays differ.
+through it, and the counters are read around the load only. At c=1 the counts repeat within
+0.5%, where `floor.py`'s CPU times move by 10-30% on a shared machine: this is the measurement
+a small change can be judged by, and `--top` names the C functions (the interpreter's,
+libc's, orjson's) where the two relays differ. At c=16 they move by up to 4% between runs (how
+many streams the run loop finds ready at each wake-up depends on timing): compare the relays
+within one run there.
 
     python bench/instructions.py [--conc 1,16] [--tokens 50] [--streams 8] [--top 0]
 
