@@ -144,7 +144,7 @@ def cycles(events: list[float]) -> float:
 
 
 def measure(
-    relay: str, conc: int, streams: int, tokens: int, repeat: int, workdir: str
+    relay: str, conc: int, streams: int, tokens: int, repeat: int, workdir: str, ll_kb: int = 0
 ) -> list[tuple[Costs, Costs]]:
     """Callgrind's per-function costs of `streams` streams of 2, then of `tokens` tokens,
     `repeat` times, after a warm-up."""
@@ -169,6 +169,7 @@ def measure(
         "--dump-instr=no",
         "-q",
         f"--callgrind-out-file={out}.%p",
+        *([f"--LL={ll_kb * 1024},16,64"] if ll_kb else []),
     ]
     script = os.path.join(HERE, "floor_relays.py")
     command = (
@@ -220,6 +221,9 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=8, help="per load, at least 2 x conc")
     parser.add_argument("--top", type=int, default=0, help="C functions that differ most")
     parser.add_argument("--repeat", type=int, default=2, help="pairs of loads per relay")
+    parser.add_argument(
+        "--ll-kb", type=int, default=0, help="simulate this last-level cache (e.g. 1024: an L2)"
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("needs valgrind: apt-get install -y valgrind")
@@ -230,7 +234,8 @@ def main() -> None:
             figures: dict[str, list[dict[str, Any]]] = {}
             for relay in RELAYS:
                 figures[relay] = []
-                for short, long in measure(relay, conc, streams, args.tokens, args.repeat, workdir):
+                pairs = measure(relay, conc, streams, args.tokens, args.repeat, workdir, args.ll_kb)
+                for short, long in pairs:
                     token = per_token(short, long, args.tokens, streams)
                     stream = [t / streams for t in totals(short)]
                     token_total = totals(token)
