@@ -157,7 +157,7 @@ def model_items(data: Any) -> list[Any] | None:
 # Fields the OpenAI spec lets be null (CreateChatCompletionResponse and its stream chunk);
 # any other null an upstream sends (OpenRouter's `system_fingerprint: null`) is dropped.
 _NULLABLE_TOP = frozenset({"metadata", "moderation", "service_tier"})
-_NULLABLE_CHOICE = frozenset({"logprobs", "finish_reason"})
+_NULLABLE_CHOICE = frozenset({"logprobs", "finish_reason"})  # counted by name per chunk below
 _NULLABLE_MESSAGE = frozenset({"content", "refusal", "audio"})
 
 
@@ -180,8 +180,8 @@ def drop_disallowed_nulls(data: JSON, message_key: str) -> None:
         _drop_nulls(usage, _NOTHING_NULLABLE)
     for choice in data.get("choices") or ():
         if isinstance(choice, dict):
-            # nulls counted in C: a streamed choice's usual ones (finish_reason, logprobs) are
-            # allowed, so `_drop_nulls` is called only when there are others
+            # nulls counted in C: a streamed choice's usual ones (the two _NULLABLE_CHOICE
+            # names) are allowed, so `_drop_nulls` is called only when there are others
             nulls = list(choice.values()).count(None)
             allowed = (choice.get("finish_reason", 0) is None) + (choice.get("logprobs", 0) is None)
             if nulls > allowed:
