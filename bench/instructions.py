@@ -202,13 +202,14 @@ def measure(
             p.wait(60)
 
 
-def per_token(
-    short: dict[str, list[int]], long: dict[str, list[int]], tokens: int, streams: int
-) -> dict[str, list[float]]:
+def per_token(short: Costs, long: Costs, tokens: int, streams: int) -> dict[str, list[float]]:
+    """Each function's events per token: the long load's less the short one's, over the
+    tokens between them (a function seen in one load only counts too)."""
     n = streams * (tokens - 2)
+    none = [0] * len(EVENTS)
     return {
-        fn: [(b - a) / n for a, b in zip(short.get(fn, [0] * len(EVENTS)), cost, strict=True)]
-        for fn, cost in long.items()
+        fn: [(b - a) / n for a, b in zip(short.get(fn, none), long.get(fn, none), strict=True)]
+        for fn in short.keys() | long.keys()
     }
 
 
