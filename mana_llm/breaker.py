@@ -8,7 +8,8 @@ a trial (a trial with no outcome after one backoff is considered lost and grante
 success closes the circuit and resets the backoff, its failure re-opens it with the backoff
 doubled up to `max_backoff_s` (equal to `backoff_s`: a fixed cool-down). A failure that says
 when to come back (Retry-After) opens the circuit for at least that long, and a failed trial
-for exactly that long.
+for exactly that long. An outside check (provider health's probes) may hold an open circuit
+open past its backoff while it says the service is unreachable (`hold`, `release_hold`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Breaker:
     backoff_s: float = attrs.field()
     open_until: float | None = None  # None: closed
     trial_since: float | None = None  # half-open: when the running trial was granted
+    held: bool = False  # open past the backoff until an outside check says otherwise
 
     @backoff_s.default
     def _first_backoff(self) -> float:
@@ -46,10 +48,15 @@ class Breaker:
     def state(self, now: float) -> CircuitState:
         if self.open_until is None:
             return CircuitState.CLOSED
-        return CircuitState.OPEN if now < self.open_until else CircuitState.HALF_OPEN
+        if now < self.open_until or self.held:
+            return CircuitState.OPEN
+        return CircuitState.HALF_OPEN
 
     def reopens_at(self, now: float) -> float | None:
-        return self.open_until if self.state(now) is CircuitState.OPEN else None
+        """When an open circuit lets a trial through; None when not open, or held past it."""
+        if self.state(now) is not CircuitState.OPEN or now >= (self.open_until or 0.0):
+            return None
+        return self.open_until
 
     def try_acquire(self, now: float) -> bool:
         """May a call go now? In half-open, grants the single trial."""
@@ -72,12 +79,23 @@ class Breaker:
         if self.state(now) is CircuitState.OPEN:
             self.open_until = now
             self.trial_since = None
+            self.held = False
+
+    def hold(self) -> None:
+        """An open circuit stays open past its backoff until `release_hold` (a closed one is
+        not touched)."""
+        if self.open_until is not None:
+            self.held = True
+
+    def release_hold(self) -> None:
+        self.held = False
 
     def record_success(self) -> None:
         self.failures = 0
         self.backoff_s = self.policy.backoff_s
         self.open_until = None
         self.trial_since = None
+        self.held = False
 
     def record_failure(self, now: float, retry_after_s: float | None = None) -> bool:
         """Count a failure; True when it (re)opened the circuit."""
@@ -101,4 +119,5 @@ class Breaker:
     def _open(self, now: float, backoff_s: float, retry_after_s: float | None) -> bool:
         self.open_until = now + max(backoff_s, retry_after_s or 0.0)
         self.trial_since = None
+        self.held = False
         return True

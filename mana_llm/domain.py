@@ -221,10 +221,14 @@ class ProviderStatus:
     reopens_at: float | None = None
     last_probe_at: float | None = None
     last_probe_ok: bool | None = None
+    failing: bool = False  # the most recent probe or request failed, no success since
 
     @property
     def summary(self) -> str:
-        """healthy, unhealthy, unknown or unconfigured, for GET /health."""
+        """healthy, failing (circuit closed, but its most recent probe or request failed),
+        unhealthy (circuit open or half-open), unknown or unconfigured, for GET /health."""
         if self.state in ("unconfigured", "unknown"):
             return self.state
-        return "healthy" if self.state == "closed" else "unhealthy"
+        if self.state != "closed":
+            return "unhealthy"
+        return "failing" if self.failing else "healthy"

@@ -12,11 +12,13 @@ GatewayError (500 internal_error)
 ├── PayloadTooLarge       413
 ├── ProviderNotConfigured 503 the provider has no key here (a chain skips it)
 ├── AllProvidersFailed    503 every chain entry failed or was skipped; `attempts` lists them
+├── ServerShuttingDown    503 the drain deadline cut the request (a stream: its final event)
 ├── InternalError         500 a bug
 └── ProviderError         502 talking to an upstream failed (retryable, counts)
     ├── UpstreamUnavailable   refused, reset, 5xx, in-band error, empty answer
     │   └── CircuitOpen       503 skipped without contact: the circuit is open
     ├── UpstreamTimeout       504 no answer within a deadline (ours, 408, 504, 524)
+    │   └── FirstTokenTimeout     a buffered stream's first content did not come in time
     ├── UpstreamRateLimited   429 (+ Retry-After)
     ├── UpstreamAuthFailed    502 the provider refused our key or has no credits
     ├── UpstreamProtocolError 502 an answer that is not the provider's wire format
@@ -178,6 +180,17 @@ class AllProvidersFailed(GatewayError):
     default_code = "all_providers_failed"
 
 
+class ServerShuttingDown(GatewayError):
+    """The drain deadline (GRACEFUL_TIMEOUT) cut this request: the gateway's own doing, not
+    the client's, not the upstream's. Resending to a gateway that is up will work."""
+
+    error_type = "server_shutting_down"
+    status = 503
+    type = "server_error"
+    default_code = "server_shutting_down"
+    transient = True
+
+
 class InternalError(GatewayError):
     status = 500
     type = "server_error"
@@ -223,6 +236,14 @@ class UpstreamTimeout(ProviderError):
     retry_same_target = True  # the upstream's 408/504 or a connect timeout; never our deadline
     status = 504
     default_code = "upstream_timeout"
+
+
+class FirstTokenTimeout(UpstreamTimeout):
+    """Our first-token deadline passed while a buffered stream waited for its first content:
+    the entry is over, as when a live stream's first token does not come (never retried)."""
+
+    label = "UpstreamTimeout"
+    retry_same_target = False
 
 
 class UpstreamRateLimited(ProviderError):

@@ -182,33 +182,36 @@ class Gateway:
         deadline = self.clock() + self.settings.request_timeout_s  # the walk included
         plan = self._chat_plan(route, request, control)
         whole = route.alias is not None and route.alias.buffer
-        attempt = self._stream_attempt(Prepared(request), plan, deadline, whole)
+        first_token_s = self.settings.first_token_timeout_s
+
+        def first_token_deadline_s(provider: Provider) -> float:
+            return route.first_token_timeout_s(provider, first_token_s)
+
+        attempt = self._stream_attempt(
+            Prepared(request), plan, deadline, first_token_deadline_s if whole else None
+        )
         if plan is not None:
             entry = await plan.lookup(self._walker.first_candidate(route.targets))
             if entry is not None:
                 stream = read_through.stream_hit(entry, self.wall_clock())
                 target = read_through.target_of(entry)
                 return Answered(stream, target, (), cached=True, cache=plan.result)
-        first_token_s = self.settings.first_token_timeout_s
         if whole:
             return await self._walk(route, attempt, plan, route.attempt_timeout_s, "answer")
-        return await self._walk(
-            route,
-            attempt,
-            plan,
-            lambda p: route.first_token_timeout_s(p, first_token_s),
-            "first token",
-        )
+        return await self._walk(route, attempt, plan, first_token_deadline_s, "first token")
 
     def _stream_attempt(
         self,
         prepared: Prepared,
         plan: read_through.Plan | None,
         deadline: float,
-        whole: bool,
+        whole: Callable[[Provider], float] | None,
     ) -> Callable[[Provider, Target], Awaitable[AnswerStream]]:
         """One stream attempt: open the upstream and read to the commit point, its policy built
-        whole; or, for a buffered alias (`whole`), read the entire answer and replay it."""
+        whole; or, for a buffered alias (`whole`: its first-token deadline per provider), read
+        the entire answer and replay it. The time to the first content is bounded by the
+        first-token deadline either way; a buffered answer's rest by the idle timeout and the
+        entry's attempt deadline."""
 
         async def live(provider: Provider, target: Target) -> AnswerStream:
             recorder = None
@@ -226,14 +229,24 @@ class Gateway:
             return await open_committed(provider, target, ready, policy)
 
         async def buffered(provider: Provider, target: Target) -> AnswerStream:
-            ready = await prepared.for_provider(provider)
+            assert whole is not None
+            first_token_s = whole(provider)
             policy = StreamPolicy(self.settings.stream_idle_timeout_s, deadline)
-            answer = await read_whole(await open_committed(provider, target, ready, policy))
+            committed: CommittedStream | None = None
+            with trio.move_on_after(first_token_s):
+                ready = await prepared.for_provider(provider)
+                committed = await open_committed(provider, target, ready, policy)
+            if committed is None:
+                raise errors.FirstTokenTimeout(
+                    f"{target.resolved} sent no first token within {first_token_s:g}s",
+                    provider=target.provider,
+                )
+            answer = await read_whole(committed)
             if plan is not None:
                 await plan.save_stream(target, [chunk.payload for chunk in answer])
             return CommittedStream.replay(target, answer)
 
-        return buffered if whole else live
+        return live if whole is None else buffered
 
     async def embed(
         self,
@@ -327,6 +340,7 @@ class Gateway:
                     reopens_at=at(stats.reopens_at),
                     last_probe_at=at(stats.last_probe_at),
                     last_probe_ok=stats.last_probe_ok,
+                    failing=stats.failing,
                 )
             )
         return out

@@ -1,15 +1,22 @@
 """Where the process is in its life, for orchestrators: `/livez` (the process serves) and
-`/readyz` (start-up is done, first probe round included, and no drain has begun)."""
+`/readyz` (start-up is done, first probe round included, and no drain has begun); and the
+exchanges still open, so the drain deadline can cut them honestly (`cut_open_exchanges`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
+
+Cut = Callable[[], None]
 
 
 @attrs.define(eq=False)
 class Lifecycle:
     started: bool = False  # start-up is over: the first probe round has finished
     draining: bool = False  # SIGTERM/SIGINT arrived: finishing in-flight work, taking no more
+    cutting: bool = False  # the drain deadline passed: open exchanges are being cut
+    _open: set[Cut] = attrs.field(factory=set)
 
     @property
     def ready(self) -> bool:
@@ -20,3 +27,22 @@ class Lifecycle:
 
     def begin_drain(self) -> None:
         self.draining = True
+
+    def track(self, cut: Cut) -> None:
+        """An exchange is open; `cut` ends it when the drain deadline passes (at once when it
+        already has)."""
+        if self.cutting:
+            cut()
+            return
+        self._open.add(cut)
+
+    def untrack(self, cut: Cut) -> None:
+        self._open.discard(cut)
+
+    def cut_open_exchanges(self) -> int:
+        """The drain deadline: every exchange still open is cut; returns how many."""
+        self.cutting = True
+        cuts, self._open = self._open, set()
+        for cut in cuts:
+            cut()
+        return len(cuts)

@@ -34,6 +34,7 @@ ERROR_TYPES = (
     "upstream_error",
     "all_providers_failed",
     "client_disconnected",
+    "server_shutting_down",
     "internal",
 )
 

@@ -39,6 +39,8 @@ class _Config(Config):
         return sockets
 
 
+CUT_GRACE_S = 2.0  # between the gateway's drain deadline and hypercorn's
+
 _LOGGING = "LOG_LEVEL and LOG_FORMAT (the gateway logs one line per request itself)"
 # hypercorn.toml keys the gateway sets itself, with the setting to use instead
 GATEWAY_OWNED = {
@@ -150,7 +152,9 @@ def hypercorn_config(settings: Settings, config_path: str | None = None) -> Conf
         if ":" in settings.host
         else f"{settings.host}:{settings.port}"
     ]
-    config.graceful_timeout = settings.graceful_timeout_s
+    # the gateway cuts what is still open at GRACEFUL_TIMEOUT and tells each client why
+    # (service._drain_after); hypercorn's own cut, silent, comes this much later
+    config.graceful_timeout = settings.graceful_timeout_s + CUT_GRACE_S
     config.accesslog = None
     # hypercorn's own lines go through the root handler (text or JSON, like every other line)
     config.errorlog = logging.getLogger("hypercorn.error")

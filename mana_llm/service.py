@@ -155,7 +155,9 @@ async def _run(
         configured = [p for p in providers.values() if p.configured]
         metrics.start_providers([p.name for p in configured])
         gateway = Gateway(settings, providers, health, aliases, cache=cache)
-        app = with_request_scope(create_app(gateway, settings, metrics, lifecycle), metrics)
+        app = with_request_scope(
+            create_app(gateway, settings, metrics, lifecycle), metrics, lifecycle=lifecycle
+        )
         serving = trio.Event()  # set after the drain delay: hypercorn closes its listener
         async with trio.open_nursery() as nursery:
             if handle_signals:
@@ -164,33 +166,42 @@ async def _run(
                 )
             if settings.aliases_watch_interval_s:
                 await nursery.start(run_alias_watch, aliases, settings.aliases_watch_interval_s)
-            nursery.start_soon(_drain_after, stop, lifecycle, settings.drain_delay_s, serving)
+            nursery.start_soon(_drain_after, stop, lifecycle, settings, serving)
             # listening first: a taken port is the one line start-up says, before any probe
             binds: list[str] = await nursery.start(_serve, app, config, serving, nursery)
             log.info("mana-llm listening on %s", ", ".join(binds))
             probes = (settings.probe_interval_s, settings.probe_timeout_s, trio.current_time)
             await nursery.start(
-                run_probe_loop,
-                configured,
-                health,
-                *probes,
-                partial(_probed, metrics),
-                lifecycle.mark_started,
+                partial(
+                    run_probe_loop,
+                    configured,
+                    health,
+                    *probes,
+                    partial(_probed, metrics),
+                    lifecycle.mark_started,
+                    open_interval_s=settings.probe_interval_open_s,
+                )
             )
             task_status.started(binds)
 
 
 async def _drain_after(
-    stop: trio.Event, lifecycle: Lifecycle, delay_s: float, serving: trio.Event
+    stop: trio.Event, lifecycle: Lifecycle, settings: Settings, serving: trio.Event
 ) -> None:
     """Once stop is asked for: not ready at once, still accepting for DRAIN_DELAY, then
-    `serving` tells hypercorn to close its listener and drain."""
+    `serving` tells hypercorn to close its listener and drain. At GRACEFUL_TIMEOUT every
+    exchange still open is cut and told so (a stream's final error event); hypercorn's own
+    deadline comes `server_config.CUT_GRACE_S` later, so those last words reach the clients."""
     await stop.wait()
     lifecycle.begin_drain()
-    if delay_s:
-        log.info("draining: accepting for %gs more (DRAIN_DELAY)", delay_s)
-        await trio.sleep(delay_s)
+    if settings.drain_delay_s:
+        log.info("draining: accepting for %gs more (DRAIN_DELAY)", settings.drain_delay_s)
+        await trio.sleep(settings.drain_delay_s)
     serving.set()
+    await trio.sleep(settings.graceful_timeout_s)
+    cut = lifecycle.cut_open_exchanges()
+    if cut:
+        log.warning("drain deadline (GRACEFUL_TIMEOUT) passed: %d open request(s) cut", cut)
 
 
 async def _serve(

@@ -78,6 +78,7 @@ class Settings:
     aliases_path: str = "aliases.yaml"
     aliases_required: bool = False  # ALIASES_PATH was set: a missing file is an error
     probe_interval_s: float = 30.0
+    probe_interval_open_s: float = 2.0  # while a provider's circuit is open
     probe_timeout_s: float = 3.0
     retries: int = 1  # same-target retries per chain entry (an alias may set its own)
     retry_base_delay_s: float = 0.2  # full-jitter exponential backoff from this
@@ -85,8 +86,8 @@ class Settings:
     retry_budget: float = 0.2  # retries add at most this fraction on top of first attempts
     hedge_budget: float = 0.1  # hedges likewise
     breaker_failures: int = 2
-    breaker_backoff_s: float = 60.0
-    breaker_max_backoff_s: float = 600.0
+    breaker_backoff_s: float = 5.0  # open this long, then one trial (docs/ARCHITECTURE.md, 6)
+    breaker_max_backoff_s: float = 5.0  # a failed trial doubles the backoff up to this
     stream_keepalive_s: float = 0.0  # 0: off; else SSE comments while waiting for a first token
     image_fetch_max_bytes: int = 10 * MIB
     image_fetch_timeout_s: float = 10.0

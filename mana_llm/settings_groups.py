@@ -56,10 +56,11 @@ def health_and_images(read: EnvReader) -> dict[str, Any]:
     """Probes, the circuit breaker, image fetching."""
     return {
         "probe_interval_s": read.seconds("PROBE_INTERVAL", 30.0),
+        "probe_interval_open_s": read.seconds("PROBE_INTERVAL_OPEN", 2.0),
         "probe_timeout_s": read.seconds("PROBE_TIMEOUT", 3.0),
         "breaker_failures": read.integer("BREAKER_FAILURES", 2, low=1),
-        "breaker_backoff_s": read.seconds("BREAKER_BACKOFF", 60.0),
-        "breaker_max_backoff_s": read.seconds("BREAKER_MAX_BACKOFF", 600.0),
+        "breaker_backoff_s": read.seconds("BREAKER_BACKOFF", 5.0),
+        "breaker_max_backoff_s": read.seconds("BREAKER_MAX_BACKOFF", 5.0),
         "image_fetch_max_bytes": read.integer("IMAGE_FETCH_MAX_BYTES", 10 * MIB, low=1024),
         "image_fetch_timeout_s": read.seconds("IMAGE_FETCH_TIMEOUT", 10.0),
         "image_fetch_max_count": read.integer("IMAGE_FETCH_MAX_COUNT", 16, low=1),

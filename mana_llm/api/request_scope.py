@@ -6,6 +6,10 @@ disconnects after the view returned but before Quart starts sending that body, t
 never iterated and never closed. This ASGI wrapper runs around the whole exchange: when it is
 over, however it ended, the nursery is cancelled, every cleanup runs (no task and no upstream
 connection is left behind), and the trace is finished once: its metrics and its log line.
+
+At the drain deadline (`Lifecycle.cut_open_exchanges`) an exchange still open is cut: its
+nursery is cancelled and it ends as the gateway's own doing, 503 `server_shutting_down`: a
+JSON error when nothing was sent yet, the final error event (no `[DONE]`) of a stream.
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ from typing import Any
 import attrs
 import trio
 
-from mana_llm import logs
+from mana_llm import errors, logs
+from mana_llm.api.render import error_headers, error_object
+from mana_llm.codec import dumps
+from mana_llm.lifecycle import Lifecycle
 from mana_llm.metrics import Metrics, RequestTrace
 
 Cleanup = Callable[[], Awaitable[None]]
@@ -79,6 +86,10 @@ class _Exchange:
     body_complete: bool
     rid_header: tuple[bytes, bytes]
     finished: bool = False
+    head: dict[str, Any] | None = None  # the response's head, once sent
+    ended: bool = False  # the body's last message was sent
+    cut_scope: trio.CancelScope | None = None  # cancelled by the drain deadline
+    cut_by_drain: bool = False
 
     async def receive_tracked(self) -> Any:
         message = await self.receive()
@@ -92,13 +103,43 @@ class _Exchange:
             self.metrics.finish(self.trace, self.clock())
             log_request(self.trace, self.clock())
 
+    def cut(self) -> None:
+        """The drain deadline: the exchange's work stops; `end_cut` says why to the client."""
+        self.cut_by_drain = True
+        if self.cut_scope is not None:
+            self.cut_scope.cancel()
+
+    async def end_cut(self) -> None:
+        """End an exchange the drain deadline cut: a 503 if nothing was sent, the final error
+        event of an SSE body, nothing if the answer was already whole."""
+        if self.ended:
+            return
+        error = errors.ServerShuttingDown(
+            "the gateway is shutting down: its drain deadline (GRACEFUL_TIMEOUT) passed"
+            " before this request finished; send it again"
+        )
+        self.trace.fail(error)
+        body = dumps(error_object(error))
+        if self.head is None:
+            headers = [(k.encode(), v.encode()) for k, v in error_headers(error).items()]
+            headers += [(b"content-length", str(len(body)).encode()), CLOSE]
+            head = {"type": "http.response.start", "status": error.status, "headers": headers}
+            await self.send_with_id(head)
+        elif (b"content-type", b"text/event-stream") in self.head["headers"]:
+            body = b"data: " + body + b"\n\n"  # the stream's final event: no [DONE]
+        else:
+            return  # a JSON answer cut half-way: hypercorn closes the connection
+        await self.send_with_id({"type": "http.response.body", "body": body, "more_body": False})
+
     async def send_with_id(self, message: Any) -> None:
         if message["type"] == "http.response.start":
             headers = [*message.get("headers", ()), self.rid_header]
             if not self.body_complete:  # answered early (401, 404, 405, 413): see LAST_SEND_S
                 headers.append(CLOSE)
             message["headers"] = headers
+            self.head = message
         elif message["type"] == "http.response.body" and not message.get("more_body"):
+            self.ended = True
             self.finish()  # before the last byte: a client that has its answer sees metrics
             # Hypercorn recycles or closes the connection inside this send, while Quart
             # cancels the exchange's tasks as the stream closes; unshielded, that close is
@@ -110,8 +151,13 @@ class _Exchange:
 
 
 def with_request_scope(
-    app: ASGIApp, metrics: Metrics, clock: Callable[[], float] = trio.current_time
+    app: ASGIApp,
+    metrics: Metrics,
+    clock: Callable[[], float] = trio.current_time,
+    lifecycle: Lifecycle | None = None,
 ) -> ASGIApp:
+    lifecycle = lifecycle or Lifecycle()
+
     async def asgi(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
@@ -133,11 +179,16 @@ def with_request_scope(
         try:
             async with trio.open_nursery() as nursery:
                 scope[NURSERY] = nursery
+                exchange.cut_scope = nursery.cancel_scope
+                lifecycle.track(exchange.cut)
                 await app(scope, exchange.receive_tracked, exchange.send_with_id)
                 nursery.cancel_scope.cancel()
         finally:
+            lifecycle.untrack(exchange.cut)
             for cleanup in cleanups:
                 await cleanup()  # each cleanup shields and bounds itself
+            if exchange.cut_by_drain:
+                await exchange.end_cut()
             exchange.finish()  # the exchange ended before its last byte: a disconnect, a failure
             logs.request_id.reset(token)
 

@@ -17,12 +17,12 @@ from mana_llm.metrics import Metrics
 
 
 def health_body(statuses: list[ProviderStatus]) -> tuple[dict[str, Any], int]:
-    """ok: every configured provider healthy; down (503): every one unhealthy; degraded
-    otherwise (some unhealthy, or not checked yet)."""
+    """ok: every configured provider healthy; down (503): every one unhealthy or failing;
+    degraded otherwise (some unhealthy or failing, or not checked yet)."""
     providers = {s.name: s.summary for s in statuses}
     states = [s for s in providers.values() if s != "unconfigured"]
     status = "ok" if all(s == "healthy" for s in states) else "degraded"
-    if states and all(s == "unhealthy" for s in states):
+    if states and all(s in ("unhealthy", "failing") for s in states):
         status = "down"
     return {"status": status, "providers": providers}, 503 if status == "down" else 200
 
@@ -41,6 +41,7 @@ def details(status: ProviderStatus) -> dict[str, object]:
         "reopens_at": status.reopens_at,
         "last_probe_at": status.last_probe_at,
         "last_probe_ok": status.last_probe_ok,
+        "failing": status.failing,
     }
 
 

@@ -180,7 +180,7 @@ class Walker:
                 if not isinstance(outcome, GatewayError):
                     return outcome, started_at, target
                 error = outcome
-                retry, wait_s = self._retry(error, index, walk.retries, budget)
+                retry, wait_s = self._retry(target, error, index, walk.retries, budget)
                 walk.failures.append(Failure(target, error, retry))
                 if retry != "sent":
                     break
@@ -221,15 +221,21 @@ class Walker:
                 self.health.release_trial(target.provider)
 
     def _retry(
-        self, error: GatewayError, index: int, retries: int, budget: Budget
+        self, target: Target, error: GatewayError, index: int, retries: int, budget: Budget
     ) -> tuple[str | None, float]:
-        """Try the same entry again? ("sent", the wait) when the failure is transient, the wait
-        fits the upstream's Retry-After cap and the deadlines, and the provider's budget has
-        room; ("budget_exhausted", 0) when only the budget said no; (None, 0) otherwise."""
+        """Try the same entry again? ("sent", the wait) when the failure is transient, the
+        provider's circuit did not open on it (a failed trial is one failed call, not two),
+        the wait fits the upstream's Retry-After cap and the deadlines, and the provider's
+        budget has room; ("budget_exhausted", 0) when only the budget said no; (None, 0)
+        otherwise."""
         if index >= retries or not error.retry_same_target or error.after_content:
             return None, 0.0
-        wait_s = self.retry_policy.wait_s(index, error.retry_after_s)
         now = self.clock()
+        wait_s = self.retry_policy.wait_s(index, error.retry_after_s)
+        if self.health.state(target.provider, now) is CircuitState.OPEN:
+            reopens_at = self.health.reopens_at(target.provider)  # a Retry-After may end first
+            if reopens_at is None or wait_s is None or reopens_at > now + wait_s:
+                return None, 0.0
         if wait_s is None or now + wait_s >= trio.current_effective_deadline():
             return None, 0.0  # the upstream asked for longer than RETRY_MAX_WAIT, or no time
         if not budget.try_spend(now):
@@ -265,8 +271,9 @@ class Walker:
             cause = f": its circuit opened at {time.strftime('%H:%M:%S', time.gmtime(wall))} UTC"
             if stats.opened_because:
                 cause += f" after {stats.opened_because}"
-        if stats.reopens_at is None:
-            cause += " (a trial call is under way)"
+        if stats.reopens_at is None:  # held open by failing probes, or half-open
+            probes_fail = stats.last_probe_ok is False
+            cause += " (its probes fail)" if probes_fail else " (a trial call is under way)"
         return errors.CircuitOpen(
             f"{name} is unavailable{cause}; retry in {retry:g}s",
             provider=name,

@@ -3,10 +3,16 @@ the probes, with what operators need to see beside it: the last error, when and 
 opened, the last success and the last probe. Every method takes `now`.
 
 Probes are weaker evidence than requests: a model list answering 200 says nothing about chat.
-A probe success moves an open circuit to half-open at most (the next real call is the trial)
-and resets nothing in a closed one; a probe failure counts like a request failure. Until the
-first probe or request outcome, nobody has checked the provider (`checked` is False).
-Listeners hear every state change (closed, open, half-open), whenever it is first seen.
+A probe failure counts like a request failure, and while the circuit is open it holds it open
+past its backoff: no caller pays a trial against a provider that does not even list its models.
+A probe success releases that hold and resets nothing else. It half-opens the circuit at once
+(the next real call is the trial) only when probes opened it: the provider was unreachable and
+is reachable again. A circuit that real calls opened waits out its backoff whatever the probes
+say, so a provider that lists its models but fails every call costs callers at most one failed
+trial per backoff (docs/ARCHITECTURE.md, "Recovery"). Until the first probe or request outcome,
+nobody has checked the provider (`checked` is False). The most recent outcome, probe or
+request, is kept (`failing`: it was a failure). Listeners hear every state change (closed,
+open, half-open), whenever it is first seen.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class ProviderHealth:
     opened_at: float | None = None  # when the circuit last opened (open or half-open)...
     opened_because: str | None = None  # ...and the failure that opened it
     checked: bool = False  # any probe or request outcome seen yet
+    failing: bool = False  # the most recent probe or request outcome was a failure
 
 
 @attrs.define(eq=False)
@@ -57,7 +64,9 @@ class _Circuit:
     last_probe_ok: bool | None = None
     opened_at: float | None = None
     opened_because: str | None = None
+    opened_by_probe: bool = False  # the failure that last (re)opened it was a probe's
     checked: bool = False
+    failing: bool = False
 
 
 Listener = Callable[[Transition], None]
@@ -109,25 +118,28 @@ class ProviderHealthCache:
     def reopens_at(self, provider: str) -> float | None:
         """When an open circuit (as last seen) lets a trial through."""
         circuit = self._circuits.get(provider)
-        if circuit is None or circuit.seen is not CircuitState.OPEN:
+        if circuit is None or circuit.seen is not CircuitState.OPEN or circuit.breaker.held:
             return None
         return circuit.breaker.open_until
 
     def record_success(self, provider: str, now: float) -> None:
         """A real call succeeded: the circuit closes and the backoff resets."""
         circuit = self._circuit(provider, now)
-        circuit.checked = True
+        circuit.checked, circuit.failing = True, False
         circuit.last_success_at = now
         circuit.breaker.record_success()
         self._notice(provider, circuit, now)
 
     def record_probe_success(self, provider: str, now: float) -> None:
-        """The provider is reachable: an open circuit may try a real call now (half-open);
-        a half-open or closed one is left as it is."""
+        """The provider is reachable: a hold by failed probes ends; a circuit that probes
+        opened may try a real call now (half-open); one that real calls opened keeps its
+        backoff; a half-open or closed one is left as it is."""
         circuit = self._circuit(provider, now)
-        circuit.checked = True
+        circuit.checked, circuit.failing = True, False
         circuit.last_probe_at, circuit.last_probe_ok = now, True
-        circuit.breaker.half_open(now)
+        circuit.breaker.release_hold()
+        if circuit.opened_by_probe:
+            circuit.breaker.half_open(now)
         self._notice(provider, circuit, now)
 
     def record_failure(
@@ -140,13 +152,15 @@ class ProviderHealthCache:
         probe: bool = False,
     ) -> None:
         circuit = self._circuit(provider, now)
-        circuit.checked = True
+        circuit.checked, circuit.failing = True, True
         circuit.last_error = reason
         circuit.last_failure_at = now
-        if probe:
-            circuit.last_probe_at, circuit.last_probe_ok = now, False
         if circuit.breaker.record_failure(now, retry_after_s):
             circuit.opened_at, circuit.opened_because = now, reason
+            circuit.opened_by_probe = probe
+        if probe:
+            circuit.last_probe_at, circuit.last_probe_ok = now, False
+            circuit.breaker.hold()  # an open circuit stays open while probes fail
         self._notice(provider, circuit, now)
 
     def statistics(self, provider: str, now: float) -> ProviderHealth:
@@ -164,4 +178,5 @@ class ProviderHealthCache:
             opened_at=None if closed else circuit.opened_at,
             opened_because=None if closed else circuit.opened_because,
             checked=circuit.checked,
+            failing=circuit.failing,
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+import socket
 from typing import Any
 
 import openai
@@ -150,7 +151,7 @@ async def test_health_is_503_when_every_configured_provider_is_down(
 async def test_a_direct_request_to_an_open_circuit_fails_fast_with_its_cause(
     nursery: trio.Nursery,
 ) -> None:
-    stack = await start_stack(nursery)
+    stack = await start_stack(nursery, BREAKER_BACKOFF="60")  # a wait worth advertising
     stack.cloud.script("/v1/chat/completions", *[openai_error(503, "overloaded")] * 2)
     body: Any = {"model": "groq/llama-3.1-8b-instant", "messages": MSG}
     sdk = openai.AsyncOpenAI(base_url=stack.base_url + "/v1", api_key="x", max_retries=2)
@@ -237,3 +238,37 @@ async def test_liveness_and_readiness_need_no_api_key(nursery: trio.Nursery) -> 
             details = await client.get("/v1/health")
     assert (live.status_code, ready.status_code, health.status_code) == (200, 200, 200)
     assert details.status_code == 401
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on (the port was free a moment ago)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+async def test_cold_start_with_the_only_provider_down_is_never_healthy(
+    nursery: trio.Nursery,
+) -> None:
+    """No Ollama running and no cloud key: from the first probe on (one failure, below the
+    circuit's threshold) /health says `failing` and `down`, never `ok`."""
+    stack = await start_stack(
+        nursery, OLLAMA_URL=closed_port_url(), GROQ_API_KEY="", OPENROUTER_API_KEY=""
+    )
+    with trio.fail_after(10):
+        async with stack.client() as client:
+            terse = await client.get("/health")
+            details = (await client.get("/v1/health")).json()["providers"]["ollama"]
+    assert terse.status_code == 503
+    assert terse.json() == {
+        "status": "down",
+        "providers": {
+            "ollama": "failing",
+            "openrouter": "unconfigured",
+            "groq": "unconfigured",
+            "together": "unconfigured",
+        },
+    }
+    assert details["state"] == "closed" and details["consecutive_failures"] == 1
+    assert details["failing"] is True and details["last_probe_ok"] is False

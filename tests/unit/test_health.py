@@ -122,25 +122,50 @@ def test_statistics_and_probe_time() -> None:
     assert health.statistics("p", 8.0).last_success_at == 8.0
 
 
-def test_a_probe_success_moves_an_open_circuit_to_half_open_never_to_closed() -> None:
+def test_a_probe_success_never_shortens_the_backoff_of_a_circuit_requests_opened() -> None:
     health, seen = cache()
     health.record_failure("p", 0.0, "503 overloaded")
     health.record_failure("p", 1.0, "503 overloaded")
     assert health.reopens_at("p") == 61.0
     health.record_probe_success("p", 10.0)  # the model list answers 200: chat may still fail
+    assert health.state("p", 10.0) is OPEN and health.reopens_at("p") == 61.0
+    assert not health.try_acquire("p", 60.9)
+    assert health.try_acquire("p", 61.0)  # the backoff's end: the trial...
+    health.record_probe_success("p", 61.5)  # (a probe success closes nothing)
+    assert health.state("p", 61.5) is HALF
+    health.record_failure("p", 62.0, "503 again")  # ...whose failure re-opens, backoff doubled
+    health.record_probe_success("p", 63.0)
+    assert health.state("p", 63.0) is OPEN and health.reopens_at("p") == 182.0
+    assert seen[-1] == Transition("p", HALF, OPEN, 62.0)
+
+
+def test_a_probe_success_half_opens_at_once_a_circuit_probes_opened() -> None:
+    health, seen = cache()
+    health.record_failure("p", 0.0, "refused", probe=True)
+    health.record_failure("p", 1.0, "refused", probe=True)  # unreachable: opened by probes
+    health.record_probe_success("p", 10.0)  # reachable again: the next real call is the trial
     assert health.state("p", 10.0) is HALF
     assert seen[-1] == Transition("p", OPEN, HALF, 10.0)
-    health.record_probe_success("p", 11.0)  # half-open stays half-open
-    assert health.state("p", 11.0) is HALF
-    assert health.try_acquire("p", 11.0)  # the next real call is the trial...
-    assert not health.try_acquire("p", 11.0)
-    health.record_failure("p", 12.0, "503 again")  # ...and its failure re-opens, backoff doubled
-    assert health.state("p", 12.0) is OPEN
-    assert health.reopens_at("p") == 132.0
+    assert health.try_acquire("p", 10.0) and not health.try_acquire("p", 10.0)
+    health.record_failure("p", 12.0, "503")  # the trial failed: opened by a request now
     health.record_probe_success("p", 13.0)
-    assert health.try_acquire("p", 13.0)
-    health.record_success("p", 14.0)  # only a real success closes it
-    assert health.state("p", 14.0) is CLOSED
+    assert health.state("p", 13.0) is OPEN and health.reopens_at("p") == 132.0
+    health.record_success("p", 132.0)  # only a real success closes it
+    assert health.state("p", 132.0) is CLOSED
+
+
+def test_failing_probes_hold_an_open_circuit_past_its_backoff() -> None:
+    health, _ = cache(backoff_s=5.0, max_backoff_s=5.0)
+    health.record_failure("p", 0.0, "503")
+    health.record_failure("p", 1.0, "503")  # real calls opened it until 6
+    health.record_failure("p", 3.0, "connect refused", probe=True)
+    assert health.state("p", 30.0) is OPEN  # held: no caller pays a trial
+    assert not health.try_acquire("p", 30.0)
+    assert health.reopens_at("p") is None  # not known: the probes decide
+    health.record_probe_success("p", 31.0)  # reachable again, backoff long over
+    assert health.state("p", 31.0) is HALF and health.try_acquire("p", 31.0)
+    health.record_failure("p", 32.0, "503")  # a failed trial ends any hold: 5 s, fixed
+    assert health.reopens_at("p") == 37.0 and health.state("p", 37.0) is HALF
 
 
 def test_a_probe_success_resets_nothing_in_a_closed_circuit() -> None:

@@ -71,3 +71,44 @@ async def test_a_failed_probe_counts_like_a_failed_request(
     stats = health.statistics("a", 1.0)
     assert stats.state is CircuitState.OPEN and stats.reopens_at == 60.0
     assert stats.opened_because == "probe: a answered 503: busy"
+
+
+async def test_an_open_circuit_is_probed_often_from_the_moment_it_opens(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Closed: every 30 s from start-up. A request failure opens the circuit at 5 s: a probe at
+    once, then every 2 s while it is open (the probes succeed, but real calls opened it: it
+    waits out its 10 s backoff), then the closed cadence again."""
+    a = FakeProvider("a")
+    health = ProviderHealthCache(BreakerPolicy(failure_threshold=1, backoff_s=10.0))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(run_probe_loop, [a], health, 30.0, 3.0, open_interval_s=2.0))
+        await trio.sleep(5)
+        health.record_failure("a", trio.current_time(), "a answered 503")
+        await trio.sleep(61 - 5)
+        nursery.cancel_scope.cancel()
+    probes = [c[2] for c in a.calls if c[0] == "probe"]
+    assert probes == [0.0, 5.0, 7.0, 9.0, 11.0, 13.0, 15.0, 30.0, 60.0]
+    assert health.state("a", 15.0) is CircuitState.HALF_OPEN  # by its backoff, not a probe
+
+
+async def test_a_provider_whose_probes_fail_stays_open_until_one_succeeds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Unreachable until 8 s: its probes fail at 0, 2, 4 and 6 s and hold the circuit open
+    past its 1 s backoff; the probe at 8 s succeeds and, probes having opened it, half-opens
+    it at once; then the closed cadence."""
+    a = FakeProvider("a")
+    for _ in range(4):
+        a.script_chat(Fail(unavailable("a", "connect failed")))
+    health = ProviderHealthCache(BreakerPolicy(failure_threshold=1, backoff_s=1.0))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(run_probe_loop, [a], health, 30.0, 3.0, open_interval_s=2.0))
+        await trio.sleep(7.5)
+        assert health.state("a", trio.current_time()) is CircuitState.OPEN  # held past 1 s
+        assert not health.try_acquire("a", trio.current_time())
+        await trio.sleep(1)
+        assert health.state("a", trio.current_time()) is CircuitState.HALF_OPEN
+        await trio.sleep(30)
+        nursery.cancel_scope.cancel()
+    assert [c[2] for c in a.calls if c[0] == "probe"] == [0.0, 2.0, 4.0, 6.0, 8.0, 30.0]

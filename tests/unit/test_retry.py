@@ -142,6 +142,9 @@ async def test_an_exhausted_budget_moves_on_and_says_so(
     served = [await one_request() for _ in range(5)]
     assert served == [("a", "sent")] * 4 + [("b", "budget_exhausted")]
     await trio.sleep(10)
+    # the fifth request's failure was a's last word: a success in between keeps the next
+    # failure from opening a's circuit (an open circuit is never retried, tested below)
+    gw.health.record_success("a", trio_time())
     assert await one_request() == ("a", "sent")
 
 
@@ -154,3 +157,22 @@ async def test_a_direct_failure_after_retries_says_do_not_resend(
     with pytest.raises(errors.UpstreamUnavailable) as raised:
         await gw.chat(chat("a/m1"))
     assert raised.value.retried and len(raised.value.attempts) == 2
+
+
+async def test_a_failure_that_opens_the_circuit_is_not_retried(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two failures in a row open a's circuit: the second is not retried, however many retries
+    the entry has; a failed trial likewise (one failed call per backoff, not two)."""
+    a = FakeProvider("a")
+    for _ in range(4):
+        a.script_chat(Fail(server_error("a")))
+    gw = build(a, FakeProvider("b"), FakeProvider("c"), retries=3)
+    answered = await gw.chat(chat())
+    assert answered.target.provider == "b"
+    assert [c[1] for c in a.calls] == ["a/m1", "a/m1"]  # the one retry, then the circuit opened
+    assert [f.retry for f in answered.failed] == ["sent", None]
+    await trio.sleep(60)  # the backoff: the next request's call to a is the trial
+    answered = await gw.chat(chat())
+    assert answered.target.provider == "b" and len(a.calls) == 3
+    assert [f.retry for f in answered.failed] == [None]

@@ -38,6 +38,11 @@ aliases:
   mana/hedged:
     hedge_after_s: 2
     chain: [a/m1, b/m2, c/m3]
+  mana/buffered:
+    buffer: true
+    first_token_timeout_s: 10
+    attempt_timeout_s: 30
+    chain: [a/m1, b/m2]
 """
 MSG = (Message("user", "hi"),)
 WALL = 1_795_687_200.0  # 2026-11-26 10:00:00 UTC, the wall clock's answer at virtual time 0
@@ -147,6 +152,45 @@ async def test_first_token_later_than_the_timeout_falls_back(
     assert b.calls[0][2] == 5.0
     assert a.streams[0].closed
     assert answered.attempts == 2
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [(RoleOnly(), Sleep(21), Content("too late"), Finish(), End()), (Hang(),)],
+    ids=["S07-slow-first-token", "S06-no-response"],
+)
+async def test_a_buffered_alias_keeps_its_first_token_deadline(
+    autojump_clock: trio.testing.MockClock, steps: tuple[object, ...]
+) -> None:
+    """failoverbench S07 and S06 with `buffer: true`: the fallback answers at the entry's
+    first-token deadline (10 s), not at its attempt deadline (30 s)."""
+    a = FakeProvider("a").script_stream(*steps)  # type: ignore[arg-type]
+    b = FakeProvider("b")
+    gw = build(a, b, FakeProvider("c"), first_token_s=60)
+    answered = await gw.chat_stream(chat("mana/buffered", stream=True))
+    assert answered.target.resolved == "b/m2"
+    assert b.calls[0][2] == 10.0
+    assert [(f.model, f.kind) for f in answered.failed] == [("a/m1", "UpstreamTimeout")]
+    assert answered.failed[0].reason.endswith("a/m1 sent no first token within 10s")
+    assert all(stream.closed for stream in a.streams)
+    assert gw.health.statistics("a", trio_time()).consecutive_failures == 1  # not retried
+
+
+async def test_a_buffered_answer_after_its_first_token_has_the_idle_and_attempt_deadlines(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After the first content the rest may take longer than the first-token deadline (each
+    gap within the idle timeout, 3 s here), but not longer than the attempt's 30 s."""
+    slow = [Content("x"), *[step for _ in range(7) for step in (Sleep(2.5), Content("y"))]]
+    a = FakeProvider("a").script_stream(Sleep(9), *slow, Finish(), End())  # done at 26.5 s
+    b = FakeProvider("b")
+    gw = build(a, b, FakeProvider("c"))
+    answered = await gw.chat_stream(chat("mana/buffered", stream=True))
+    assert answered.target.resolved == "a/m1" and trio_time() == 26.5
+    a.script_stream(Sleep(9), *slow, *slow, Finish(), End())  # would end at 44 s
+    answered = await gw.chat_stream(chat("mana/buffered", stream=True))
+    assert answered.target.resolved == "b/m2"
+    assert b.calls[0][2] == 26.5 + 30.0
 
 
 async def test_alias_overrides_the_first_token_and_attempt_deadlines(
