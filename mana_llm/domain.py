@@ -152,17 +152,23 @@ class EmbeddingResponse:
 
 @attrs.frozen
 class ModelInfo:
-    id: str  # provider/model
+    id: str  # provider/model, or an alias (mana/<name>)
     created: int
     owned_by: str
+    description: str | None = None  # an alias: what it is for...
+    chain: tuple[str, ...] | None = None  # ...and the provider/models it walks
 
     def to_json(self) -> JSON:
-        return {
+        out: JSON = {
             "id": self.id,
             "object": "model",
             "created": self.created,
             "owned_by": self.owned_by,
         }
+        if self.chain is not None:  # the OpenAI model object allows extra fields
+            out["description"] = self.description
+            out["chain"] = list(self.chain)
+        return out
 
 
 @attrs.frozen

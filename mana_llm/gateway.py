@@ -288,11 +288,32 @@ class Gateway:
         async with trio.open_nursery() as nursery:
             for provider in self.configured():
                 nursery.start_soon(collect, provider)
-        return [model for p in self.configured() for model in found.get(p.name, ())]
+        aliases = list(self._alias_models().values())
+        return aliases + [model for p in self.configured() for model in found.get(p.name, ())]
+
+    def _alias_models(self) -> dict[str, ModelInfo]:
+        """Every alias of the current table as a model (model pickers build on /v1/models)."""
+        table = self.aliases.table
+        created = int(table.loaded_at or 0)
+        return {
+            name: ModelInfo(
+                name,
+                created,
+                "mana-llm",
+                alias.description,
+                tuple(t.resolved for t in alias.chain),
+            )
+            for name, alias in table.aliases.items()
+        }
 
     async def get_model(self, model_id: str) -> ModelInfo:
         if model_id.startswith(ALIAS_PREFIX):
-            raise errors.ModelNotFound(f"model {model_id!r} not found", param="model")
+            alias = self._alias_models().get(model_id)
+            if alias is None:
+                raise errors.ModelNotFound(
+                    f"unknown alias {model_id!r}; GET /v1/aliases lists them", param="model"
+                )
+            return alias
         target = parse_target(model_id, self.providers, self.settings.ollama_default_model)
         provider = self.providers[target.provider]
         if not provider.configured:

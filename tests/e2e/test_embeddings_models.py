@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import pathlib
 import struct
 
 import openai
 import pytest
 import trio
 
-from tests.e2e.stack import start_stack
+from tests.e2e.stack import aliases_file, start_stack
 from tests.fakes.server import Reply, Stall
 from tests.fakes.upstreams import vector
 
@@ -79,7 +80,7 @@ async def test_one_provider_down_or_slow_does_not_fail_the_list(nursery: trio.Nu
         async with stack.client() as client:
             r = await client.get("/v1/models")
     assert r.status_code == 200
-    ids = [m["id"] for m in r.json()["data"]]
+    ids = [m["id"] for m in r.json()["data"] if m["owned_by"] != "mana-llm"]  # not aliases
     assert {i.split("/", 1)[0] for i in ids} in ({"groq"}, {"openrouter"})
 
 
@@ -117,3 +118,36 @@ async def test_health_reports_each_provider(nursery: trio.Nursery) -> None:
             "together": "unconfigured",
         },
     }
+
+
+ALIASES = """
+aliases:
+  mana/fast-text:
+    description: quick text
+    chain: [groq/llama-3.1-8b-instant, ollama/gemma3:4b]
+  mana/vision:
+    description: images
+    chain: [ollama/gemma3:4b]
+"""
+
+
+async def test_aliases_are_models_where_clients_look_for_them(
+    nursery: trio.Nursery, tmp_path: pathlib.Path
+) -> None:
+    """Model pickers build on /v1/models: every alias is listed once, first, owned by
+    mana-llm, with its description and chain; the SDK retrieves one by name."""
+    stack = await start_stack(nursery, ALIASES_PATH=aliases_file(tmp_path, ALIASES))
+    with trio.fail_after(10):
+        async with stack.sdk() as sdk:
+            listed = [m async for m in sdk.models.list()]
+            alias = await sdk.models.retrieve("mana/fast-text")
+            with pytest.raises(openai.NotFoundError, match="unknown alias 'mana/nope'"):
+                await sdk.models.retrieve("mana/nope")
+    assert [m.id for m in listed[:2]] == ["mana/fast-text", "mana/vision"]
+    assert not any(m.id.startswith("mana/") for m in listed[2:])
+    assert "ollama/gemma3:4b" in [m.id for m in listed]  # the providers' models follow
+    assert alias.id == "mana/fast-text" and alias.owned_by == "mana-llm"
+    assert alias.object == "model" and alias.created > 1_700_000_000
+    extra = alias.model_dump()
+    assert extra["description"] == "quick text"
+    assert extra["chain"] == ["groq/llama-3.1-8b-instant", "ollama/gemma3:4b"]
