@@ -16,6 +16,7 @@ GatewayError (500 internal_error)
 ├── InternalError         500 a bug
 └── ProviderError         502 talking to an upstream failed (retryable, counts)
     ├── UpstreamUnavailable   refused, reset, 5xx, in-band error, empty answer
+    │   ├── UpstreamBroken    a 5xx that resending will not mend (501, 505-511)
     │   └── CircuitOpen       503 skipped without contact: the circuit is open
     ├── UpstreamTimeout       504 no answer within a deadline (ours, 408, 504, 524)
     │   └── FirstTokenTimeout     a buffered stream's first content did not come in time
@@ -217,6 +218,14 @@ class UpstreamUnavailable(ProviderError):
     """Connection refused or reset, 5xx, an in-band error before content, an empty answer."""
 
     retry_same_target = True
+
+
+class UpstreamBroken(UpstreamUnavailable):
+    """A 5xx that resending will not mend (501 Not Implemented, 505-511): the next entry of a
+    chain may serve, the same one will not, so it is never retried on the same entry."""
+
+    retry_same_target = False
+    transient = False
 
 
 class CircuitOpen(UpstreamUnavailable):

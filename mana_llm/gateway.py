@@ -93,7 +93,10 @@ class Gateway:
                     f"unknown alias {model!r}; GET /v1/aliases lists them", param="model"
                 )
             return Route(alias.chain, alias)
-        return Route((parse_target(model, self.providers, self.settings.ollama_default_model),))
+        target = parse_target(model, self.providers, self.settings.ollama_default_model)
+        prefix, slash, _ = model.partition("/")
+        unknown = slash and prefix not in self.providers and "." not in prefix  # not hf.co/...
+        return Route((target,), unknown_prefix=prefix if unknown else None)
 
     async def _answer(
         self,
@@ -134,10 +137,30 @@ class Gateway:
                 retries=route.retries(self.settings.retries),
                 hedge_after_s=route.hedge_after_s,
             )
+        except errors.UpstreamModelNotFound as error:
+            if route.unknown_prefix is None:
+                error.cache = cache
+                raise
+            raise self._not_a_provider(route.unknown_prefix, error, cache) from error
         except errors.GatewayError as error:
             error.cache = cache
             raise
         return attrs.evolve(answered, ended_at=self.clock(), cache=cache)
+
+    def _not_a_provider(
+        self, prefix: str, error: errors.UpstreamModelNotFound, cache: str | None
+    ) -> errors.UpstreamModelNotFound:
+        """Ollama has no model `anthropic/claude-3`: say that `anthropic` is no provider here."""
+        known = ", ".join(self.providers)
+        better = errors.UpstreamModelNotFound(
+            f"{error.message}; {prefix!r} is not a configured provider (known: {known}), so"
+            " the whole name went to Ollama as a model name",
+            param="model",
+            provider=error.provider,
+            attempts=error.attempts,
+        )
+        better.cache, better.retried = cache, error.retried
+        return better
 
     def _chat_plan(
         self, route: Route, request: ChatRequest, control: CacheControl

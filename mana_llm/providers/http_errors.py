@@ -4,6 +4,7 @@ ProviderError subclasses here, once, by status code, structured error code and e
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
@@ -15,6 +16,11 @@ from mana_llm import codec, errors
 
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_MESSAGE_CHARS = 500
+MAX_TEXT_BODY_CHARS = 200  # a body that is not JSON (an HTML error page): one short line
+# 5xx that resending will not mend; the rest (500, 502, 503, 504, 529, 520-523) are transient
+_FINAL_5XX = frozenset({501, 505, 506, 507, 508, 510, 511})
+_MARKUP = re.compile(r"<(head|script|style)\b.*?</\1\s*>|<!--.*?-->|<[^>]*>", re.I | re.S)
+_SPACE = re.compile(r"\s+")
 
 _MODEL_CODES = frozenset({"model_not_found", "model_decommissioned", "model_not_available"})
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
@@ -71,7 +77,7 @@ def parse_error_body(body: bytes | Mapping[str, Any]) -> tuple[str, str | None, 
         try:
             data = codec.loads(body)
         except ValueError:
-            return body.decode("utf-8", "replace").strip(), None, {}
+            return one_line(body.decode("utf-8", "replace")), None, {}
     if not isinstance(data, Mapping):
         return str(data), None, {}
     err = data.get("error", data)
@@ -83,6 +89,16 @@ def parse_error_body(body: bytes | Mapping[str, Any]) -> tuple[str, str | None, 
     code = err.get("code")
     # OpenRouter sends the HTTP status as a numeric code; only string codes carry meaning.
     return str(message), code if isinstance(code, str) else None, err
+
+
+def one_line(text: str) -> str:
+    """A body that is not JSON, as one short line: markup stripped, entities decoded, white
+    space folded, at most MAX_TEXT_BODY_CHARS (an HTML error page says what it says in its
+    first words)."""
+    text = _SPACE.sub(" ", html.unescape(_MARKUP.sub(" ", text))).strip()
+    if len(text) > MAX_TEXT_BODY_CHARS:
+        text = text[: MAX_TEXT_BODY_CHARS - 1].rstrip() + "…"
+    return text or "(an empty body)"
 
 
 def retry_after_s(headers: Mapping[str, str], now: float) -> float | None:
@@ -156,6 +172,8 @@ def _classify(status: int, code: str | None, err: Mapping[str, Any]) -> type[err
         return errors.ContentPolicy  # OpenRouter's moderation flag
     if status in (401, 402, 403):
         return errors.UpstreamAuthFailed
+    if status in _FINAL_5XX:
+        return errors.UpstreamBroken
     if status >= 500 or status == 499:
         return errors.UpstreamUnavailable
     if 400 <= status < 500:

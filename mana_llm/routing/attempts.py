@@ -27,6 +27,7 @@ class Walk(Generic[T]):
     waiting_for: str
     retries: int
     failures: list[Failure]
+    chain: bool = True  # an alias's chain (not one direct `provider/model`)
 
 
 @attrs.define(eq=False)

@@ -21,6 +21,7 @@ from mana_llm.errors import GatewayError
 from mana_llm.providers.protocol import Provider
 from mana_llm.routing.attempts import Attempt, Failure, Race, Walk, records
 from mana_llm.routing.health import CircuitState, ProviderHealthCache
+from mana_llm.routing.missing import MissingModels
 from mana_llm.routing.retry import Budget, Budgets, RetryPolicy
 
 T = TypeVar("T")
@@ -39,6 +40,7 @@ class Walker:
     retry_policy: RetryPolicy = attrs.field(factory=RetryPolicy)
     retry_budgets: Budgets = attrs.field(factory=lambda: Budgets(0.2))
     hedge_budgets: Budgets = attrs.field(factory=lambda: Budgets(0.1))
+    missing: MissingModels = attrs.field(factory=MissingModels)
 
     def report(self, provider: str, error: GatewayError | None) -> None:
         """Feed one outcome to the health cache: success, or a failure that says something about
@@ -69,7 +71,7 @@ class Walker:
         often an entry is tried again after a transient failure before moving on.
         `hedge_after_s`: an entry silent that long gets the next one started beside it."""
         failures: list[Failure] = []
-        walk = Walk(attempt, deadline_s, waiting_for, retries, failures)
+        walk = Walk(attempt, deadline_s, waiting_for, retries, failures, not direct)
         current: Target | None = None
         index = 0
         with trio.move_on_after(self.request_timeout_s) as overall:
@@ -81,7 +83,8 @@ class Walker:
                     unknown = f"unknown provider {target.provider!r}"
                     failures.append(Failure(target, errors.InvalidRequest(unknown, param="model")))
                     continue
-                skipped = self._skip_reason(provider)
+                skipped = self._missing(target) if walk.chain else None
+                skipped = skipped or self._skip_reason(provider)
                 if skipped is not None:
                     failures.append(Failure(target, skipped))
                     continue
@@ -112,12 +115,28 @@ class Walker:
         return next((t for t in targets[start:] if self._eligible(t, now)), None)
 
     def _eligible(self, target: Target, now: float) -> bool:
-        """Configured and its circuit not open (a half-open trial is not taken here)."""
+        """Configured, its circuit not open (a half-open trial is not taken here), and not a
+        model its provider recently said it does not have."""
         provider = self.providers.get(target.provider)
         return (
             provider is not None
             and provider.configured
             and self.health.state(target.provider, now) is not CircuitState.OPEN
+            and self.missing.until(target, now) is None
+        )
+
+    def _missing(self, target: Target) -> GatewayError | None:
+        """A chain entry whose model its provider said it does not have, within
+        MISSING_MODEL_S: skipped without contact."""
+        now = self.clock()
+        until = self.missing.until(target, now)
+        if until is None:
+            return None
+        return errors.UpstreamModelNotFound(
+            f"{target.resolved} answered that it has no such model; skipped for"
+            f" {math.ceil(until - now):g}s more",
+            provider=target.provider,
+            contacted=False,
         )
 
     async def _race(
@@ -213,6 +232,8 @@ class Walker:
         except errors.ProviderError as exc:
             error = exc
             self.report(target.provider, exc)
+            if isinstance(exc, errors.UpstreamModelNotFound):
+                self.missing.note(target, self.clock())
             return exc
         finally:
             if not answered and error is None:
@@ -244,7 +265,8 @@ class Walker:
 
     def first_candidate(self, targets: Sequence[Target]) -> Target:
         """The entry a walk starting now would try first (its provider configured, its circuit
-        not open), without taking a half-open circuit's trial; the first of all when none is."""
+        not open, its model not recently missing), without taking a half-open circuit's trial;
+        the first of all when none is."""
         now = self.clock()
         return next((t for t in targets if self._eligible(t, now)), targets[0])
 

@@ -16,6 +16,9 @@ class Route:
 
     targets: tuple[Target, ...]
     alias: Alias | None = None
+    # a direct model whose prefix names no provider (`anthropic/claude-3` went to Ollama): what
+    # a model-not-found answer should add
+    unknown_prefix: str | None = None
 
     @property
     def direct(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.server
+
 import httpx
 import pytest
 
@@ -474,3 +476,39 @@ def test_a_503_keeps_its_retry_after_and_a_500_has_none() -> None:
     headers = {"retry-after": "3"}
     assert error_from_status("p", 503, b"{}", headers, Redactor(None)).retry_after_s == 3.0
     assert error_from_status("p", 500, b"{}", headers, Redactor(None)).retry_after_s is None
+
+
+# Python's http.server answers every method it lacks with this page (Lib/http/server.py,
+# BaseHTTPRequestHandler.error_message_format): what an OLLAMA_URL pointed at the wrong
+# server sends back.
+HTTP_SERVER_PAGE = http.server.BaseHTTPRequestHandler.error_message_format % {
+    "code": 501,
+    "message": "Unsupported method ('POST')",
+    "explain": "Server does not support this operation",
+}
+
+
+def test_a_body_that_is_not_json_is_one_short_line() -> None:
+    error = classify(501, HTTP_SERVER_PAGE.encode())
+    assert error.message == (
+        "p answered 501: Error response Error code: 501 Message: Unsupported method ('POST')."
+        " Error code explanation: 501 - Server does not support this operation."
+    )
+    long_page = b"<html><body><p>" + b"word " * 200 + b"</p><script>x()</script></body></html>"
+    message = classify(500, long_page).message
+    assert "<" not in message and "\n" not in message and "x()" not in message
+    assert len(message) == len("p answered 500: ") + 200 and message.endswith("word…")
+    assert classify(502, b"").message == "p answered 502: (an empty body)"
+    assert classify(503, b"  server\n\n busy ").message == "p answered 503: server busy"
+
+
+@pytest.mark.parametrize("status", [501, 505, 507, 511])
+def test_a_5xx_that_resending_will_not_mend_is_never_retried_on_the_same_entry(
+    status: int,
+) -> None:
+    error = classify(status, {"error": {"message": "not implemented"}})
+    assert type(error) is errors.UpstreamBroken
+    assert error.retryable and not error.retry_same_target  # the next entry may serve
+    assert error.counts_against_provider and not error.transient
+    for transient in (500, 502, 503, 504, 529):
+        assert classify(transient, {"error": "x"}).retry_same_target

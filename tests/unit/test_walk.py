@@ -471,3 +471,26 @@ async def test_a_walk_that_ends_without_an_outcome_releases_the_trial(
     assert answered.target.resolved == "a/m1"
     assert [c[2] for c in a.calls if c[0] == "chat"] == [60.0, 61.0]
     assert gw.health.state("a", trio_time()) is CircuitState.CLOSED
+
+
+async def test_a_missing_model_is_skipped_in_chains_for_a_minute(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A model-not-found answer is believed for MISSING_MODEL_S (60 s): an alias skips that
+    entry without contact until then, then asks again; a direct request always asks."""
+    missing = errors.UpstreamModelNotFound("a answered 404: no such model", provider="a")
+    a = FakeProvider("a").script_chat(Fail(missing))
+    gw = build(a, FakeProvider("b"), FakeProvider("c"))
+    assert (await gw.chat(chat())).target.resolved == "b/m2"
+    await trio.sleep(59.9)
+    answered = await gw.chat(chat())
+    assert answered.target.resolved == "b/m2" and len(a.calls) == 1  # skipped, no contact
+    assert answered.failed[0].reason == (
+        "UpstreamModelNotFound: a/m1 answered that it has no such model; skipped for 1s more"
+    )
+    a.script_chat(Fail(missing))
+    with pytest.raises(errors.UpstreamModelNotFound):
+        await gw.chat(chat("a/m1"))  # direct: asked, not skipped
+    assert len(a.calls) == 2
+    await trio.sleep(60)  # the memory (renewed by the direct answer) has passed
+    assert (await gw.chat(chat())).target.resolved == "a/m1"  # a has pulled it meanwhile
