@@ -6,11 +6,14 @@ WORKDIR /app
 COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
-COPY README.md ./
+COPY README.md LICENSE ./
 COPY mana_llm ./mana_llm
 RUN pip install --no-deps . && useradd --system --uid 10001 --home-dir /app mana
 COPY aliases.yaml hypercorn.toml ./
 USER mana
+# OLLAMA_URL defaults to http://localhost:11434, which inside a container is the container
+# itself: point it at the host (`--add-host=host.docker.internal:host-gateway -e
+# OLLAMA_URL=http://host.docker.internal:11434`) or at an Ollama container.
 ENV PORT=3025 HOST=0.0.0.0
 EXPOSE 3025
 HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \

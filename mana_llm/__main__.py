@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import sys
@@ -38,7 +39,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="PATH",
         help="settings file read before the environment, which wins (default: ./.env if present)",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     return parser.parse_args(argv)
+
+
+def version() -> str:
+    """The installed distribution's version (pyproject.toml is its one source)."""
+    try:
+        return importlib.metadata.version("mana-llm")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown (not installed)"
 
 
 def environment(env_file: str | None) -> tuple[dict[str, str], str | None]:

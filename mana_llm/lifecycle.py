@@ -16,11 +16,13 @@ class Lifecycle:
     started: bool = False  # start-up is over: the first probe round has finished
     draining: bool = False  # SIGTERM/SIGINT arrived: finishing in-flight work, taking no more
     cutting: bool = False  # the drain deadline passed: open exchanges are being cut
+    # with several workers: has every worker of the instance started (readiness.py)?
+    peers_ready: Callable[[], bool] = lambda: True
     _open: set[Cut] = attrs.field(factory=set)
 
     @property
     def ready(self) -> bool:
-        return self.started and not self.draining
+        return self.started and not self.draining and self.peers_ready()
 
     def mark_started(self) -> None:
         self.started = True

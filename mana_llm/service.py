@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -35,6 +35,7 @@ from mana_llm.providers.openai_compat import OpenAICompatProvider
 from mana_llm.providers.pool import Pool
 from mana_llm.providers.protocol import Provider
 from mana_llm.providers.upstream import Upstream
+from mana_llm.readiness import WorkerMarkers
 from mana_llm.routing.aliases import AliasFileError, AliasStore, run_alias_watch
 from mana_llm.routing.health import BreakerPolicy, CircuitState, ProviderHealthCache, Transition
 from mana_llm.routing.probe import run_probe_loop
@@ -136,14 +137,16 @@ async def _run(
     disable_created_metrics()  # type: ignore[no-untyped-call]
     metrics = Metrics(registry or CollectorRegistry(), settings.metrics_dir)
     aliases = load_aliases(settings)
-    aliases.on_reload = partial(_aliases_reloaded, metrics, aliases)
-    _aliases_reloaded(metrics, aliases, None)
+    # every worker reloads, the first alone counts it: the counter is summed over workers
+    counts_reloads = settings.worker in (None, 1)
+    aliases.on_reload = partial(_aliases_reloaded, metrics, aliases, counts_reloads)
+    _aliases_reloaded(metrics, aliases, counts_reloads, None)
     policy = BreakerPolicy(
         settings.breaker_failures, settings.breaker_backoff_s, settings.breaker_max_backoff_s
     )
     health = ProviderHealthCache(policy)
     health.add_listener(partial(_export_health, metrics))
-    lifecycle = Lifecycle()
+    lifecycle, started = _lifecycle(settings)
     for warning in settings.warnings():
         log.warning("%s", warning)
     async with (
@@ -178,11 +181,27 @@ async def _run(
                     health,
                     *probes,
                     partial(_probed, metrics),
-                    lifecycle.mark_started,
+                    started,
                     open_interval_s=settings.probe_interval_open_s,
                 )
             )
             task_status.started(binds)
+
+
+def _lifecycle(settings: Settings) -> tuple[Lifecycle, Callable[[], None]]:
+    """The process's lifecycle and what marks it started; a worker of several also leaves its
+    readiness marker then, and is ready only once every worker of its instance has."""
+    lifecycle = Lifecycle()
+    if settings.worker is None or settings.metrics_dir is None:
+        return lifecycle, lifecycle.mark_started
+    markers = WorkerMarkers(settings.metrics_dir, settings.worker, settings.instance_workers)
+    lifecycle.peers_ready = markers.all_ready
+
+    def started() -> None:
+        markers.mark_ready()
+        lifecycle.mark_started()
+
+    return lifecycle, started
 
 
 async def _drain_after(
@@ -258,9 +277,12 @@ async def open_cache(settings: Settings, metrics: Metrics) -> AsyncIterator[Resp
         yield guarded(backend)
 
 
-def _aliases_reloaded(metrics: Metrics, aliases: AliasStore, result: str | None) -> None:
-    """Count the reload; alias names and their targets may appear as model labels."""
-    if result is not None:
+def _aliases_reloaded(
+    metrics: Metrics, aliases: AliasStore, counts: bool, result: str | None
+) -> None:
+    """Count the reload (`counts`: in one worker of an instance); alias names and their targets
+    may appear as model labels."""
+    if result is not None and counts:
         metrics.alias_reloads.labels(result).inc()
     for alias in aliases.table.aliases.values():
         metrics.know_models([alias.name, *(t.resolved for t in alias.chain)])

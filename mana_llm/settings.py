@@ -55,6 +55,7 @@ class Settings:
     port: int = 3025
     workers: int = 1  # processes serving the port (a supervisor starts them when more than 1)
     worker: int | None = None  # this process's number under a supervisor (it binds SO_REUSEPORT)
+    instance_workers: int = 1  # MANA_LLM_WORKERS: a worker's instance runs this many
     metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR: metrics summed over the workers
     aliases_watch_interval_s: float = 0.0  # 0: off; else reload aliases.yaml when it changes
     log_level: str = "INFO"

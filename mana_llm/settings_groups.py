@@ -14,9 +14,11 @@ MIB = 1024 * 1024
 def server(read: EnvReader, env: Mapping[str, str]) -> dict[str, Any]:
     """Where to listen, logging, callers (keys, CORS), the alias file, the processes."""
     worker = env.get("MANA_LLM_WORKER", "").strip()
+    of = env.get("MANA_LLM_WORKERS", "").strip()
     return {
         "workers": read.workers("WORKERS"),
         "worker": int(worker) if worker.isdigit() else None,
+        "instance_workers": int(of) if of.isdigit() else 1,
         "metrics_dir": env.get("PROMETHEUS_MULTIPROC_DIR", "").strip() or None,
         "aliases_watch_interval_s": read.seconds_or_off("ALIASES_WATCH_INTERVAL"),
         "host": env.get("HOST", "0.0.0.0").strip() or "0.0.0.0",

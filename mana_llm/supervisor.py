@@ -9,7 +9,8 @@ drain (DRAIN_DELAY, GRACEFUL_TIMEOUT) and exits 0 when all are done; a second si
 
 Metrics are exact across workers: prometheus-client's multiprocess mode, in a directory that
 belongs to this instance alone (a private temporary one unless PROMETHEUS_MULTIPROC_DIR names
-one), wiped at start, dead workers marked, removed at exit when it was ours.
+one), wiped at start, dead workers marked, removed at exit when it was ours. The workers leave
+their readiness markers there too (readiness.py): /readyz waits for every worker.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import attrs
 import trio
 from prometheus_client import multiprocess
 
+from mana_llm import readiness
 from mana_llm.server_config import hypercorn_config, reuse_port_socket
 from mana_llm.service import load_aliases
 from mana_llm.settings import Settings, StartupError
@@ -61,6 +63,7 @@ class Supervisor:
             **self.env,
             "WORKERS": "1",
             "MANA_LLM_WORKER": str(worker.number),
+            "MANA_LLM_WORKERS": str(len(self.workers)),
             "HOST": self.settings.host,
             "PORT": str(self.port),
             "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
@@ -170,8 +173,9 @@ def _bind(settings: Settings) -> str:
 
 
 def _wipe(directory: str) -> None:
-    """A metrics directory starts empty: files of an earlier run would be summed in."""
+    """A metrics directory starts empty: files of an earlier run would be summed in, and its
+    workers' readiness markers would say ready too soon."""
     for name in os.listdir(directory):
         path = os.path.join(directory, name)
-        if os.path.isfile(path) and name.endswith(".db"):
+        if os.path.isfile(path) and (name.endswith(".db") or readiness.is_marker(name)):
             os.remove(path)

@@ -16,8 +16,14 @@ import trio
 
 from tests.e2e.stack import stack_env
 from tests.e2e.test_process import Gateway, gateway_process, one_line_exit_2
-from tests.fakes.server import FakeServer, WaitFor
-from tests.fakes.upstreams import FakeOllama, FakeOpenAI, ollama_line, ollama_stream
+from tests.fakes.server import FakeServer, Reply, WaitFor
+from tests.fakes.upstreams import (
+    CREATED_AT,
+    FakeOllama,
+    FakeOpenAI,
+    ollama_line,
+    ollama_stream,
+)
 
 ALIASES_A = "aliases:\n  mana/a:\n    chain: [ollama/gemma3:4b]\n"
 ALIASES_B = "aliases:\n  mana/b:\n    chain: [ollama/gemma3:4b]\n"
@@ -93,6 +99,7 @@ async def test_two_workers_serve_one_port_and_every_scrape_counts_exactly(
                 (await fresh(gw.base_url, "GET", "/v1/aliases")).json()["data"][0]["name"]
                 for _ in range(6)
             ]
+            after = [(await fresh(gw.base_url, "GET", "/metrics")).text for _ in range(4)]
             gw.proc.send_signal(signal.SIGTERM)
             assert await gw.proc.wait() == 0
     requests = [line for line in json_lines(gw.log) if line["message"] == "request"]
@@ -101,6 +108,8 @@ async def test_two_workers_serve_one_port_and_every_scrape_counts_exactly(
     for text in scrapes:
         assert needle in text.splitlines()  # every scrape, from either worker, counts all 40
     assert set(aliases) == {"mana/b"}
+    for text in after:  # both workers reloaded; the one reload is counted once
+        assert 'mana_llm_alias_reloads_total{result="success"} 1.0' in text.splitlines()
 
 
 async def test_the_file_watch_reaches_every_worker(
@@ -172,3 +181,26 @@ def test_a_bad_alias_file_with_workers_is_one_line_and_exit_2(tmp_path: pathlib.
     path.write_text("aliases:\n  fast:\n    chain: [ollama/x]\n")
     line = one_line_exit_2(PORT="0", WORKERS="2", ALIASES_PATH=str(path))
     assert line == f"mana-llm: aliases: {path}:2: alias 'fast' must be named mana/<class>"
+
+
+async def test_readyz_waits_for_every_worker(nursery: trio.Nursery, tmp_path: pathlib.Path) -> None:
+    """One worker's first probe round is held: no /readyz answer, from either worker, is 200
+    until it is over; then every one is."""
+    ollama, cloud = await fakes(nursery)
+    release = trio.Event()
+    tags = json.dumps({"models": [{"name": "gemma3:4b", "modified_at": CREATED_AT}]}).encode()
+    ollama.script("/api/tags", Reply.json(json.loads(tags)), Reply(200, [WaitFor(release), tags]))
+    env = stack_env(ollama, cloud, WORKERS="2", LOG_FORMAT="json", PROBE_TIMEOUT="20")
+    with trio.fail_after(40):
+        async with gateway_process(env) as gw:
+            await every_worker_logs(gw, b"listening on")
+            await ollama.wait_requests(2)  # each worker's first probe: one answered, one held
+            starting = [(await fresh(gw.base_url, "GET", "/readyz")) for _ in range(12)]
+            release.set()
+            ready = 0
+            while ready < 6:  # then every answer, from either worker, says ready
+                r = await fresh(gw.base_url, "GET", "/readyz")
+                ready = ready + 1 if r.status_code == 200 else 0
+            gw.proc.send_signal(signal.SIGTERM)
+            assert await gw.proc.wait() == 0
+    assert {(r.status_code, r.json()["status"]) for r in starting} == {(503, "starting")}

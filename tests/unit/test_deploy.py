@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+import tomllib
 
+import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
@@ -57,7 +59,7 @@ def test_the_check_sees_a_wrong_name() -> None:
 
 # --- Kubernetes, Compose, .env.example: offline checks ---------------------------------
 
-INTERNAL = {"MANA_LLM_WORKER"}  # set by the supervisor for its workers, not by operators
+INTERNAL = {"MANA_LLM_WORKER", "MANA_LLM_WORKERS"}  # the supervisor sets them for its workers
 
 
 def gateway_variables() -> set[str]:
@@ -141,7 +143,47 @@ def test_the_compose_files_point_at_the_real_image_port_and_variables() -> None:
     assert list(dev["services"]) == ["redis"]
 
 
+def test_compose_reaches_an_ollama_on_the_host_or_in_the_stack() -> None:
+    """Inside a container localhost is the container: the gateway is pointed at the host
+    (host.docker.internal, mapped to the host gateway so it resolves on Linux too), and the
+    ollama override runs Ollama as a service and points the gateway at it."""
+    full = yaml.safe_load((ROOT / "deploy/compose/docker-compose.yml").read_text())
+    gateway = full["services"]["mana-llm"]
+    assert "host.docker.internal:host-gateway" in gateway["extra_hosts"]
+    assert gateway["environment"]["OLLAMA_URL"] == "http://host.docker.internal:11434"
+    assert gateway["env_file"] == [{"path": "../../.env", "required": False}]
+    text = (ROOT / "deploy/compose/docker-compose.yml").read_text()
+    assert "Docker Compose 2.24.0" in text  # what the env_file form needs, said where it is
+    ollama = yaml.safe_load((ROOT / "deploy/compose/docker-compose.ollama.yml").read_text())
+    assert ollama["services"]["mana-llm"]["environment"] == {"OLLAMA_URL": "http://ollama:11434"}
+    assert ollama["services"]["ollama"]["image"].startswith("ollama/ollama")
+    assert "ollama" in ollama["services"]["mana-llm"]["depends_on"]
+
+
+def test_the_kubernetes_configmap_carries_aliases_yaml_word_for_word() -> None:
+    configmap = yaml.safe_load((ROOT / "deploy/kubernetes/configmap.yaml").read_text())
+    assert configmap["data"]["aliases.yaml"] == (ROOT / "aliases.yaml").read_text()
+
+
 def test_the_dockerfile_stops_gracefully_and_checks_liveness() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "STOPSIGNAL SIGTERM" in text and "/livez" in text
     assert text.index("pip install -r") < text.index("COPY mana_llm")  # dependencies cached apart
+    assert "COPY README.md LICENSE ./" in text  # the package's metadata names both
+
+
+def test_version_is_the_packages_and_the_license_is_apache_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from mana_llm.__main__ import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert capsys.readouterr().out == f"mana-llm {project['version']}\n"
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    license_text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert f"## {project['version']} - " in changelog and "## Unreleased" in changelog
