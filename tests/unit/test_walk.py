@@ -43,6 +43,10 @@ aliases:
     first_token_timeout_s: 10
     attempt_timeout_s: 30
     chain: [a/m1, b/m2]
+  mana/live:
+    first_token_timeout_s: 10
+    attempt_timeout_s: 30
+    chain: [a/m1, b/m2]
 """
 MSG = (Message("user", "hi"),)
 WALL = 1_795_687_200.0  # 2026-11-26 10:00:00 UTC, the wall clock's answer at virtual time 0
@@ -154,20 +158,22 @@ async def test_first_token_later_than_the_timeout_falls_back(
     assert answered.attempts == 2
 
 
+@pytest.mark.parametrize("alias", ["mana/live", "mana/buffered"])
 @pytest.mark.parametrize(
     "steps",
     [(RoleOnly(), Sleep(21), Content("too late"), Finish(), End()), (Hang(),)],
     ids=["S07-slow-first-token", "S06-no-response"],
 )
-async def test_a_buffered_alias_keeps_its_first_token_deadline(
-    autojump_clock: trio.testing.MockClock, steps: tuple[object, ...]
+async def test_a_silent_primary_falls_back_at_its_first_token_deadline(
+    autojump_clock: trio.testing.MockClock, steps: tuple[object, ...], alias: str
 ) -> None:
-    """failoverbench S07 and S06 with `buffer: true`: the fallback answers at the entry's
-    first-token deadline (10 s), not at its attempt deadline (30 s)."""
+    """failoverbench S07 (first token after 21 s) and S06 (no response), live and with
+    `buffer: true`: the fallback answers at the entry's first-token deadline (10 s), not at
+    its attempt deadline (30 s)."""
     a = FakeProvider("a").script_stream(*steps)  # type: ignore[arg-type]
     b = FakeProvider("b")
     gw = build(a, b, FakeProvider("c"), first_token_s=60)
-    answered = await gw.chat_stream(chat("mana/buffered", stream=True))
+    answered = await gw.chat_stream(chat(alias, stream=True))
     assert answered.target.resolved == "b/m2"
     assert b.calls[0][2] == 10.0
     assert [(f.model, f.kind) for f in answered.failed] == [("a/m1", "UpstreamTimeout")]
