@@ -38,11 +38,11 @@ from fake_upstream import chunk  # noqa: E402
 from mana_llm import service  # noqa: E402
 from mana_llm.api.app import create_app  # noqa: E402
 from mana_llm.api.request_scope import ASGIApp, with_request_scope  # noqa: E402
-from mana_llm.breaker import BreakerPolicy  # noqa: E402
 from mana_llm.gateway import Gateway  # noqa: E402
+from mana_llm.health.breaker import BreakerPolicy  # noqa: E402
+from mana_llm.health.providers import ProviderHealthCache  # noqa: E402
 from mana_llm.lifecycle import Lifecycle  # noqa: E402
 from mana_llm.metrics import Metrics  # noqa: E402
-from mana_llm.routing.health import ProviderHealthCache  # noqa: E402
 from mana_llm.settings import Settings  # noqa: E402
 
 UPSTREAM = "http://127.0.0.1:9"  # never dialled: the transport below answers in memory

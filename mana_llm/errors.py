@@ -36,7 +36,7 @@ No framework imports: providers raise these, the gateway walks on them, the api 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar, Self
 
 import attrs
 
@@ -77,6 +77,9 @@ class GatewayError(Exception):
         attempts: Sequence[AttemptRecord] = (),
         status: int | None = None,
         contacted: bool = True,
+        cache: str | None = None,
+        retried: bool = False,
+        after_content: bool = False,
     ) -> None:
         super().__init__(message)
         # False: refused before any upstream contact (a translation the provider cannot
@@ -90,9 +93,27 @@ class GatewayError(Exception):
         self.provider = provider
         self.retry_after_s = retry_after_s
         self.attempts = tuple(attempts)
-        self.cache: str | None = None  # what the response cache's lookup did, if it ran
-        self.retried = False  # the gateway already retried: callers should not multiply it
-        self.after_content = False  # raised by a buffered stream after its first content
+        self.cache = cache  # what the response cache's lookup did, if it ran
+        self.retried = retried  # the gateway already retried: callers should not multiply it
+        self.after_content = after_content  # a buffered stream failed after its first content
+
+    def evolve(self, **changes: Any) -> Self:
+        """This error again, built whole with some fields changed (an error is never changed
+        after it was raised): the walk gives it its attempts, the gateway what the cache did.
+        Raise it `from` the original."""
+        fields: dict[str, Any] = {
+            "param": self.param,
+            "code": self.code,
+            "provider": self.provider,
+            "retry_after_s": self.retry_after_s,
+            "attempts": self.attempts,
+            "status": self.status,
+            "contacted": self.contacted,
+            "cache": self.cache,
+            "retried": self.retried,
+            "after_content": self.after_content,
+        }
+        return type(self)(changes.pop("message", self.message), **(fields | changes))
 
     label: ClassVar[str | None] = None  # the attempt kind when not the class name
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
 from typing import TypeVar
 
 import attrs
 import trio
 
-from mana_llm import errors, read_through
+import mana_llm.cache.read_through as read_through
+from mana_llm import errors
 from mana_llm.cache.entries import Entry, storable_completion
 from mana_llm.cache.keys import chat_cacheable, chat_key, embedding_key
 from mana_llm.cache.store import ResponseCache
@@ -34,17 +34,12 @@ from mana_llm.domain import (
     ProviderStatus,
     Target,
 )
+from mana_llm.health.providers import ProviderHealthCache
+from mana_llm.live_answer import LiveAnswer
 from mana_llm.providers.protocol import Provider
 from mana_llm.routing.aliases import AliasStore
-from mana_llm.routing.commit import (
-    CommittedStream,
-    Recorder,
-    StreamPolicy,
-    open_committed,
-    read_whole,
-)
+from mana_llm.routing.commit import CommittedStream, StreamPolicy, open_committed, read_buffered
 from mana_llm.routing.fallback import Walker
-from mana_llm.routing.health import ProviderHealthCache
 from mana_llm.routing.retry import Budgets, RetryPolicy
 from mana_llm.routing.route import Prepared, Route
 from mana_llm.routing.targets import ALIAS_PREFIX, parse_target
@@ -139,28 +134,16 @@ class Gateway:
             )
         except errors.UpstreamModelNotFound as error:
             if route.unknown_prefix is None:
-                error.cache = cache
-                raise
-            raise self._not_a_provider(route.unknown_prefix, error, cache) from error
+                raise error.evolve(cache=cache) from error
+            known = ", ".join(self.providers)  # `anthropic/claude-3` went to Ollama: say why
+            message = (
+                f"{error.message}; {route.unknown_prefix!r} is not a configured provider"
+                f" (known: {known}), so the whole name went to Ollama as a model name"
+            )
+            raise error.evolve(message=message, param="model", cache=cache) from error
         except errors.GatewayError as error:
-            error.cache = cache
-            raise
+            raise error.evolve(cache=cache) from error
         return attrs.evolve(answered, ended_at=self.clock(), cache=cache)
-
-    def _not_a_provider(
-        self, prefix: str, error: errors.UpstreamModelNotFound, cache: str | None
-    ) -> errors.UpstreamModelNotFound:
-        """Ollama has no model `anthropic/claude-3`: say that `anthropic` is no provider here."""
-        known = ", ".join(self.providers)
-        better = errors.UpstreamModelNotFound(
-            f"{error.message}; {prefix!r} is not a configured provider (known: {known}), so"
-            " the whole name went to Ollama as a model name",
-            param="model",
-            provider=error.provider,
-            attempts=error.attempts,
-        )
-        better.cache, better.retried = cache, error.retried
-        return better
 
     def _chat_plan(
         self, route: Route, request: ChatRequest, control: CacheControl
@@ -198,78 +181,50 @@ class Gateway:
         control: CacheControl = NO_DIRECTIVES,
         route: Route | None = None,
     ) -> Answered[AnswerStream]:
-        """Walk the chain until one attempt commits; the answer's stream owns the upstream.
-        A cache hit is replayed as a stream; a cacheable miss is stored once it completes.
-        `ended_at` is when the stream committed (its first token)."""
+        """Walk the chain until one attempt commits (a buffered alias: until one answers in
+        full); the winner, given its policy, owns the upstream. A cache hit is replayed as a
+        stream; a cacheable answer is stored once it completes. `ended_at` is when the stream
+        committed (its first token)."""
         route = route or self.resolve(request.model)
         deadline = self.clock() + self.settings.request_timeout_s  # the walk included
         plan = self._chat_plan(route, request, control)
-        whole = route.alias is not None and route.alias.buffer
+        if plan is not None:
+            entry = await plan.lookup(self._walker.first_candidate(route.targets))
+            if entry is not None:
+                target = read_through.target_of(entry)
+                hit = read_through.stream_hit(entry, self.wall_clock())
+                replayed = CommittedStream.replay(target, hit)
+                return Answered(replayed, target, (), cached=True, cache=plan.result)
         first_token_s = self.settings.first_token_timeout_s
+        policy = StreamPolicy(self.settings.stream_idle_timeout_s, deadline)
+        prepared = Prepared(request)
 
         def first_token_deadline_s(provider: Provider) -> float:
             return route.first_token_timeout_s(provider, first_token_s)
 
-        attempt = self._stream_attempt(
-            Prepared(request), plan, deadline, first_token_deadline_s if whole else None
-        )
-        if plan is not None:
-            entry = await plan.lookup(self._walker.first_candidate(route.targets))
-            if entry is not None:
-                stream = read_through.stream_hit(entry, self.wall_clock())
-                target = read_through.target_of(entry)
-                return Answered(stream, target, (), cached=True, cache=plan.result)
-        if whole:
-            return await self._walk(route, attempt, plan, route.attempt_timeout_s, "answer")
-        return await self._walk(route, attempt, plan, first_token_deadline_s, "first token")
+        async def attempt(provider: Provider, target: Target) -> CommittedStream:
+            return await open_committed(provider, target, await prepared.for_provider(provider))
 
-    def _stream_attempt(
-        self,
-        prepared: Prepared,
-        plan: read_through.Plan | None,
-        deadline: float,
-        whole: Callable[[Provider], float] | None,
-    ) -> Callable[[Provider, Target], Awaitable[AnswerStream]]:
-        """One stream attempt: open the upstream and read to the commit point, its policy built
-        whole; or, for a buffered alias (`whole`: its first-token deadline per provider), read
-        the entire answer and replay it. The time to the first content is bounded by the
-        first-token deadline either way; a buffered answer's rest by the idle timeout and the
-        entry's attempt deadline."""
-
-        async def live(provider: Provider, target: Target) -> AnswerStream:
-            recorder = None
-            if plan is not None and plan.enabled:
-                recorder = Recorder(
-                    self.settings.cache_max_entry_bytes, partial(plan.save_stream, target)
-                )
-            policy = StreamPolicy(
-                self.settings.stream_idle_timeout_s,
-                deadline,
-                partial(self._walker.report, target.provider),
-                recorder,
+        async def whole(provider: Provider, target: Target) -> CommittedStream:
+            return await read_buffered(
+                provider, target, prepared, first_token_deadline_s(provider), policy
             )
-            ready = await prepared.for_provider(provider)
-            return await open_committed(provider, target, ready, policy)
 
-        async def buffered(provider: Provider, target: Target) -> AnswerStream:
-            assert whole is not None
-            first_token_s = whole(provider)
-            policy = StreamPolicy(self.settings.stream_idle_timeout_s, deadline)
-            committed: CommittedStream | None = None
-            with trio.move_on_after(first_token_s):
-                ready = await prepared.for_provider(provider)
-                committed = await open_committed(provider, target, ready, policy)
-            if committed is None:
-                raise errors.FirstTokenTimeout(
-                    f"{target.resolved} sent no first token within {first_token_s:g}s",
-                    provider=target.provider,
-                )
-            answer = await read_whole(committed)
-            if plan is not None:
-                await plan.save_stream(target, [chunk.payload for chunk in answer])
-            return CommittedStream.replay(target, answer)
-
-        return live if whole is None else buffered
+        if route.alias is not None and route.alias.buffer:
+            answered = await self._walk(route, whole, plan, route.attempt_timeout_s, "answer")
+        else:
+            answered = await self._walk(route, attempt, plan, first_token_deadline_s, "first token")
+        recorder = None if plan is None else plan.recorder(self.settings.cache_max_entry_bytes)
+        winner = LiveAnswer(answered.result.governed(policy), self._walker, plan, recorder)
+        return Answered(
+            winner,
+            answered.target,
+            answered.failed,
+            answered.started_at,
+            answered.ended_at,
+            cache=answered.cache,
+            hedge=answered.hedge,
+        )
 
     async def embed(
         self,
@@ -359,35 +314,14 @@ class Gateway:
         )
 
     def provider_statuses(self) -> list[ProviderStatus]:
-        """Every provider's health as operators see it, times as unix seconds."""
+        """Every provider's health as operators see it (health/providers.py formats it)."""
         now, wall = self.clock(), self.wall_clock()
-
-        def at(t: float | None) -> float | None:
-            return None if t is None else round(wall - (now - t), 3)
-
-        out: list[ProviderStatus] = []
-        for name, provider in self.providers.items():
-            if not provider.configured:
-                out.append(ProviderStatus(name, "unconfigured", missing=provider.key_env))
-                continue
-            stats = self.health.statistics(name, now)
-            out.append(
-                ProviderStatus(
-                    name,
-                    stats.state.value if stats.checked else "unknown",
-                    consecutive_failures=stats.consecutive_failures,
-                    last_error=stats.last_error,
-                    last_failure_at=at(stats.last_failure_at),
-                    last_success_at=at(stats.last_success_at),
-                    opened_at=at(stats.opened_at),
-                    opened_because=stats.opened_because,
-                    reopens_at=at(stats.reopens_at),
-                    last_probe_at=at(stats.last_probe_at),
-                    last_probe_ok=stats.last_probe_ok,
-                    failing=stats.failing,
-                )
-            )
-        return out
+        return [
+            self.health.status(name, now, wall)
+            if provider.configured
+            else ProviderStatus(name, "unconfigured", missing=provider.key_env)
+            for name, provider in self.providers.items()
+        ]
 
     def cache_status(self) -> dict[str, object]:
         if self.cache is None:

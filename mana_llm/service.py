@@ -27,6 +27,7 @@ from mana_llm.cache.memory import MemoryBackend
 from mana_llm.cache.protocol import CacheBackend
 from mana_llm.cache.store import ResponseCache
 from mana_llm.gateway import Gateway
+from mana_llm.health.providers import BreakerPolicy, CircuitState, ProviderHealthCache, Transition
 from mana_llm.lifecycle import Lifecycle
 from mana_llm.metrics import Metrics
 from mana_llm.providers.images import ImageFetcher
@@ -37,7 +38,6 @@ from mana_llm.providers.protocol import Provider
 from mana_llm.providers.upstream import Upstream
 from mana_llm.readiness import WorkerMarkers
 from mana_llm.routing.aliases import AliasFileError, AliasStore, run_alias_watch
-from mana_llm.routing.health import BreakerPolicy, CircuitState, ProviderHealthCache, Transition
 from mana_llm.routing.probe import run_probe_loop
 from mana_llm.server_config import hypercorn_config
 from mana_llm.settings import Settings, StartupError
@@ -169,6 +169,8 @@ async def _run(
                 )
             if settings.aliases_watch_interval_s:
                 await nursery.start(run_alias_watch, aliases, settings.aliases_watch_interval_s)
+            if cache is not None:  # stores streamed answers off the clients' path
+                await nursery.start(cache.run_writer)
             nursery.start_soon(_drain_after, stop, lifecycle, settings, serving)
             # listening first: a taken port is the one line start-up says, before any probe
             binds: list[str] = await nursery.start(_serve, app, config, serving, nursery)

@@ -82,9 +82,9 @@ async def relay(
             trace.usage = stream.usage
             trace.upstream_ended_at = clock()
             last = DONE
+        await send.end(last)
     finally:
-        await stream.aclose()
-    await send.end(last)
+        await stream.aclose()  # after the last event: what follows the answer is off its path
 
 
 def _failed(

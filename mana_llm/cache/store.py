@@ -6,6 +6,10 @@ miss the caller serves normally. `failure_threshold` consecutive failures switch
 for `cooldown_s` (lookups and stores are skipped, costing nothing); then one command is let
 through as a trial: its success switches the cache back on, its failure starts another
 cool-down.
+
+`put_later` stores off the caller's path: a bounded queue that `run_writer` (a task of the root
+nursery) empties, WRITERS puts at a time, each under the same deadline. A full queue, or no
+writer running, drops the entry (counted in `statistics()`): a cache may always forget.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ from typing import TypeVar
 import attrs
 import trio
 
-from mana_llm.breaker import Breaker, BreakerPolicy, CircuitState
 from mana_llm.cache.protocol import CacheBackend
+from mana_llm.health.breaker import Breaker, BreakerPolicy, CircuitState
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+WRITE_QUEUE = 256  # entries waiting for the writer; more are dropped
+WRITERS = 4  # puts the writer runs at once
 
 
 class Lookup(StrEnum):
@@ -49,6 +56,10 @@ class ResponseCache:
     on_error: Callable[[str], None] = lambda backend: None  # called with the backend's name
     _breaker: Breaker = attrs.field(init=False)
     last_error: str | None = attrs.field(init=False, default=None)
+    _writes: trio.MemorySendChannel[tuple[str, bytes]] | None = attrs.field(
+        init=False, default=None
+    )
+    writes_dropped: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         # a fixed cool-down: max_backoff_s == backoff_s
@@ -64,6 +75,7 @@ class ResponseCache:
             "state": self.state().value,
             "consecutive_failures": self._breaker.failures,
             "last_error": self.last_error,
+            "writes_dropped": self.writes_dropped,
         }
 
     async def get(self, key: str) -> tuple[Lookup, bytes | None]:
@@ -80,6 +92,37 @@ class ResponseCache:
             return False
         ok, _ = await self._run(self.backend.set(key, value, self.ttl_s))
         return ok
+
+    def put_later(self, key: str, value: bytes) -> bool:
+        """Queue one entry for the writer (never waits); False when it was dropped."""
+        try:
+            if self._writes is None:
+                raise trio.WouldBlock
+            self._writes.send_nowait((key, value))
+        except trio.WouldBlock:
+            self.writes_dropped += 1
+            return False
+        return True
+
+    async def run_writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Store what `put_later` queued, WRITERS at a time, until cancelled."""
+        send, receive = trio.open_memory_channel[tuple[str, bytes]](WRITE_QUEUE)
+        async with send, receive, trio.open_nursery() as nursery:
+            for _ in range(WRITERS):
+                nursery.start_soon(self._write_from, receive.clone())
+            self._writes = send
+            try:
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._writes = None
+
+    async def _write_from(self, queue: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
+        async with queue:
+            async for key, value in queue:
+                await self.put(key, value)
 
     async def _run(self, command: Awaitable[T]) -> tuple[bool, T | None]:
         settled = False

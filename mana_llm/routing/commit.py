@@ -2,9 +2,12 @@
 
 Before commit everything is buffered and any failure is an attempt failure. Commit is the first
 chunk that carries content, reasoning or a tool call (or a content-filter finish: a refusal is
-an answer, never shopped around). After commit the stream is relayed with an idle deadline
-around every read; a cut, stall, malformed chunk or in-band error ends it with an error the api
-renders as a final error event, never as a truncated answer that looks complete.
+an answer, never shopped around). An attempt opens the upstream and reads to that point, and
+nothing else (`open_committed`); the walk's winner is then given its policy (`governed`: the
+idle timeout and the request's deadline) and relayed. After commit a cut, stall, malformed
+chunk or in-band error ends it with an error the api renders as a final error event, never as a
+truncated answer that looks complete. Who hears of that failure, and what keeps the answer, is
+decided by whoever holds the winner (gateway.LiveAnswer), not here.
 """
 
 from __future__ import annotations
@@ -17,63 +20,28 @@ import attrs
 import trio
 
 from mana_llm import errors
-from mana_llm.domain import JSON, ChatRequest, StreamChunk, Target, Usage
+from mana_llm.domain import ChatRequest, StreamChunk, Target, Usage
 from mana_llm.errors import GatewayError
 from mana_llm.providers.protocol import ChunkStream, Provider
-
-
-@attrs.define(eq=False)
-class Recorder:
-    """Keeps a stream's payloads for the cache while they stay under `max_bytes` (estimated
-    from the text they carry); once complete, hands them to `on_complete`. Past the bound it
-    lets go of them: that answer is relayed but not stored."""
-
-    max_bytes: int
-    on_complete: Callable[[list[JSON]], Awaitable[None]]
-    _payloads: list[JSON] | None = attrs.field(factory=list)
-    _size: int = 0
-
-    def keep(self, chunks: list[StreamChunk]) -> None:
-        if self._payloads is None:
-            return
-        for chunk in chunks:
-            self._size += _estimate(chunk.payload)
-            self._payloads.append(chunk.payload)
-        if self._size > self.max_bytes:
-            self._payloads = None
-
-    async def complete(self) -> None:
-        if self._payloads is not None:
-            await self.on_complete(self._payloads)
-
-
-def _estimate(payload: JSON) -> int:
-    """About what a chunk adds to the stored answer: its text, and room for its frame."""
-    size = 64
-    for choice in payload.get("choices") or ():
-        delta = choice.get("delta") if isinstance(choice, dict) else None
-        if isinstance(delta, dict):
-            size += sum(len(v) if isinstance(v, str) else 256 for v in delta.values())
-    return size
+from mana_llm.routing.route import Prepared
 
 
 @attrs.frozen
 class StreamPolicy:
-    """Everything a committed stream needs besides its upstream, given whole at construction."""
+    """What a committed stream's relay keeps to: the idle timeout and the request's deadline."""
 
     idle_timeout_s: float = 60.0
     deadline: float = float("inf")  # absolute trio time by which the stream must be over
-    on_error: Callable[[GatewayError], None] = lambda error: None
-    recorder: Recorder | None = None
 
 
 NO_POLICY = StreamPolicy()
 
 
 async def open_committed(
-    provider: Provider, target: Target, request: ChatRequest, policy: StreamPolicy = NO_POLICY
+    provider: Provider, target: Target, request: ChatRequest
 ) -> CommittedStream:
-    """Open an upstream stream and read it until it commits; the caller bounds the time."""
+    """One stream attempt: open the upstream and read it until it commits; the walk bounds the
+    time (the first-token deadline)."""
     upstream = await provider.open_stream(target, request)
     committed = False
     try:
@@ -82,7 +50,7 @@ async def open_committed(
     finally:
         if not committed:
             await upstream.aclose()
-    return CommittedStream(target, upstream, buffered, policy)
+    return CommittedStream(target, upstream, buffered)
 
 
 async def _read_until_commit(upstream: ChunkStream, target: Target) -> list[StreamChunk]:
@@ -113,11 +81,22 @@ class CommittedStream:
     usage: Usage | None = attrs.field(init=False, default=None)
     finish_reason: str | None = attrs.field(init=False, default=None)
     _ended: bool = attrs.field(init=False, default=False)
+    _failed: bool = attrs.field(init=False, default=False)
 
     @classmethod
     def replay(cls, target: Target, chunks: list[StreamChunk]) -> CommittedStream:
-        """A complete answer known in advance (a cache hit), relayed like a live one."""
+        """A complete answer known in advance (a cache hit, a buffered answer), relayed like a
+        live one."""
         return cls(target, _Ended(), chunks)
+
+    def governed(self, policy: StreamPolicy) -> CommittedStream:
+        """The walk's winner, given its policy; this one is not to be read any more."""
+        return CommittedStream(self.target, self._upstream, self._pending, policy)
+
+    @property
+    def complete(self) -> bool:
+        """The answer ended as a whole: its finish came and nothing failed after it."""
+        return self._ended and self.finish_reason is not None and not self._failed
 
     async def receive(self) -> list[StreamChunk]:
         """The next chunks to relay, under the idle timeout; [] once the answer is complete.
@@ -215,13 +194,9 @@ class CommittedStream:
     async def _complete(self) -> list[StreamChunk]:
         # the upstream ended (or went idle) after its finish: the answer is complete
         self._ended = True
-        if self._policy.recorder is not None:
-            await self._policy.recorder.complete()
         return []
 
     def _note(self, chunks: list[StreamChunk]) -> list[StreamChunk]:
-        if self._policy.recorder is not None:
-            self._policy.recorder.keep(chunks)
         for chunk in chunks:
             if chunk.finish_reason is not None:
                 self.finish_reason = chunk.finish_reason
@@ -230,8 +205,7 @@ class CommittedStream:
         return chunks
 
     def _fail(self, error: GatewayError) -> NoReturn:
-        self._ended = True
-        self._policy.on_error(error)
+        self._ended = self._failed = True
         raise error
 
     async def aclose(self) -> None:
@@ -249,6 +223,27 @@ class _Ended:
         pass
 
 
+async def read_buffered(
+    provider: Provider,
+    target: Target,
+    prepared: Prepared,
+    first_token_s: float,
+    policy: StreamPolicy,
+) -> CommittedStream:
+    """One attempt of a buffered alias: the first content within `first_token_s` (as a live
+    stream's), then the whole answer under the idle timeout (the walk bounds the total), replayed
+    as a stream. A failure after the first content is the attempt's, marked so."""
+    committed: CommittedStream | None = None
+    with trio.move_on_after(first_token_s):
+        committed = await open_committed(provider, target, await prepared.for_provider(provider))
+    if committed is None:
+        raise errors.FirstTokenTimeout(
+            f"{target.resolved} sent no first token within {first_token_s:g}s",
+            provider=target.provider,
+        )
+    return CommittedStream.replay(target, await read_whole(committed.governed(policy)))
+
+
 async def read_whole(stream: CommittedStream) -> list[StreamChunk]:
     """A committed stream read to its end (a buffered alias). A failure after the first
     content is marked so: the walk moves to the next entry, never retries or splices."""
@@ -257,8 +252,7 @@ async def read_whole(stream: CommittedStream) -> list[StreamChunk]:
         while got := await stream.receive():
             chunks.extend(got)
     except errors.ProviderError as error:
-        error.after_content = True
-        raise
+        raise error.evolve(after_content=True) from error
     finally:
         await stream.aclose()
     return chunks

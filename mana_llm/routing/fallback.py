@@ -18,9 +18,9 @@ import trio
 from mana_llm import errors
 from mana_llm.domain import Answered, Target
 from mana_llm.errors import GatewayError
+from mana_llm.health.providers import CircuitState, ProviderHealthCache
 from mana_llm.providers.protocol import Provider
 from mana_llm.routing.attempts import Attempt, Failure, Race, Walk, records
-from mana_llm.routing.health import CircuitState, ProviderHealthCache
 from mana_llm.routing.missing import MissingModels
 from mana_llm.routing.retry import Budget, Budgets, RetryPolicy
 
@@ -213,9 +213,8 @@ class Walker:
             self.report(target.provider, error)
         assert error is not None
         if not error.retryable:
-            error.attempts = records(walk.failures)
-            error.retried = any(f.retry == "sent" for f in walk.failures)
-            raise error
+            retried = any(f.retry == "sent" for f in walk.failures)
+            raise error.evolve(attempts=records(walk.failures), retried=retried) from error
         return None
 
     async def _once(
@@ -278,45 +277,21 @@ class Walker:
             )
         now = self.clock()
         if not self.health.try_acquire(provider.name, now):
-            return self._circuit_open(provider.name, now)
+            return self.health.refusal(provider.name, now, self.wall_clock())
         return None
 
-    def _circuit_open(self, name: str, now: float) -> errors.CircuitOpen:
-        """The refusal, with the failure that opened the circuit, when, and when to retry:
-        `groq is unavailable: its circuit opened at 12:00:03 UTC after groq answered 503:
-        overloaded; retry in 57s`. Half-open: another request holds the one trial call."""
-        stats = self.health.statistics(name, now)
-        retry = 1.0 if stats.reopens_at is None else max(1.0, math.ceil(stats.reopens_at - now))
-        cause = ""
-        if stats.opened_at is not None:
-            wall = self.wall_clock() - (now - stats.opened_at)
-            cause = f": its circuit opened at {time.strftime('%H:%M:%S', time.gmtime(wall))} UTC"
-            if stats.opened_because:
-                cause += f" after {stats.opened_because}"
-        if stats.reopens_at is None:  # held open by failing probes, or half-open
-            probes_fail = stats.last_probe_ok is False
-            cause += " (its probes fail)" if probes_fail else " (a trial call is under way)"
-        return errors.CircuitOpen(
-            f"{name} is unavailable{cause}; retry in {retry:g}s",
-            provider=name,
-            retry_after_s=retry,
-        )
-
     def _exhausted(self, failures: list[Failure], direct: bool) -> GatewayError:
-        error = self._last_word(failures, direct)
-        error.retried = any(f.retry == "sent" for f in failures)
-        return error
-
-    def _last_word(self, failures: list[Failure], direct: bool) -> GatewayError:
+        """The walk's last word, built whole: a direct request's own failure, the one reason
+        every entry gave when the caller can fix it, else 503 all_providers_failed; each with
+        every attempt and whether the gateway already retried."""
         tried = records(failures)
+        retried = any(f.retry == "sent" for f in failures)
         errs = [f.error for f in failures]
         if direct and errs:
-            errs[-1].attempts = tried
-            return errs[-1]
+            return errs[-1].evolve(attempts=tried, retried=retried)
         kinds = {(type(e), e.code) for e in errs}
         if len(kinds) == 1 and errors.is_caller_fixable(errs[0]):
-            errs[0].attempts = tried
-            return errs[0]
+            return errs[0].evolve(attempts=tried, retried=retried)
         retry_after = min((e.retry_after_s for e in errs if e.retry_after_s), default=None)
         if retry_after is not None and retry_after > RETRY_AFTER_HORIZON_S:
             retry_after = None
@@ -324,4 +299,5 @@ class Walker:
             f"all {len(failures)} entries of the chain failed",
             attempts=tried,
             retry_after_s=retry_after,
+            retried=retried,
         )

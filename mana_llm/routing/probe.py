@@ -13,8 +13,8 @@ from collections.abc import Callable, Collection
 import trio
 
 from mana_llm import errors
+from mana_llm.health.providers import CircuitState, ProviderHealthCache, Transition
 from mana_llm.providers.protocol import Provider
-from mana_llm.routing.health import CircuitState, ProviderHealthCache, Transition
 
 log = logging.getLogger(__name__)
 

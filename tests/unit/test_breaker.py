@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mana_llm.breaker import Breaker, BreakerPolicy, CircuitState
+from mana_llm.health.breaker import Breaker, BreakerPolicy, CircuitState
 
 CLOSED, OPEN, HALF = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 

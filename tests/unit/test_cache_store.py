@@ -8,9 +8,9 @@ import pytest
 import trio
 import trio.testing
 
-from mana_llm.breaker import CircuitState
 from mana_llm.cache.memory import MemoryBackend
 from mana_llm.cache.store import Lookup, ResponseCache
+from mana_llm.health.breaker import CircuitState
 
 HIT, MISS, BYPASS, ERROR = Lookup.HIT, Lookup.MISS, Lookup.BYPASS, Lookup.ERROR
 

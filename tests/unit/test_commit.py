@@ -1,18 +1,23 @@
-"""The committed stream: its recorder keeps chunks for the cache only while they stay small;
-its relay pushes chunks under one deadline and tells a stalled upstream from a stalled client
-(MockClock, exact times)."""
+"""The committed stream: its relay pushes chunks under one deadline and tells a stalled
+upstream from a stalled client; the winner's one explicit report blames the upstream for a
+failure after commit, never for a client that held the stream (MockClock, exact times)."""
 
 from __future__ import annotations
 
 import math
 
+import attrs
 import pytest
 import trio
 import trio.testing
 
 from mana_llm import errors
-from mana_llm.domain import JSON, StreamChunk, Target
-from mana_llm.routing.commit import CommittedStream, Recorder, StreamPolicy
+from mana_llm.domain import StreamChunk, Target
+from mana_llm.health.breaker import BreakerPolicy
+from mana_llm.health.providers import ProviderHealthCache
+from mana_llm.live_answer import LiveAnswer
+from mana_llm.routing.commit import CommittedStream, StreamPolicy
+from mana_llm.routing.fallback import Walker
 from tests.fakes.providers import chunk_payload
 
 TARGET = Target("ollama", "m")
@@ -20,32 +25,6 @@ TARGET = Target("ollama", "m")
 
 def chunks(text: str, count: int) -> list[StreamChunk]:
     return [StreamChunk(chunk_payload(TARGET, {"content": text}), commits=True)] * count
-
-
-async def test_a_recorder_hands_over_a_small_complete_answer() -> None:
-    seen: list[list[JSON]] = []
-
-    async def keep(payloads: list[JSON]) -> None:
-        seen.append(payloads)
-
-    recorder = Recorder(10_000, keep)
-    recorder.keep(chunks("hello", 3))
-    await recorder.complete()
-    assert len(seen) == 1 and len(seen[0]) == 3
-
-
-async def test_a_recorder_lets_go_past_its_bound() -> None:
-    seen: list[list[JSON]] = []
-
-    async def keep(payloads: list[JSON]) -> None:
-        seen.append(payloads)
-
-    recorder = Recorder(2_000, keep)
-    recorder.keep(chunks("x" * 100, 10))  # about 1.6 kB: still kept
-    recorder.keep(chunks("x" * 100, 10))  # past 2 kB: dropped, and nothing more is kept
-    recorder.keep(chunks("x", 1))
-    await recorder.complete()
-    assert seen == []
 
 
 class Script:
@@ -71,10 +50,28 @@ class Script:
         pass
 
 
-def committed(upstream: Script, idle_s: float = 10.0) -> tuple[CommittedStream, list[str]]:
-    blamed: list[str] = []
-    policy = StreamPolicy(idle_s, on_error=lambda error: blamed.append(error.message))
-    return CommittedStream(TARGET, upstream, [], policy), blamed
+@attrs.define
+class Blamed:
+    """What the provider's health heard from the winner's report: the failures blamed on it."""
+
+    health: ProviderHealthCache
+
+    def __eq__(self, other: object) -> bool:
+        stats = self.health.statistics(TARGET.provider, trio.current_time())
+        heard = [stats.last_error] * stats.consecutive_failures if stats.last_error else []
+        return heard == other
+
+    def __len__(self) -> int:
+        return self.health.statistics(TARGET.provider, trio.current_time()).consecutive_failures
+
+
+def committed(upstream: Script, idle_s: float = 10.0) -> tuple[LiveAnswer, Blamed]:
+    """A winner as the gateway builds it: a committed stream given its policy after the walk,
+    its failures after commit reported to the provider's health."""
+    health = ProviderHealthCache(BreakerPolicy(failure_threshold=5))
+    walker = Walker({}, health, request_timeout_s=600.0)
+    stream = CommittedStream(TARGET, upstream, []).governed(StreamPolicy(idle_s))
+    return LiveAnswer(stream, walker), Blamed(health)
 
 
 FINISH = [StreamChunk(chunk_payload(TARGET, {}, "stop"), finish_reason="stop")]

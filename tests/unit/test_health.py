@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mana_llm.routing.health import BreakerPolicy, CircuitState, ProviderHealthCache, Transition
+from mana_llm.health.providers import BreakerPolicy, CircuitState, ProviderHealthCache, Transition
 
 CLOSED, OPEN, HALF = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 

@@ -16,7 +16,6 @@ LEAVES = {
     "mana_llm.logs",
     "mana_llm.lifecycle",
     "mana_llm.readiness",
-    "mana_llm.breaker",
     "mana_llm.env_reader",
     "mana_llm.settings_groups",
 }
@@ -32,29 +31,29 @@ ALLOWED: dict[str, set[str]] = {
     "mana_llm.logs": set(),
     "mana_llm.lifecycle": set(),
     "mana_llm.readiness": set(),
-    "mana_llm.breaker": set(),
+    # the breaker and provider health: below routing and the cache, which both keep breakers
+    "mana_llm.health": LEAVES | {"mana_llm.health"},
     "mana_llm.providers": LEAVES | {"mana_llm.providers"},
-    "mana_llm.cache": LEAVES | {"mana_llm.cache"},
-    "mana_llm.routing": LEAVES | {"mana_llm.routing", "mana_llm.providers.protocol"},
+    "mana_llm.cache": LEAVES | {"mana_llm.cache", "mana_llm.health.breaker"},
+    "mana_llm.routing": LEAVES
+    | {"mana_llm.routing", "mana_llm.providers.protocol", "mana_llm.health"},
     "mana_llm.metrics": LEAVES | {"mana_llm.metric_declarations"},
     "mana_llm.metric_declarations": set(),
     # one way: the gateway returns what it did and never sees the api's metrics
     "mana_llm.gateway": LEAVES
     | {
         "mana_llm.routing",
+        "mana_llm.health",
         "mana_llm.providers.protocol",
         "mana_llm.cache.store",
         "mana_llm.cache.keys",
         "mana_llm.cache.entries",
-        "mana_llm.read_through",
+        "mana_llm.cache.read_through",
+        "mana_llm.live_answer",
     },
-    # the gateway's cache steps: the gateway's view, never a backend
-    "mana_llm.read_through": LEAVES
-    | {
-        "mana_llm.routing.commit",
-        "mana_llm.cache.store",
-        "mana_llm.cache.entries",
-    },
+    # the winner of a streamed walk: its end's two explicit calls (health, the cache)
+    "mana_llm.live_answer": LEAVES
+    | {"mana_llm.routing.commit", "mana_llm.routing.fallback", "mana_llm.cache.read_through"},
     "mana_llm.api": LEAVES | {"mana_llm.gateway", "mana_llm.metrics", "mana_llm.api"},
     "mana_llm.signals": set(),
     "mana_llm.server_config": LEAVES,

@@ -8,7 +8,7 @@ from functools import partial
 import trio
 import trio.testing
 
-from mana_llm.routing.health import BreakerPolicy, CircuitState, ProviderHealthCache
+from mana_llm.health.providers import BreakerPolicy, CircuitState, ProviderHealthCache
 from mana_llm.routing.probe import run_probe_loop
 from tests.fakes.providers import Answer, Fail, FakeProvider, Hang, Sleep, unavailable
 

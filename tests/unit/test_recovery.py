@@ -19,8 +19,8 @@ import trio.testing
 from mana_llm import errors
 from mana_llm.domain import ChatRequest, ChatResponse, Message, Target, Usage
 from mana_llm.gateway import Gateway
+from mana_llm.health.providers import BreakerPolicy, ProviderHealthCache
 from mana_llm.routing.aliases import AliasStore
-from mana_llm.routing.health import BreakerPolicy, ProviderHealthCache
 from mana_llm.routing.probe import run_probe_loop
 from mana_llm.settings import Settings
 from tests.fakes.providers import Content, End, FakeProvider, FakeStream, Finish

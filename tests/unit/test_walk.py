@@ -10,8 +10,8 @@ import trio.testing
 from mana_llm import errors
 from mana_llm.domain import ChatRequest, Message
 from mana_llm.gateway import Gateway
+from mana_llm.health.providers import BreakerPolicy, CircuitState, ProviderHealthCache
 from mana_llm.routing.aliases import AliasStore
-from mana_llm.routing.health import BreakerPolicy, CircuitState, ProviderHealthCache
 from mana_llm.settings import Settings
 from tests.fakes.providers import (
     Answer,

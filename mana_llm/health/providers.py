@@ -18,11 +18,15 @@ open, half-open), whenever it is first seen.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable
 
 import attrs
 
-from mana_llm.breaker import Breaker, BreakerPolicy, CircuitState
+from mana_llm import errors
+from mana_llm.domain import ProviderStatus
+from mana_llm.health.breaker import Breaker, BreakerPolicy, CircuitState
 
 __all__ = ["BreakerPolicy", "CircuitState", "ProviderHealth", "ProviderHealthCache", "Transition"]
 
@@ -179,4 +183,49 @@ class ProviderHealthCache:
             opened_because=None if closed else circuit.opened_because,
             checked=circuit.checked,
             failing=circuit.failing,
+        )
+
+    def status(self, provider: str, now: float, wall: float) -> ProviderStatus:
+        """A configured provider's health as operators read it (/health, /v1/health), its
+        times as unix seconds (`wall` is the wall clock's reading at `now`)."""
+        stats = self.statistics(provider, now)
+
+        def at(t: float | None) -> float | None:
+            return None if t is None else round(wall - (now - t), 3)
+
+        return ProviderStatus(
+            provider,
+            stats.state.value if stats.checked else "unknown",
+            consecutive_failures=stats.consecutive_failures,
+            last_error=stats.last_error,
+            last_failure_at=at(stats.last_failure_at),
+            last_success_at=at(stats.last_success_at),
+            opened_at=at(stats.opened_at),
+            opened_because=stats.opened_because,
+            reopens_at=at(stats.reopens_at),
+            last_probe_at=at(stats.last_probe_at),
+            last_probe_ok=stats.last_probe_ok,
+            failing=stats.failing,
+        )
+
+    def refusal(self, provider: str, now: float, wall: float) -> errors.CircuitOpen:
+        """Why a call to `provider` is refused now, with the failure that opened its circuit,
+        when, and when to retry: `groq is unavailable: its circuit opened at 12:00:03 UTC after
+        groq answered 503: overloaded; retry in 57s`. Half-open: another request holds the
+        one trial call; held: its probes fail."""
+        stats = self.statistics(provider, now)
+        retry = 1.0 if stats.reopens_at is None else max(1.0, math.ceil(stats.reopens_at - now))
+        cause = ""
+        if stats.opened_at is not None:
+            opened = wall - (now - stats.opened_at)
+            cause = f": its circuit opened at {time.strftime('%H:%M:%S', time.gmtime(opened))} UTC"
+            if stats.opened_because:
+                cause += f" after {stats.opened_because}"
+        if stats.reopens_at is None:  # held open by failing probes, or half-open
+            probes_fail = stats.last_probe_ok is False
+            cause += " (its probes fail)" if probes_fail else " (a trial call is under way)"
+        return errors.CircuitOpen(
+            f"{provider} is unavailable{cause}; retry in {retry:g}s",
+            provider=provider,
+            retry_after_s=retry,
         )
