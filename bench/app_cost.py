@@ -37,7 +37,7 @@ from fake_upstream import chunk  # noqa: E402
 
 from mana_llm import service  # noqa: E402
 from mana_llm.api.app import create_app  # noqa: E402
-from mana_llm.api.request_scope import ASGIApp, with_request_scope  # noqa: E402
+from mana_llm.api.request_scope import ASGIApp  # noqa: E402
 from mana_llm.gateway import Gateway  # noqa: E402
 from mana_llm.health.breaker import BreakerPolicy  # noqa: E402
 from mana_llm.health.providers import ProviderHealthCache  # noqa: E402
@@ -159,7 +159,7 @@ async def gateway_app(upstream: MemoryUpstream) -> ASGIApp:
     providers = service.build_providers(settings, pools, images)
     metrics.start_providers([p.name for p in providers.values() if p.configured])
     gateway = Gateway(settings, providers, health, service.load_aliases(settings))
-    return with_request_scope(create_app(gateway, settings, metrics, Lifecycle()), metrics)
+    return create_app(gateway, settings, metrics, Lifecycle())
 
 
 def floor_app(upstream: MemoryUpstream) -> ASGIApp:

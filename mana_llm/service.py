@@ -22,7 +22,7 @@ from hypercorn.trio import serve
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from mana_llm.api.app import create_app
-from mana_llm.api.request_scope import ASGIApp, with_request_scope
+from mana_llm.api.request_scope import ASGIApp
 from mana_llm.cache.memory import MemoryBackend
 from mana_llm.cache.protocol import CacheBackend
 from mana_llm.cache.store import ResponseCache
@@ -158,9 +158,7 @@ async def _run(
         configured = [p for p in providers.values() if p.configured]
         metrics.start_providers([p.name for p in configured])
         gateway = Gateway(settings, providers, health, aliases, cache=cache)
-        app = with_request_scope(
-            create_app(gateway, settings, metrics, lifecycle), metrics, lifecycle=lifecycle
-        )
+        app = create_app(gateway, settings, metrics, lifecycle)
         serving = trio.Event()  # set after the drain delay: hypercorn closes its listener
         async with trio.open_nursery() as nursery:
             if handle_signals:

@@ -1,6 +1,8 @@
-"""The HTTP surface: the inference routes as plain ASGI in front of a Quart-Trio app for every
-other route; routes are thin, one module per concern.
+"""The HTTP surface: the request pipeline (request_scope.py) around the inference routes as
+plain ASGI, in front of a Quart-Trio app for every other route; routes are thin, one module per
+concern.
 
+request_scope.py  the pipeline every exchange passes once: context, keys, CORS, status, metrics
 guard.py     gateway keys and CORS
 chat.py      POST /v1/chat/completions, /v1/embeddings (plain ASGI, `plain.py`, before Quart)
 models.py    GET /v1/models[/{model}]
@@ -16,9 +18,9 @@ from quart_trio import QuartTrio
 from mana_llm import errors
 from mana_llm.api.chat import CHAT_PATH, EMBEDDINGS_PATH, InferenceRoutes
 from mana_llm.api.failures import register_failures
-from mana_llm.api.guard import Guard, register_guard
+from mana_llm.api.guard import Guard
 from mana_llm.api.models import register_models
-from mana_llm.api.request_scope import ASGIApp
+from mana_llm.api.request_scope import ASGIApp, with_request_scope
 from mana_llm.api.status import register_status
 from mana_llm.gateway import Gateway
 from mana_llm.lifecycle import Lifecycle
@@ -29,12 +31,11 @@ from mana_llm.settings import Settings
 def create_app(
     gateway: Gateway, settings: Settings, metrics: Metrics, lifecycle: Lifecycle
 ) -> ASGIApp:
-    """The inference routes in front, Quart behind them for everything else."""
+    """The pipeline around the inference routes, Quart behind them for everything else."""
     guard = Guard.from_settings(settings)
     app = QuartTrio("mana_llm")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["RESPONSE_TIMEOUT"] = None  # our own deadlines bound every stream
-    register_guard(app, guard)
     # POST on the inference routes never reaches Quart; their rules here keep Quart's answer
     # to any other method on them (405 with Allow, OPTIONS for a CORS preflight)
     for path in (CHAT_PATH, EMBEDDINGS_PATH):
@@ -42,7 +43,8 @@ def create_app(
     register_models(app, gateway, metrics)
     register_status(app, gateway, metrics, lifecycle)
     register_failures(app, settings)
-    return InferenceRoutes(gateway, settings, metrics, guard).asgi(app)
+    routes = InferenceRoutes(gateway, settings, metrics).asgi(app)
+    return with_request_scope(routes, metrics, guard, lifecycle)
 
 
 async def _answered_in_front() -> Response:

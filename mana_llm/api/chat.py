@@ -11,9 +11,8 @@ import attrs
 
 from mana_llm import errors
 from mana_llm.api import sse, wire
-from mana_llm.api.guard import Guard
 from mana_llm.api.plain import Call, Header, View, serve
-from mana_llm.api.request_scope import ASGIApp, add_cleanup, begin, request_nursery
+from mana_llm.api.request_scope import ASGIApp
 from mana_llm.domain import Answered, CacheControl, ChatRequest
 from mana_llm.gateway import Gateway, Route
 from mana_llm.metrics import Metrics, RequestTrace
@@ -31,7 +30,7 @@ def answer_headers(answered: Answered[Any]) -> list[Header]:
     return [(RESOLVED, answered.target.resolved.encode()), (ATTEMPTS, b"%d" % answered.attempts)]
 
 
-def cache_control(call: Call, namespace: str) -> CacheControl:
+def cache_control(call: Call) -> CacheControl:
     """`Cache-Control: no-cache` (answer anew, store), `no-store` (neither);
     `X-Mana-LLM-Cache: on` (cache a sampled answer too); the caller's namespace."""
     given = call.header(b"cache-control")
@@ -41,7 +40,7 @@ def cache_control(call: Call, namespace: str) -> CacheControl:
         lookup=not no_store and "no-cache" not in directives,
         store=not no_store,
         opt_in=call.header(b"x-mana-llm-cache").strip().lower() == "on",
-        namespace=namespace,
+        namespace=call.context.namespace,
     )
 
 
@@ -52,19 +51,18 @@ class InferenceRoutes:
     gateway: Gateway
     settings: Settings
     metrics: Metrics
-    guard: Guard
     _views: dict[str, View] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._views = {CHAT_PATH: self.chat, EMBEDDINGS_PATH: self.embeddings}
 
     def asgi(self, fallback: ASGIApp) -> ASGIApp:
-        views, guard = self._views, self.guard
+        views = self._views
 
         async def app(scope: Any, receive: Any, send: Any) -> None:
             view = views.get(scope["path"]) if scope["type"] == "http" else None
             if view is not None and scope["method"] == "POST":
-                await serve(view, guard, scope, receive, send)
+                await serve(view, scope, receive, send)
             else:
                 await fallback(scope, receive, send)
 
@@ -81,12 +79,11 @@ class InferenceRoutes:
         return route
 
     async def chat(self, call: Call) -> None:
-        namespace = call.namespace()
-        call.trace.endpoint = "chat"  # counted as a chat even if unparsable
+        call.context.trace.endpoint = "chat"  # counted as a chat even if unparsable
         chat = wire.parse_chat_request(await self._read_json(call))
-        trace = begin(self.metrics, call.scope, "chat", chat.stream)
+        trace = call.context.begin(self.metrics, "chat", chat.stream)
         route = self._routed(trace, chat.model)
-        control = cache_control(call, namespace)
+        control = cache_control(call)
         keepalive_s = self.settings.stream_keepalive_s
         if chat.stream and keepalive_s:
             pending = self._walk_beside(call, chat, route, control)
@@ -95,7 +92,7 @@ class InferenceRoutes:
         elif chat.stream:
             streamed = await self.gateway.chat_stream(chat, control, route)
             trace.answered(streamed, stream=True)
-            add_cleanup(call.scope, streamed.result.aclose)  # closed even if never relayed
+            call.context.add_cleanup(streamed.result.aclose)  # closed even if never relayed
             send = await call.start_stream(answer_headers(streamed))
             await sse.relay(send, streamed.result, chat.include_usage, trace)
         else:
@@ -109,7 +106,7 @@ class InferenceRoutes:
         """With keep-alives, headers go out at once and SSE comments keep idle proxies from
         closing the connection while the walk, in the request's nursery beside the body,
         looks for a first token. The answering model is then only in each chunk's `model`."""
-        trace, scope, gateway = call.trace, call.scope, self.gateway
+        context, gateway = call.context, self.gateway
         pending = sse.Pending()
 
         async def walk() -> None:
@@ -122,20 +119,19 @@ class InferenceRoutes:
                 log.exception("stream walk failed")
                 pending.resolve(errors.InternalError("internal gateway error"))
                 return
-            trace.answered(streamed, stream=True)
-            add_cleanup(scope, streamed.result.aclose)
+            context.trace.answered(streamed, stream=True)
+            context.add_cleanup(streamed.result.aclose)
             pending.resolve(streamed.result)
 
-        request_nursery(scope).start_soon(walk)
+        context.nursery.start_soon(walk)
         return pending
 
     async def embeddings(self, call: Call) -> None:
-        namespace = call.namespace()
-        trace = begin(self.metrics, call.scope, "embeddings")
+        trace = call.context.begin(self.metrics, "embeddings")
         embedding = wire.parse_embedding_request(
             await self._read_json(call), self.settings.max_embedding_inputs
         )
         route = self._routed(trace, embedding.model)
-        answered = await self.gateway.embed(embedding, cache_control(call, namespace), route)
+        answered = await self.gateway.embed(embedding, cache_control(call), route)
         trace.answered(answered, answered.result.usage)
         await call.answer_json(answered.result.payload, answer_headers(answered))

@@ -1,5 +1,6 @@
-"""Every failure as `{"error": {"message", "type", "param", "code"}}`, and each response's
-status and cache header on the trace."""
+"""Every failure of a Quart route as `{"error": {"message", "type", "param", "code"}}`, on the
+trace (Quart catches its views' exceptions itself: its error handlers are where they arrive; the
+plain routes' failures arrive in `plain.serve`; both render with `render.py`)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,11 @@ from werkzeug.exceptions import HTTPException
 
 from mana_llm import errors
 from mana_llm.api.render import error_response
-from mana_llm.api.request_scope import request_trace
-from mana_llm.metrics import RequestTrace
+from mana_llm.api.request_scope import context
 from mana_llm.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CACHE = "x-mana-llm-cache"
-CACHE_HEADER = {"hit": "HIT", "miss": "MISS", "bypass": "BYPASS", "error": "BYPASS"}
 _HTTP_ERRORS: dict[int, type[errors.GatewayError]] = {
     400: errors.InvalidRequest,
     404: errors.NotFound,
@@ -27,27 +25,9 @@ _HTTP_ERRORS: dict[int, type[errors.GatewayError]] = {
 }
 
 
-def note_answer(trace: RequestTrace, status: int, stream: bool) -> str | None:
-    """What an answer's head tells its trace (a stream's outcome is known only at its end),
-    and the cache header it carries, if any (Quart's routes and the plain ASGI ones)."""
-    if trace.status is None and not stream:
-        trace.status = status
-    if trace.cache is not None and status < 400:
-        return CACHE_HEADER[trace.cache]
-    return None
-
-
 def register_failures(app: QuartTrio, settings: Settings) -> None:
-    @app.after_request
-    async def record_status(response: Response) -> Response:
-        stream = response.mimetype == "text/event-stream"
-        cache = note_answer(request_trace(request.scope), response.status_code, stream)
-        if cache is not None:
-            response.headers[CACHE] = cache
-        return response
-
     def failed(error: errors.GatewayError) -> Response:
-        request_trace(request.scope).fail(error)
+        context(request.scope).trace.fail(error)
         return error_response(error)
 
     @app.errorhandler(errors.GatewayError)

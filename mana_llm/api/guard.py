@@ -1,5 +1,5 @@
-"""Who may call: gateway keys on /v1/* (each key's cache namespace computed once) and CORS,
-for Quart's routes (hooks) and the plain ASGI inference routes (`api/plain.py`) alike."""
+"""Who may call: gateway keys on /v1/* (each key's cache namespace computed once) and CORS.
+The request pipeline (`request_scope.py`) applies both to every route, plain or Quart's."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import hashlib
 import hmac
 
 import attrs
-from quart import Response, request
-from quart_trio import QuartTrio
 
 from mana_llm import errors
 from mana_llm.settings import Settings
@@ -59,19 +57,3 @@ class Guard:
         if not self.origins:
             return []
         return [(k.encode(), v.encode("latin-1")) for k, v in self.cors(origin).items()]
-
-
-def register_guard(app: QuartTrio, guard: Guard) -> None:
-    @app.before_request
-    async def authenticate() -> None:
-        if request.method == "OPTIONS" or not request.path.startswith("/v1/"):
-            return
-        guard.namespace(request.headers.get("authorization", ""))  # a 401 for a wrong key
-
-    if not guard.origins:
-        return
-
-    @app.after_request
-    async def cors(response: Response) -> Response:
-        response.headers.update(guard.cors(request.headers.get("origin", "")))
-        return response

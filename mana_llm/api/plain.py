@@ -1,10 +1,9 @@
 """The inference routes (POST /v1/chat/completions, /v1/embeddings) as plain ASGI: no Quart
-request or response objects on the hot path, everything else as Quart serves it.
-
-`serve` runs one view over a `Call`: the key checked, the body read bounded in size and time,
-a client that goes away cancels the work (the watch Quart-Trio keeps for its own routes), a
-failure rendered as `api/failures.py` renders Quart's, and every answer carries the trace's
-status, the cache header and CORS like Quart's `after_request` hooks give them.
+request or response objects on the hot path. What every route needs (the caller's key, CORS,
+the status and cache header, the request id) the request pipeline (`request_scope.py`) has
+done or will do to every answer's head; here only what a plain view needs besides: the body
+read bounded in size and time, a client that goes away cancelling the work (the watch Quart-Trio
+keeps for its own routes), a failure rendered as Quart's error handlers render theirs.
 """
 
 from __future__ import annotations
@@ -17,18 +16,14 @@ import attrs
 import trio
 
 from mana_llm import errors
-from mana_llm.api.failures import CACHE, note_answer
-from mana_llm.api.guard import Guard
 from mana_llm.api.render import error_headers, error_object
-from mana_llm.api.request_scope import request_nursery, request_trace, server_send
+from mana_llm.api.request_scope import RequestContext, context
 from mana_llm.api.sse import BodySend
 from mana_llm.codec import dumps
-from mana_llm.metrics import RequestTrace
 
 log = logging.getLogger(__name__)
 
 Header = tuple[bytes, bytes]
-CACHE_NAME = CACHE.encode()
 JSON_TYPE: Header = (b"content-type", b"application/json")
 SSE_HEADERS: tuple[Header, ...] = (
     (b"cache-control", b"no-cache"),
@@ -48,8 +43,7 @@ class Call:
     scope: Any
     receive: Any
     send: Any
-    guard: Guard
-    trace: RequestTrace
+    context: RequestContext
     started: bool = False  # the response's head is out: a failure can only end the body
 
     def header(self, name: bytes) -> str:
@@ -58,10 +52,6 @@ class Call:
             if key == name:
                 return str(value.decode("latin-1"))
         return ""
-
-    def namespace(self) -> str:
-        """The caller's cache namespace; a missing or wrong key is a 401 (before the body)."""
-        return self.guard.namespace(self.header(b"authorization"))
 
     async def body(self, max_bytes: int, timeout_s: float) -> bytes:
         """The whole request body: a 413 past `max_bytes` (at once when the declared length is
@@ -82,15 +72,11 @@ class Call:
                     raise _too_large(max_bytes)
                 parts.append(part)
                 if not message.get("more_body", False):
-                    request_nursery(self.scope).start_soon(_watch_disconnect, self)
+                    self.context.nursery.start_soon(_watch_disconnect, self)
                     return parts[0] if len(parts) == 1 else b"".join(parts)
         raise errors.RequestTimeout(f"the request body did not arrive within {timeout_s:g}s")
 
-    def _head(self, status: int, headers: list[Header], stream: bool = False) -> dict[str, Any]:
-        cache = note_answer(self.trace, status, stream)
-        if cache is not None:
-            headers.append((CACHE_NAME, cache.encode()))
-        headers.extend(self.guard.cors_headers(self.header(b"origin")))
+    def _head(self, status: int, headers: list[Header]) -> dict[str, Any]:
         self.started = True
         return {"type": "http.response.start", "status": status, "headers": headers}
 
@@ -106,11 +92,11 @@ class Call:
     async def start_stream(self, headers: list[Header]) -> BodySend:
         """Send the head of an SSE answer; returns where its body goes."""
         headers.extend(SSE_HEADERS)
-        await self.send(self._head(200, headers, stream=True))
-        return BodySend(more=server_send(self.scope), last=self.send)
+        await self.send(self._head(200, headers))
+        return BodySend(more=self.context.server_send, last=self.send)
 
     async def fail(self, error: errors.GatewayError) -> None:
-        self.trace.fail(error)
+        self.context.trace.fail(error)
         headers = [(k.encode(), v.encode()) for k, v in error_headers(error).items()]
         await self.answer(error.status, headers, dumps(error_object(error)))
 
@@ -118,11 +104,11 @@ class Call:
 View = Callable[[Call], Awaitable[None]]
 
 
-async def serve(view: View, guard: Guard, scope: Any, receive: Any, send: Any) -> None:
-    """Run `view` for one exchange (inside `request_scope.with_request_scope`). A client
-    that goes away cancels the exchange's nursery, the view with it: the exchange ends there
-    (no scope of its own here: one fewer per request, issue 13)."""
-    call = Call(scope, receive, send, guard, request_trace(scope))
+async def serve(view: View, scope: Any, receive: Any, send: Any) -> None:
+    """Run `view` for one exchange (inside the request pipeline). A client that goes away
+    cancels the exchange's nursery, the view with it: the exchange ends there (no scope of its
+    own here: one fewer per request, issue 13)."""
+    call = Call(scope, receive, send, context(scope))
     try:
         await view(call)
     except _ClientGone:
@@ -151,7 +137,7 @@ async def _watch_disconnect(call: Call) -> None:
     walk abandoned). hypercorn also says so inside the last send of a finished exchange."""
     while (await call.receive())["type"] != "http.disconnect":
         pass
-    request_nursery(call.scope).cancel_scope.cancel()
+    call.context.nursery.cancel_scope.cancel()
 
 
 def _too_large(max_bytes: int) -> errors.PayloadTooLarge:

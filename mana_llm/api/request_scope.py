@@ -1,15 +1,23 @@
-"""Each HTTP exchange's own scope, outliving the view: its request id, its trace, a nursery for
-work beside the body, and cleanups.
+"""The request pipeline: one ASGI layer around every exchange, the plain inference routes and
+Quart's routes alike, so that each step of it is done once, here:
 
-A streaming view returns a Response whose body owns an open upstream connection. If the client
-disconnects after the view returned but before Quart starts sending that body, the body is
-never iterated and never closed. This ASGI wrapper runs around the whole exchange: when it is
-over, however it ended, the nursery is cancelled, every cleanup runs (no task and no upstream
-connection is left behind), and the trace is finished once: its metrics and its log line.
+- the request's context: its id (the caller's X-Request-Id when sane), its trace, its nursery
+  for work beside the body, its cleanups and its cache namespace, one `RequestContext` under
+  one key of the ASGI scope (`context(scope)`);
+- who may call: a gateway key on /v1/* (`Guard`), a 401 before any route runs;
+- every answer's head: the request id, CORS, the status on the trace and the cache header (a
+  stream's status is known at its end), `Connection: close` when the body has not all arrived;
+- the end, however it came: the nursery cancelled, every cleanup run (no task and no upstream
+  connection left behind: a streaming answer owns an open upstream even if its body was never
+  sent), the trace finished once (its metrics and its log line);
+- the drain deadline (`Lifecycle.cut_open_exchanges`): an exchange still open ends as the
+  gateway's own doing, 503 `server_shutting_down`: a JSON error when nothing was sent yet, the
+  final error event (no `[DONE]`) of a stream.
 
-At the drain deadline (`Lifecycle.cut_open_exchanges`) an exchange still open is cut: its
-nursery is cancelled and it ends as the gateway's own doing, 503 `server_shutting_down`: a
-JSON error when nothing was sent yet, the final error event (no `[DONE]`) of a stream.
+Why plain ASGI in front of Quart-Trio rather than one of them: the two inference routes skip
+Quart's request and response objects and its tasks per request (10-25% of a streamed chunk's
+CPU, issue 13), and Quart keeps routing, views and error handlers for every other route. What
+both need is above, and lives only here; views stay thin (parse, one use case, render).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import attrs
 import trio
 
 from mana_llm import errors, logs
+from mana_llm.api.guard import PUBLIC, Guard
 from mana_llm.api.render import error_headers, error_object
 from mana_llm.codec import dumps
 from mana_llm.lifecycle import Lifecycle
@@ -29,11 +38,9 @@ from mana_llm.metrics import Metrics, RequestTrace
 
 Cleanup = Callable[[], Awaitable[None]]
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-CLEANUPS = "mana_llm.cleanup"
-NURSERY = "mana_llm.nursery"
-TRACE = "mana_llm.trace"
-SERVER_SEND = "mana_llm.server_send"
+CONTEXT = "mana_llm"  # the one key of the ASGI scope the gateway adds
 
 log = logging.getLogger("mana_llm.request")
 
@@ -41,42 +48,47 @@ log = logging.getLogger("mana_llm.request")
 # the body would otherwise be read as the next request, or leave the connection waiting.
 CLOSE = (b"connection", b"close")
 LAST_SEND_S = 10.0
+CACHE = b"x-mana-llm-cache"
+CACHE_HEADER = {"hit": b"HIT", "miss": b"MISS", "bypass": b"BYPASS", "error": b"BYPASS"}
+SSE_TYPE = b"text/event-stream"
 
 
-def add_cleanup(scope: Any, cleanup: Cleanup) -> None:
-    scope[CLEANUPS].append(cleanup)
+@attrs.define(eq=False)
+class RequestContext:
+    """One exchange's own state, outliving its view."""
+
+    trace: RequestTrace
+    nursery: trio.Nursery  # work beside the body; cancelled when the exchange ends
+    server_send: Send  # the server's own send: the middle of a streamed body goes straight there
+    namespace: str  # the caller's cache namespace (its key, hashed)
+    cleanups: list[Cleanup] = attrs.field(factory=list)
+
+    def add_cleanup(self, cleanup: Cleanup) -> None:
+        """Run once the exchange is over, however it ended (each shields and bounds itself)."""
+        self.cleanups.append(cleanup)
+
+    def begin(self, metrics: Metrics, endpoint: str, stream: bool = False) -> RequestTrace:
+        """The exchange is a request to `endpoint`: count it as active."""
+        self.trace.endpoint, self.trace.stream = endpoint, stream
+        metrics.begin(self.trace)
+        return self.trace
 
 
-def request_nursery(scope: Any) -> trio.Nursery:
-    nursery: trio.Nursery = scope[NURSERY]
-    return nursery
+def context(scope: Any) -> RequestContext:
+    found: RequestContext = scope[CONTEXT]
+    return found
 
 
-def server_send(scope: Any) -> Any:
-    """The server's own ASGI `send`, for the middle of a streamed body (`more_body` true):
-    the request scope's wrapper does nothing there but cost a coroutine a chunk. The head and
-    the last message go through the scope's `send` (request id, metrics, the shielded last
-    send)."""
-    return scope[SERVER_SEND]
-
-
-def request_trace(scope: Any) -> RequestTrace:
-    trace: RequestTrace = scope[TRACE]
-    return trace
-
-
-def begin(metrics: Metrics, scope: Any, endpoint: str, stream: bool = False) -> RequestTrace:
-    """The exchange is a request to `endpoint`: count it as active."""
-    trace = request_trace(scope)
-    trace.endpoint, trace.stream = endpoint, stream
-    metrics.begin(trace)
-    return trace
+def _header(headers: Any, name: bytes) -> bytes:
+    """The first value of header `name` (lower case) in ASGI headers, or b""."""
+    return next((v for k, v in headers if k.lower() == name), b"")
 
 
 @attrs.define(eq=False)
 class _Exchange:
-    """One HTTP exchange as the wrapper sees it: its trace, whether the request body has fully
-    arrived, the request id header, and its metrics and log line, finished once."""
+    """One HTTP exchange as the pipeline sees it: its trace, whether the request body has fully
+    arrived, what every answer's head gets, its metrics and log line (once), and whether the
+    drain deadline cut it."""
 
     trace: RequestTrace
     metrics: Metrics
@@ -84,7 +96,7 @@ class _Exchange:
     receive: Any
     send: Any
     body_complete: bool
-    rid_header: tuple[bytes, bytes]
+    head_extra: list[tuple[bytes, bytes]]  # the request id, CORS
     finished: bool = False
     head: dict[str, Any] | None = None  # the response's head, once sent
     ended: bool = False  # the body's last message was sent
@@ -103,6 +115,45 @@ class _Exchange:
             self.metrics.finish(self.trace, self.clock())
             log_request(self.trace, self.clock())
 
+    async def send_with_id(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = self._head(message["status"], message.get("headers", ()))
+            self.head = message
+        elif message["type"] == "http.response.body" and not message.get("more_body"):
+            self.ended = True
+            self.finish()  # before the last byte: a client that has its answer sees metrics
+            # Hypercorn recycles or closes the connection inside this send, while Quart
+            # cancels the exchange's tasks as the stream closes; unshielded, that close is
+            # cancelled half-way and the connection hangs (bounded, shielded: the socket)
+            with trio.move_on_after(LAST_SEND_S, shield=True):
+                await self.send(message)
+            return
+        await self.send(message)
+
+    def _head(self, status: int, given: Any) -> list[tuple[bytes, bytes]]:
+        """Every answer's head: what the route gave, the request id and CORS, the cache
+        header, and the status on the trace (a stream's is known only at its end)."""
+        headers = [*given, *self.head_extra]
+        trace = self.trace
+        if trace.status is None and not _header(given, b"content-type").startswith(SSE_TYPE):
+            trace.status = status
+        if trace.cache is not None and status < 400:
+            headers.append((CACHE, CACHE_HEADER[trace.cache]))
+        if not self.body_complete:  # answered early (401, 404, 405, 413): see LAST_SEND_S
+            headers.append(CLOSE)
+        return headers
+
+    async def answer_error(self, error: errors.GatewayError) -> None:
+        """A whole JSON error answer, from the pipeline itself (a 401, a drain cut)."""
+        self.trace.fail(error)
+        body = dumps(error_object(error))
+        headers = [(k.encode(), v.encode()) for k, v in error_headers(error).items()]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self.send_with_id(
+            {"type": "http.response.start", "status": error.status, "headers": headers}
+        )
+        await self.send_with_id({"type": "http.response.body", "body": body, "more_body": False})
+
     def cut(self) -> None:
         """The drain deadline: the exchange's work stops; `end_cut` says why to the client."""
         self.cut_by_drain = True
@@ -118,67 +169,50 @@ class _Exchange:
             "the gateway is shutting down: its drain deadline (GRACEFUL_TIMEOUT) passed"
             " before this request finished; send it again"
         )
-        self.trace.fail(error)
-        body = dumps(error_object(error))
         if self.head is None:
-            headers = [(k.encode(), v.encode()) for k, v in error_headers(error).items()]
-            headers += [(b"content-length", str(len(body)).encode()), CLOSE]
-            head = {"type": "http.response.start", "status": error.status, "headers": headers}
-            await self.send_with_id(head)
-        elif (b"content-type", b"text/event-stream") in self.head["headers"]:
-            body = b"data: " + body + b"\n\n"  # the stream's final event: no [DONE]
-        else:
-            return  # a JSON answer cut half-way: hypercorn closes the connection
-        await self.send_with_id({"type": "http.response.body", "body": body, "more_body": False})
-
-    async def send_with_id(self, message: Any) -> None:
-        if message["type"] == "http.response.start":
-            headers = [*message.get("headers", ()), self.rid_header]
-            if not self.body_complete:  # answered early (401, 404, 405, 413): see LAST_SEND_S
-                headers.append(CLOSE)
-            message["headers"] = headers
-            self.head = message
-        elif message["type"] == "http.response.body" and not message.get("more_body"):
-            self.ended = True
-            self.finish()  # before the last byte: a client that has its answer sees metrics
-            # Hypercorn recycles or closes the connection inside this send, while Quart
-            # cancels the exchange's tasks as the stream closes; unshielded, that close is
-            # cancelled half-way and the connection hangs (bounded, shielded: the socket)
-            with trio.move_on_after(LAST_SEND_S, shield=True):
-                await self.send(message)
-            return
-        await self.send(message)
+            self.body_complete = False  # the connection closes with it
+            await self.answer_error(error)
+        elif _header(self.head["headers"], b"content-type").startswith(SSE_TYPE):
+            self.trace.fail(error)  # the stream's final event: no [DONE]
+            event = b"data: " + dumps(error_object(error)) + b"\n\n"
+            await self.send_with_id(
+                {"type": "http.response.body", "body": event, "more_body": False}
+            )
+        # else: a JSON answer cut half-way; hypercorn closes the connection
 
 
 def with_request_scope(
     app: ASGIApp,
     metrics: Metrics,
+    guard: Guard,
+    lifecycle: Lifecycle,
     clock: Callable[[], float] = trio.current_time,
-    lifecycle: Lifecycle | None = None,
 ) -> ASGIApp:
-    lifecycle = lifecycle or Lifecycle()
+    """`app` (the plain routes in front of Quart) inside the pipeline."""
 
     async def asgi(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
-        rid = logs.accept_request_id(given.decode("latin-1"))
+        headers = scope["headers"]
+        rid = logs.accept_request_id(_header(headers, b"x-request-id").decode("latin-1"))
         token = logs.request_id.set(rid)
-        cleanups: list[Cleanup] = []
-        scope[CLEANUPS] = cleanups
-        scope[TRACE] = trace = RequestTrace(rid, clock())
-        scope[SERVER_SEND] = send
+        trace = RequestTrace(rid, clock())
         bodiless = not any(  # a request without a body has all of it from the start
-            k in (b"transfer-encoding", b"content-length") and v.strip() != b"0"
-            for k, v in scope["headers"]
+            k in (b"transfer-encoding", b"content-length") and v.strip() != b"0" for k, v in headers
         )
-        exchange = _Exchange(
-            trace, metrics, clock, receive, send, bodiless, (b"x-request-id", rid.encode())
-        )
+        extra = [(b"x-request-id", rid.encode())]
+        extra += guard.cors_headers(_header(headers, b"origin").decode("latin-1"))
+        exchange = _Exchange(trace, metrics, clock, receive, send, bodiless, extra)
+        cleanups: list[Cleanup] = []
         try:
+            try:
+                namespace = _caller(guard, scope)
+            except errors.Unauthorized as error:  # before any route runs
+                await exchange.answer_error(error)
+                return
             async with trio.open_nursery() as nursery:
-                scope[NURSERY] = nursery
+                scope[CONTEXT] = RequestContext(trace, nursery, send, namespace, cleanups)
                 exchange.cut_scope = nursery.cancel_scope
                 lifecycle.track(exchange.cut)
                 await app(scope, exchange.receive_tracked, exchange.send_with_id)
@@ -193,6 +227,14 @@ def with_request_scope(
             logs.request_id.reset(token)
 
     return asgi
+
+
+def _caller(guard: Guard, scope: Any) -> str:
+    """The caller's cache namespace; Unauthorized on /v1/* without a valid gateway key (a
+    CORS preflight and the operators' endpoints need none)."""
+    if scope["method"] == "OPTIONS" or not scope["path"].startswith("/v1/"):
+        return PUBLIC
+    return guard.namespace(_header(scope["headers"], b"authorization").decode("latin-1"))
 
 
 def log_request(trace: RequestTrace, now: float) -> None:
