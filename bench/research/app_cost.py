@@ -5,7 +5,7 @@ in-memory upstream that replays the fake upstream's SSE answer read by read, wit
 what each app does per request and per chunk (for the gateway: parsing, the walk, the commit
 rule, the relay, metrics, the request scope).
 
-    python bench/app_cost.py [--reps 7] [--streams 1000]
+    python bench/research/app_cost.py [--reps 7] [--streams 1000]
 
 Prints, from runs at 2 and 200 tokens (minimum CPU of `--reps` batches, alternating the two
 apps), each app's fixed CPU per stream and CPU per content chunk, and the gateway's extra.
@@ -29,8 +29,9 @@ import trio
 from prometheus_client import CollectorRegistry
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
+BENCH = os.path.dirname(HERE)  # bench/: the support modules run.py uses too
+sys.path.insert(0, BENCH)
+sys.path.insert(0, os.path.dirname(BENCH))
 
 import floor_relays  # noqa: E402
 from fake_upstream import chunk  # noqa: E402

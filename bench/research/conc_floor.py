@@ -4,7 +4,7 @@ app + the gateway's own connection pool, the whole answer relayed with `model` r
 nothing else), measured in turn within each rep, the relays pinned to one CPU and the load
 and the fake upstream to the others.
 
-    python bench/conc_floor.py [--reps 5] [--seconds 3] [--conc 1,64]
+    python bench/research/conc_floor.py [--reps 5] [--seconds 3] [--conc 1,64]
 
 Prints the median CPU per request of each at each concurrency and how much more a request
 costs at the highest than at the lowest. When the floor grows as much as the gateway, the
@@ -20,7 +20,7 @@ import os
 import statistics
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # floor.py, beside it
 
 from floor import measured, start_stack, stop_stack
 

@@ -3,7 +3,7 @@ when nothing of the gateway runs, only the same stack doing the same hop (hyperc
 raw ASGI app relaying each request to the same fake upstream with httpx), one and two
 SO_REUSEPORT processes under the same closed-loop load.
 
-    python bench/workers_floor.py [--seconds 4] [--conc 32]
+    python bench/research/workers_floor.py [--seconds 4] [--conc 32]
 
 If this minimal relay scales no better than the gateway, the ceiling is the machine (two cores
 shared with the load generator and the fake upstream), not the gateway.
@@ -22,7 +22,8 @@ import time
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+BENCH = os.path.dirname(HERE)  # bench/: run.py and the support modules
+sys.path.insert(0, BENCH)
 
 from run import closed_loop, free_ports, pct, tree_cpu_s, wait_port  # noqa: E402
 
@@ -75,7 +76,7 @@ def measure(
     message = {"model": "bench", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
     body = json.dumps(message).encode()
     procs = [
-        subprocess.Popen([sys.executable, "-c", RELAY, str(port), str(up_port), HERE])
+        subprocess.Popen([sys.executable, "-c", RELAY, str(port), str(up_port), BENCH])
         for _ in range(processes)
     ]
     try:
@@ -99,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     up_port, port = free_ports(2)
     upstream = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "fake_upstream.py"), str(up_port), "20", "5"]
+        [sys.executable, os.path.join(BENCH, "fake_upstream.py"), str(up_port), "20", "5"]
     )
     try:
         asyncio.run(wait_port(up_port))

@@ -7,7 +7,7 @@ libc's, orjson's) where the two relays differ. At c=16 they move by up to 4% bet
 many streams the run loop finds ready at each wake-up depends on timing): compare the relays
 within one run there.
 
-    python bench/instructions.py [--conc 1,16] [--tokens 50] [--streams 8] [--top 0]
+    python bench/research/instructions.py [--conc 1,16] [--tokens 50] [--streams 8] [--top 0]
 
 For each concurrency, each relay gets `--streams` streams of 2 tokens, then of `--tokens`
 tokens; the difference gives the instructions per token (one content chunk, relayed) and the
@@ -40,8 +40,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+BENCH = os.path.dirname(HERE)  # bench/: run.py and the support modules
+ROOT = os.path.dirname(BENCH)
+sys.path.insert(0, BENCH)
 
 from run import free_ports, wait_port  # noqa: E402
 
@@ -171,14 +172,14 @@ def measure(
         f"--callgrind-out-file={out}.%p",
         *([f"--LL={ll_kb * 1024},16,64"] if ll_kb else []),
     ]
-    script = os.path.join(HERE, "floor_relays.py")
+    script = os.path.join(BENCH, "floor_relays.py")
     command = (
         [sys.executable, "-m", "mana_llm"]
         if relay == "gateway"
         else [sys.executable, script, relay, str(port), str(up_port)]
     )
     upstream = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "fake_upstream.py"), str(up_port), "20", str(delay_ms)]
+        [sys.executable, os.path.join(BENCH, "fake_upstream.py"), str(up_port), "20", str(delay_ms)]
     )
     proc = subprocess.Popen(grind + command, cwd=ROOT, env=env)
     try:

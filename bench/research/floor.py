@@ -5,7 +5,8 @@ same noisy machine. Prints the median CPU per content chunk of each and the gate
 the raw ASGI floor (issue 13's target: at most 1.10 at c=1 and c=16), then the same from the
 lowest figure of each (noise only ever adds CPU).
 
-    python bench/floor.py [--seconds 4] [--reps 5] [--conc 1,16] [--tokens 20,200] [--no-pin]
+    python bench/research/floor.py [--seconds 4] [--reps 5] [--conc 1,16] [--tokens 20,200]
+        [--no-pin]
 
 By default the relays share the last CPU and the load generator and the fake upstream the
 others (less noise from the scheduler; absolute figures differ from unpinned runs). Each rep
@@ -30,8 +31,9 @@ import time
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+BENCH = os.path.dirname(HERE)  # bench/: run.py and the support modules
+ROOT = os.path.dirname(BENCH)
+sys.path.insert(0, BENCH)
 
 from run import free_ports, run, wait_port  # noqa: E402
 
@@ -56,8 +58,8 @@ def start_stack(relays: dict[str, str], pin: bool = True) -> tuple[Procs, dict[s
         "LOG_LEVEL": "WARNING",
         "PROBE_INTERVAL": "86400",  # one probe round at start-up only, off the measured path
     }
-    script = os.path.join(HERE, "floor_relays.py")
-    upstream = [sys.executable, os.path.join(HERE, "fake_upstream.py"), str(up_port), "20", "5"]
+    script = os.path.join(BENCH, "floor_relays.py")
+    upstream = [sys.executable, os.path.join(BENCH, "fake_upstream.py"), str(up_port), "20", "5"]
     procs: Procs = {
         "upstream": subprocess.Popen(upstream),
         "gateway": subprocess.Popen([sys.executable, "-m", "mana_llm"], cwd=ROOT, env=env),
