@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import TypeVar
 
 import attrs
@@ -37,8 +38,9 @@ from mana_llm.domain import (
 from mana_llm.health.providers import ProviderHealthCache
 from mana_llm.live_answer import LiveAnswer
 from mana_llm.providers.protocol import Provider
+from mana_llm.routing import operations
 from mana_llm.routing.aliases import AliasStore
-from mana_llm.routing.commit import CommittedStream, StreamPolicy, open_committed, read_buffered
+from mana_llm.routing.commit import CommittedStream, StreamPolicy
 from mana_llm.routing.fallback import Walker
 from mana_llm.routing.retry import Budgets, RetryPolicy
 from mana_llm.routing.route import Prepared, Route
@@ -165,14 +167,12 @@ class Gateway:
     ) -> Answered[ChatResponse]:
         """`route`: what `resolve(request.model)` said, when the caller already asked."""
         route = route or self.resolve(request.model)
-        prepared = Prepared(request)
-
-        async def attempt(provider: Provider, target: Target) -> ChatResponse:
-            return await provider.chat(target, await prepared.for_provider(provider))
-
         plan = self._chat_plan(route, request, control)
         return await self._answer(
-            route, attempt, plan, lambda e: read_through.chat_hit(e, self.wall_clock())
+            route,
+            operations.Chat(Prepared(request)),
+            plan,
+            lambda e: read_through.chat_hit(e, self.wall_clock()),
         )
 
     async def chat_stream(
@@ -195,25 +195,16 @@ class Gateway:
                 hit = read_through.stream_hit(entry, self.wall_clock())
                 replayed = CommittedStream.replay(target, hit)
                 return Answered(replayed, target, (), cached=True, cache=plan.result)
-        first_token_s = self.settings.first_token_timeout_s
         policy = StreamPolicy(self.settings.stream_idle_timeout_s, deadline)
         prepared = Prepared(request)
-
-        def first_token_deadline_s(provider: Provider) -> float:
-            return route.first_token_timeout_s(provider, first_token_s)
-
-        async def attempt(provider: Provider, target: Target) -> CommittedStream:
-            return await open_committed(provider, target, await prepared.for_provider(provider))
-
-        async def whole(provider: Provider, target: Target) -> CommittedStream:
-            return await read_buffered(
-                provider, target, prepared, first_token_deadline_s(provider), policy
-            )
-
+        default_s = self.settings.first_token_timeout_s
+        first_token_s = partial(route.first_token_timeout_s, default_s=default_s)
         if route.alias is not None and route.alias.buffer:
+            whole = operations.Buffered(prepared, first_token_s, policy)
             answered = await self._walk(route, whole, plan, route.attempt_timeout_s, "answer")
         else:
-            answered = await self._walk(route, attempt, plan, first_token_deadline_s, "first token")
+            stream = operations.Stream(prepared)
+            answered = await self._walk(route, stream, plan, first_token_s, "first token")
         recorder = None if plan is None else plan.recorder(self.settings.cache_max_entry_bytes)
         winner = LiveAnswer(answered.result.governed(policy), self._walker, plan, recorder)
         return Answered(
@@ -233,10 +224,6 @@ class Gateway:
         route: Route | None = None,
     ) -> Answered[EmbeddingResponse]:
         route = route or self.resolve(request.model)
-
-        async def attempt(provider: Provider, target: Target) -> EmbeddingResponse:
-            return await provider.embed(target, request)
-
         plan = read_through.plan(
             self.cache,
             control,
@@ -244,7 +231,9 @@ class Gateway:
             lambda target: embedding_key(control.namespace, target, request),
             _embeddings_valid,
         )
-        return await self._answer(route, attempt, plan, read_through.embedding_hit)
+        return await self._answer(
+            route, operations.Embed(request), plan, read_through.embedding_hit
+        )
 
     def configured(self) -> list[Provider]:
         return [p for p in self.providers.values() if p.configured]
