@@ -21,7 +21,7 @@ import trio
 import mana_llm.cache.read_through as read_through
 from mana_llm import errors
 from mana_llm.cache.entries import Entry, storable_completion
-from mana_llm.cache.keys import chat_cacheable, chat_key, embedding_key
+from mana_llm.cache.keys import ChatKeys, EmbeddingKeys, chat_cacheable
 from mana_llm.cache.store import ResponseCache
 from mana_llm.domain import (
     Answered,
@@ -155,7 +155,7 @@ class Gateway:
             self.cache,
             control,
             chat_cacheable(request, opt_in, control.opt_in),
-            lambda target: chat_key(control.namespace, target, request),
+            ChatKeys(control.namespace, request),
             storable_completion,
         )
 
@@ -228,7 +228,7 @@ class Gateway:
             self.cache,
             control,
             True,  # an embedding is deterministic
-            lambda target: embedding_key(control.namespace, target, request),
+            EmbeddingKeys(control.namespace, request),
             _embeddings_valid,
         )
         return await self._answer(

@@ -39,6 +39,7 @@ from fake_upstream import chunk  # noqa: E402
 from mana_llm import service  # noqa: E402
 from mana_llm.api.app import create_app  # noqa: E402
 from mana_llm.api.request_scope import ASGIApp  # noqa: E402
+from mana_llm.cache.store import ResponseCache  # noqa: E402
 from mana_llm.gateway import Gateway  # noqa: E402
 from mana_llm.health.breaker import BreakerPolicy  # noqa: E402
 from mana_llm.health.providers import ProviderHealthCache  # noqa: E402
@@ -142,7 +143,7 @@ async def one_stream(app: ASGIApp, body: bytes, scope: dict[str, Any]) -> int:
     return events
 
 
-async def gateway_app(upstream: MemoryUpstream) -> ASGIApp:
+async def gateway_app(upstream: MemoryUpstream, cache: ResponseCache | None = None) -> ASGIApp:
     env = {
         "GROQ_API_KEY": "bench",
         "GROQ_BASE_URL": f"{UPSTREAM}/v1",
@@ -159,7 +160,7 @@ async def gateway_app(upstream: MemoryUpstream) -> ASGIApp:
     images = service.image_fetcher(settings, service.http_transport(1))
     providers = service.build_providers(settings, pools, images)
     metrics.start_providers([p.name for p in providers.values() if p.configured])
-    gateway = Gateway(settings, providers, health, service.load_aliases(settings))
+    gateway = Gateway(settings, providers, health, service.load_aliases(settings), cache=cache)
     return create_app(gateway, settings, metrics, Lifecycle())
 
 

@@ -15,6 +15,8 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
+
 from mana_llm import codec
 from mana_llm.domain import ChatRequest, EmbeddingRequest, Target
 
@@ -103,3 +105,23 @@ def _part(part: Any) -> Any:
                 digest = hashlib.sha256(data.encode()).hexdigest()
                 return {**part, field: {**value, inner: f"sha256:{digest}"}}
     return part
+
+
+@attrs.frozen
+class ChatKeys:
+    """A chat request's key for each target (the read-through plan asks, target by target)."""
+
+    namespace: str
+    request: ChatRequest
+
+    def __call__(self, target: Target) -> str:
+        return chat_key(self.namespace, target, self.request)
+
+
+@attrs.frozen
+class EmbeddingKeys:
+    namespace: str
+    request: EmbeddingRequest
+
+    def __call__(self, target: Target) -> str:
+        return embedding_key(self.namespace, target, self.request)

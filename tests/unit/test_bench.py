@@ -33,6 +33,7 @@ def test_the_research_scripts_are_the_ones_the_readme_names() -> None:
         "research/conc_floor.py",
         "research/floor.py",
         "research/instructions.py",
+        "research/path.py",
         "research/workers_floor.py",
     ]
     for script in SCRIPTS:
