@@ -19,6 +19,7 @@ from mana_llm.errors import AttemptRecord
 
 JSON = dict[str, Any]
 T = TypeVar("T")
+U = TypeVar("U")
 
 
 @attrs.frozen
@@ -190,6 +191,19 @@ class Answered(Generic[T]):
     @property
     def attempts(self) -> int:
         return 0 if self.cached else len(self.failed) + 1
+
+    def carrying(self, result: U) -> Answered[U]:
+        """The same outcome with another result (a stream's winner, given its policy)."""
+        return Answered(
+            result,
+            self.target,
+            self.failed,
+            self.started_at,
+            self.ended_at,
+            self.cached,
+            self.cache,
+            self.hedge,
+        )
 
 
 class AnswerStream(Protocol):

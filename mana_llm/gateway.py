@@ -207,15 +207,7 @@ class Gateway:
             answered = await self._walk(route, stream, plan, first_token_s, "first token")
         recorder = None if plan is None else plan.recorder(self.settings.cache_max_entry_bytes)
         winner = LiveAnswer(answered.result.governed(policy), self._walker, plan, recorder)
-        return Answered(
-            winner,
-            answered.target,
-            answered.failed,
-            answered.started_at,
-            answered.ended_at,
-            cache=answered.cache,
-            hedge=answered.hedge,
-        )
+        return answered.carrying(winner)
 
     async def embed(
         self,

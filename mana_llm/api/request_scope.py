@@ -143,12 +143,15 @@ class _Exchange:
             headers.append(CLOSE)
         return headers
 
-    async def answer_error(self, error: errors.GatewayError) -> None:
-        """A whole JSON error answer, from the pipeline itself (a 401, a drain cut)."""
+    async def answer_error(self, error: errors.GatewayError, close: bool = False) -> None:
+        """A whole JSON error answer, from the pipeline itself (a 401, a drain cut; `close`:
+        the connection closes with it)."""
         self.trace.fail(error)
         body = dumps(error_object(error))
         headers = [(k.encode(), v.encode()) for k, v in error_headers(error).items()]
         headers.append((b"content-length", str(len(body)).encode()))
+        if close and self.body_complete:  # (else the head gets it anyway)
+            headers.append(CLOSE)
         await self.send_with_id(
             {"type": "http.response.start", "status": error.status, "headers": headers}
         )
@@ -170,8 +173,7 @@ class _Exchange:
             " before this request finished; send it again"
         )
         if self.head is None:
-            self.body_complete = False  # the connection closes with it
-            await self.answer_error(error)
+            await self.answer_error(error, close=True)
         elif _header(self.head["headers"], b"content-type").startswith(SSE_TYPE):
             self.trace.fail(error)  # the stream's final event: no [DONE]
             event = b"data: " + dumps(error_object(error)) + b"\n\n"
