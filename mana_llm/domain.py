@@ -173,6 +173,15 @@ class ModelInfo:
 
 
 @attrs.frozen
+class Inventory:
+    """What a local model server holds, as its probe read it: the models installed (Ollama's
+    /api/tags) and those loaded in memory now (/api/ps). None where it could not be read."""
+
+    installed: frozenset[str] | None = None
+    loaded: frozenset[str] | None = None
+
+
+@attrs.frozen
 class Answered(Generic[T]):
     """What the gateway did for a request that got an answer, handed to the api, which turns it
     into headers, metrics and the log line: the answer, the target that gave it, the chain
@@ -187,6 +196,7 @@ class Answered(Generic[T]):
     cached: bool = False  # a cache hit: no attempt was made
     cache: str | None = None  # hit | miss | bypass | error; None: the cache is off
     hedge: str | None = None  # won | lost | budget_exhausted; None: no hedge was considered
+    deployment: str | None = None  # which of the provider's deployments answered
 
     @property
     def attempts(self) -> int:
@@ -203,6 +213,7 @@ class Answered(Generic[T]):
             self.cached,
             self.cache,
             self.hedge,
+            self.deployment,
         )
 
 
@@ -242,6 +253,7 @@ class ProviderStatus:
     last_probe_at: float | None = None
     last_probe_ok: bool | None = None
     failing: bool = False  # the most recent probe or request failed, no success since
+    deployments: tuple[DeploymentStatus, ...] = ()  # where it is served from
 
     @property
     def summary(self) -> str:
@@ -252,3 +264,15 @@ class ProviderStatus:
         if self.state != "closed":
             return "unhealthy"
         return "failing" if self.failing else "healthy"
+
+
+@attrs.frozen
+class DeploymentStatus:
+    """One deployment of a provider as operators read it (/v1/health)."""
+
+    health: ProviderStatus  # its own circuit and probes (named by the deployment)
+    base_url: str  # without credentials
+    in_flight: int
+    installed: tuple[str, ...] | None = None  # a local server's models, as its probe read them
+    loaded: tuple[str, ...] | None = None
+    inventory_at: float | None = None  # unix seconds

@@ -91,7 +91,10 @@ class EnvReader:
         return self.seconds(name, 0.0)
 
     def url(self, name: str, default: str) -> str:
-        raw = self._raw(name) or default
+        return self.check_url(name, self._raw(name) or default)
+
+    def check_url(self, name: str, raw: str) -> str:
+        """`raw`, one URL that variable `name` gives, checked and without a trailing slash."""
         if not raw.startswith(("http://", "https://")) or len(raw.split("://", 1)[1]) == 0:
             raise SettingsError(f"{name}={raw!r} must be an http:// or https:// URL")
         return raw.rstrip("/")

@@ -48,8 +48,10 @@ class AttemptRecord:
     model: str
     reason: str
     kind: str = ""  # a short label: the error class, `cache-unhealthy` or `unconfigured`
-    retry: str | None = None  # the same entry was tried again (`sent`), or the budget said no
+    retry: str | None = None  # tried again: the same entry (`sent`), another of its deployments
+    #                            (`deployment`), or the budget said no (`budget_exhausted`)
     after_content: bool = False  # a buffered stream that broke after its first content
+    deployment: str | None = None  # which of the provider's deployments failed
 
 
 class GatewayError(Exception):

@@ -29,6 +29,7 @@ from mana_llm.domain import (
     CacheControl,
     ChatRequest,
     ChatResponse,
+    DeploymentStatus,
     EmbeddingRequest,
     EmbeddingResponse,
     ModelInfo,
@@ -40,6 +41,7 @@ from mana_llm.live_answer import LiveAnswer
 from mana_llm.providers.protocol import Provider
 from mana_llm.routing import operations
 from mana_llm.routing.aliases import AliasStore
+from mana_llm.routing.balance import Balancer
 from mana_llm.routing.commit import CommittedStream, StreamPolicy
 from mana_llm.routing.fallback import Walker
 from mana_llm.routing.retry import Budgets, RetryPolicy
@@ -65,6 +67,7 @@ class Gateway:
     clock: Callable[[], float] = trio.current_time
     wall_clock: Callable[[], float] = time.time
     cache: ResponseCache | None = None
+    balancer: Balancer | None = None  # None: each provider is its own one deployment
     _walker: Walker = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -79,6 +82,9 @@ class Gateway:
             Budgets(settings.retry_budget),
             Budgets(settings.hedge_budget),
         )
+        if self.balancer is not None:
+            self._walker.balancer = self.balancer
+        self.balancer = self._walker.balancer
 
     def resolve(self, model: str) -> Route:
         """An alias resolves to its chain (from the table as it is now); `provider/model` to
@@ -206,7 +212,9 @@ class Gateway:
             stream = operations.Stream(prepared)
             answered = await self._walk(route, stream, plan, first_token_s, "first token")
         recorder = None if plan is None else plan.recorder(self.settings.cache_max_entry_bytes)
-        winner = LiveAnswer(answered.result.governed(policy), self._walker, plan, recorder)
+        deployment = answered.deployment or answered.target.provider
+        governed = answered.result.governed(policy)
+        winner = LiveAnswer(governed, self._walker, deployment, plan, recorder)
         return answered.carrying(winner)
 
     async def embed(
@@ -295,14 +303,29 @@ class Gateway:
         )
 
     def provider_statuses(self) -> list[ProviderStatus]:
-        """Every provider's health as operators see it (health/providers.py formats it)."""
+        """Every provider's health as operators see it (health/providers.py formats it), with
+        its deployments: healthy while any of them is."""
         now, wall = self.clock(), self.wall_clock()
-        return [
-            self.health.status(name, now, wall)
-            if provider.configured
-            else ProviderStatus(name, "unconfigured", missing=provider.key_env)
-            for name, provider in self.providers.items()
-        ]
+        out = []
+        for name, provider in self.providers.items():
+            if not provider.configured:
+                out.append(ProviderStatus(name, "unconfigured", missing=provider.key_env))
+                continue
+            places = []
+            for d in self.balancer.deployments(name) if self.balancer else ():
+                at = None if d.inventory_at is None else round(wall - (now - d.inventory_at), 3)
+                places.append(
+                    DeploymentStatus(
+                        self.health.status(d.name, now, wall),
+                        d.base_url,
+                        d.in_flight,
+                        None if d.installed is None else tuple(sorted(d.installed)),
+                        tuple(sorted(d.loaded)) if d.installed is not None else None,
+                        at,
+                    )
+                )
+            out.append(self.health.combined(name, places))
+        return out
 
     def cache_status(self) -> dict[str, object]:
         if self.cache is None:

@@ -26,7 +26,8 @@ from mana_llm.routing.fallback import Walker
 @attrs.define(eq=False)
 class LiveAnswer:
     stream: CommittedStream
-    walker: Walker  # hears a failure after commit
+    walker: Walker  # hears a failure after commit...
+    deployment: str  # ...of the deployment that answered
     plan: Plan | None = None  # stores a complete answer, with...
     recorder: Recorder | None = None  # ...what this kept of it
     _handed: bool = False  # to the cache: once
@@ -65,7 +66,7 @@ class LiveAnswer:
     def _blame(self, error: errors.ProviderError) -> None:
         """The one report of a failure after commit (a client that held the stream is not
         the upstream's failure: RequestTimeout is no ProviderError)."""
-        self.walker.report(self.stream.target.provider, error)
+        self.walker.report(self.deployment, error)
 
     async def aclose(self) -> None:
         """Close the upstream; a complete answer goes to the cache's writer, once."""

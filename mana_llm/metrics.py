@@ -212,6 +212,8 @@ class Metrics:
         if trace.model.startswith("mana/"):  # a move down a chain; a direct request has none
             tried = [a.model for a in trace.attempts] + ([trace.resolved] if trace.resolved else [])
             for attempt, to_model in zip(trace.attempts, tried[1:], strict=False):
+                if attempt.retry == "deployment":  # the same model elsewhere: no fallback
+                    continue
                 self._at(
                     self.fallbacks,
                     self.model_label(attempt.model),

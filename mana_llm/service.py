@@ -35,9 +35,10 @@ from mana_llm.providers.ollama import OllamaProvider
 from mana_llm.providers.openai_compat import OpenAICompatProvider
 from mana_llm.providers.pool import Pool
 from mana_llm.providers.protocol import Provider
-from mana_llm.providers.upstream import Upstream
+from mana_llm.providers.upstream import Upstream, shown_url
 from mana_llm.readiness import WorkerMarkers
 from mana_llm.routing.aliases import AliasFileError, AliasStore, run_alias_watch
+from mana_llm.routing.balance import Balancer, Deployment, Deployments
 from mana_llm.routing.probe import run_probe_loop
 from mana_llm.server_config import hypercorn_config
 from mana_llm.settings import Settings, StartupError
@@ -48,17 +49,30 @@ log = logging.getLogger(__name__)
 
 def build_providers(
     settings: Settings, pools: dict[str, Pool], images: ImageFetcher
-) -> dict[str, Provider]:
-    providers: dict[str, Provider] = {}
+) -> dict[str, Deployments]:
+    """Each provider's deployments, each with its own client on its own connections (`pools`,
+    by deployment name): providers/ know one upstream each and nothing of balancing."""
+    groups: dict[str, Deployments] = {}
     for ps in settings.providers:
-        upstream = Upstream(
-            ps, pools[ps.name], settings.connect_timeout_s, settings.max_upstream_response_bytes
-        )
-        if ps.kind == "ollama":
-            providers[ps.name] = OllamaProvider(upstream, images)
-        else:
-            providers[ps.name] = OpenAICompatProvider(upstream)
-    return providers
+        deployments = []
+        for place in ps.places():
+            upstream = Upstream(
+                ps.at(place),
+                pools[place.name],
+                settings.connect_timeout_s,
+                settings.max_upstream_response_bytes,
+            )
+            client: Provider = (
+                OllamaProvider(upstream, images)
+                if ps.kind == "ollama"
+                else OpenAICompatProvider(upstream)
+            )
+            shown = shown_url(place.base_url)
+            deployments.append(
+                Deployment(place.name, client, place.weight, place.max_in_flight, shown)
+            )
+        groups[ps.name] = Deployments(ps.name, deployments, ps.cold_load_s, ps.kind == "ollama")
+    return groups
 
 
 def http_transport(connections: int) -> httpx.AsyncHTTPTransport:
@@ -72,10 +86,14 @@ def http_transport(connections: int) -> httpx.AsyncHTTPTransport:
 
 @asynccontextmanager
 async def provider_pools(settings: Settings) -> AsyncIterator[dict[str, Pool]]:
-    """Each provider its own connections (`MAX_UPSTREAM_CONNECTIONS` each): one provider's
-    load never makes another's requests wait or scan its pool."""
+    """Each deployment its own connections (`MAX_UPSTREAM_CONNECTIONS` each): one's load never
+    makes another's requests wait or scan its pool."""
     tls = httpx.create_ssl_context()
-    pools = {ps.name: Pool(settings.max_connections, tls) for ps in settings.providers}
+    pools = {
+        place.name: Pool(settings.max_connections, tls)
+        for ps in settings.providers
+        for place in ps.places()
+    }
     try:
         yield pools
     finally:
@@ -145,7 +163,6 @@ async def _run(
         settings.breaker_failures, settings.breaker_backoff_s, settings.breaker_max_backoff_s
     )
     health = ProviderHealthCache(policy)
-    health.add_listener(partial(_export_health, metrics))
     lifecycle, started = _lifecycle(settings)
     for warning in settings.warnings():
         log.warning("%s", warning)
@@ -154,10 +171,13 @@ async def _run(
         http_transport(settings.image_fetch_concurrency) as image_transport,
         open_cache(settings, metrics) as cache,
     ):
-        providers = build_providers(settings, pools, image_fetcher(settings, image_transport))
+        groups = build_providers(settings, pools, image_fetcher(settings, image_transport))
+        providers = {name: group.deployments[0].provider for name, group in groups.items()}
+        balancer = Balancer(groups, health)
+        health.add_listener(partial(_export_health, metrics, balancer))
         configured = [p for p in providers.values() if p.configured]
         metrics.start_providers([p.name for p in configured])
-        gateway = Gateway(settings, providers, health, aliases, cache=cache)
+        gateway = Gateway(settings, providers, health, aliases, cache=cache, balancer=balancer)
         app = create_app(gateway, settings, metrics, lifecycle)
         serving = trio.Event()  # set after the drain delay: hypercorn closes its listener
         async with trio.open_nursery() as nursery:
@@ -174,15 +194,23 @@ async def _run(
             binds: list[str] = await nursery.start(_serve, app, config, serving, nursery)
             log.info("mana-llm listening on %s", ", ".join(binds))
             probes = (settings.probe_interval_s, settings.probe_timeout_s, trio.current_time)
+            probed = {  # each deployment of a configured provider, by its health key
+                d.name: d.provider
+                for group in groups.values()
+                for d in group.deployments
+                if d.provider.configured
+            }
             await nursery.start(
                 partial(
                     run_probe_loop,
-                    configured,
+                    probed,
                     health,
                     *probes,
                     partial(_probed, metrics),
                     started,
                     open_interval_s=settings.probe_interval_open_s,
+                    on_inventory=balancer.probed,
+                    describe=balancer.describe,
                 )
             )
             task_status.started(binds)
@@ -292,13 +320,21 @@ def _probed(metrics: Metrics, provider: str, ok: bool) -> None:
     metrics.probes.labels(provider, "success" if ok else "failure").inc()
 
 
-def _export_health(metrics: Metrics, transition: Transition) -> None:
-    log.warning(
-        "circuit of %s: %s -> %s", transition.provider, transition.old.value, transition.new.value
+def _export_health(metrics: Metrics, balancer: Balancer, transition: Transition) -> None:
+    """A deployment's circuit moved: logged; its provider is healthy while any is closed."""
+    old, new = transition.old.value, transition.new.value
+    log.warning("circuit of %s: %s -> %s", balancer.describe(transition.provider), old, new)
+    provider = balancer.provider_of(transition.provider) or transition.provider
+    closed = any(
+        (
+            transition.new
+            if d.name == transition.provider
+            else balancer.health.state(d.name, transition.at)
+        )
+        is CircuitState.CLOSED
+        for d in balancer.deployments(provider)
     )
-    metrics.provider_healthy.labels(transition.provider).set(
-        1 if transition.new is CircuitState.CLOSED else 0
-    )
+    metrics.provider_healthy.labels(provider).set(1 if closed else 0)
 
 
 def load_aliases(settings: Settings) -> AliasStore:

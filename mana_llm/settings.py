@@ -4,49 +4,23 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
 
 import attrs
-import yaml
 
 from mana_llm import settings_groups as groups
 from mana_llm.env_reader import EnvReader, SettingsError
+from mana_llm.provider_settings import (
+    ProviderSettings,
+    apply_providers_file,
+    env_providers,
+)
 from mana_llm.settings_groups import MIB
 
 __all__ = ["ProviderSettings", "Settings", "SettingsError", "StartupError"]
 
-ProviderKind = Literal["ollama", "openai"]
-
 
 class StartupError(Exception):
     """Configuration found at start-up that the service cannot run with (exit code 2)."""
-
-
-@attrs.frozen
-class ProviderSettings:
-    """One upstream: its wire protocol, where it lives and how long it may take."""
-
-    name: str
-    kind: ProviderKind
-    base_url: str
-    api_key: str | None = attrs.field(default=None, repr=False)
-    key_env: str | None = None  # the variable that holds the key; None: keyless (local servers)
-    url_env: str | None = None  # where base_url was set (a variable, or the providers file)
-    timeout_s: float = 120.0
-    headers: Mapping[str, str] = attrs.field(factory=dict)  # e.g. OpenRouter's X-Title
-    models: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)  # Ollama per-model
-
-    @property
-    def configured(self) -> bool:
-        return self.kind == "ollama" or self.key_env is None or bool(self.api_key)
-
-
-# The built-in OpenAI-compatible clouds: name -> (official base URL, key variable, URL variable).
-CLOUDS: tuple[tuple[str, str, str, str], ...] = (
-    ("openrouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", "OPENROUTER_BASE_URL"),
-    ("groq", "https://api.groq.com/openai/v1", "GROQ_API_KEY", "GROQ_BASE_URL"),
-    ("together", "https://api.together.xyz/v1", "TOGETHER_API_KEY", "TOGETHER_BASE_URL"),
-)
 
 
 @attrs.frozen
@@ -109,12 +83,12 @@ class Settings:
         """Settings that are valid but almost certainly not what was meant: said at start-up."""
         found: list[str] = []
         ollama = self.provider("ollama")
-        if ollama is not None:
+        for place in ollama.places() if ollama is not None else ():
             for suffix in ("/v1", "/api"):
-                if ollama.base_url.endswith(suffix):
-                    root = ollama.base_url.removesuffix(suffix)
+                if place.base_url.endswith(suffix):
+                    root = place.base_url.removesuffix(suffix)
                     found.append(
-                        f"OLLAMA_URL={ollama.base_url} ends in {suffix}: the gateway speaks "
+                        f"OLLAMA_URL={place.base_url} ends in {suffix}: the gateway speaks "
                         f"Ollama's native API under it itself; set OLLAMA_URL={root}"
                     )
         if not _is_loopback(self.host) and not self.api_keys:
@@ -137,10 +111,10 @@ class Settings:
         """Build settings from an environment mapping (and the providers file it names);
         raise SettingsError on the first bad value."""
         read = EnvReader(env)
-        providers = _providers(read, env)
+        providers = env_providers(read, env)
         providers_path = env.get("PROVIDERS_PATH", "").strip()
         if providers_path:
-            providers = _apply_providers_file(providers, providers_path, env, read_text or _read)
+            providers = apply_providers_file(providers, providers_path, env, read_text)
         networks = read.csv("IMAGE_FETCH_ALLOW_NETWORKS")
         for network in networks:
             try:
@@ -160,33 +134,6 @@ class Settings:
         )
 
 
-def _providers(read: EnvReader, env: Mapping[str, str]) -> list[ProviderSettings]:
-    """Ollama and the built-in clouds, from their variables."""
-    providers = [
-        ProviderSettings(
-            name="ollama",
-            kind="ollama",
-            base_url=read.url("OLLAMA_URL", "http://localhost:11434"),
-            url_env="OLLAMA_URL",
-            timeout_s=read.seconds("OLLAMA_TIMEOUT", 120.0),
-        )
-    ]
-    cloud_timeout_s = read.seconds("CLOUD_TIMEOUT", 120.0)
-    for name, url, key_env, url_env in CLOUDS:
-        providers.append(
-            ProviderSettings(
-                name=name,
-                kind="openai",
-                base_url=read.url(url_env, url),
-                api_key=env.get(key_env, "").strip() or None,
-                key_env=key_env,
-                url_env=url_env,
-                timeout_s=cloud_timeout_s,
-            )
-        )
-    return providers
-
-
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -194,84 +141,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-_PROVIDER_KEYS = frozenset({"base_url", "api_key_env", "timeout_s", "headers"})
-
-
-def _read(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read()
-
-
-def _apply_providers_file(
-    providers: list[ProviderSettings],
-    path: str,
-    env: Mapping[str, str],
-    read_text: Callable[[str], str],
-) -> list[ProviderSettings]:
-    """PROVIDERS_PATH: extra OpenAI-compatible providers, extra headers and timeouts for the
-    built-ins, and per-model Ollama defaults (num_ctx, keep_alive). See README.md."""
-
-    def bad(message: str) -> SettingsError:
-        return SettingsError(f"PROVIDERS_PATH={path!r}: {message}")
-
-    try:
-        data = yaml.safe_load(read_text(path)) or {}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise bad(f"cannot read it ({exc})") from None
-    except yaml.YAMLError as exc:
-        raise bad(f"not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict) or set(data) - {"providers", "ollama"}:
-        raise bad("the top level takes 'providers' and 'ollama' only")
-    by_name = {p.name: p for p in providers}
-    for name, spec in (data.get("providers") or {}).items():
-        by_name[name] = _file_provider(name, spec, by_name.get(name), env, bad)
-    models = (data.get("ollama") or {}).get("models") or {}
-    if not isinstance(models, dict) or not all(isinstance(m, dict) for m in models.values()):
-        raise bad("ollama.models must map model names to their options")
-    by_name["ollama"] = attrs.evolve(
-        by_name["ollama"], models={str(k): v for k, v in models.items()}
-    )
-    return list(by_name.values())
-
-
-def _file_provider(
-    name: str,
-    spec: Any,
-    old: ProviderSettings | None,
-    env: Mapping[str, str],
-    bad: Callable[[str], SettingsError],
-) -> ProviderSettings:
-    """One entry of the providers file: a new OpenAI-compatible provider, or extra headers and
-    a timeout for a built-in one (`old`)."""
-    if not isinstance(spec, dict) or set(spec) - _PROVIDER_KEYS:
-        raise bad(f"provider {name!r} takes {', '.join(sorted(_PROVIDER_KEYS))}")
-    headers = spec.get("headers") or {}
-    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
-        raise bad(f"the headers of {name!r} must map names to strings")
-    timeout = spec.get("timeout_s")
-    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-        raise bad(f"the timeout_s of {name!r} must be a positive number")
-    if old is not None:  # a built-in: its URL and key stay in the environment
-        if "base_url" in spec or "api_key_env" in spec:
-            raise bad(f"{name!r} is built in: set its URL and key in the environment")
-        return attrs.evolve(
-            old, headers={**old.headers, **headers}, timeout_s=timeout or old.timeout_s
-        )
-    url = spec.get("base_url")
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise bad(f"provider {name!r} needs a base_url (http:// or https://)")
-    if "/" in name or name == "mana":
-        raise bad(f"provider name {name!r} cannot contain '/' or be 'mana'")
-    key_env = spec.get("api_key_env")
-    return ProviderSettings(
-        name=name,
-        kind="openai",
-        base_url=url.rstrip("/"),
-        api_key=(env.get(key_env, "").strip() or None) if isinstance(key_env, str) else None,
-        key_env=key_env if isinstance(key_env, str) else None,
-        url_env=f"providers.{name}.base_url in PROVIDERS_PATH",
-        timeout_s=float(timeout or 120.0),
-        headers=headers,
-    )

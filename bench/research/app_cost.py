@@ -45,6 +45,7 @@ from mana_llm.health.breaker import BreakerPolicy  # noqa: E402
 from mana_llm.health.providers import ProviderHealthCache  # noqa: E402
 from mana_llm.lifecycle import Lifecycle  # noqa: E402
 from mana_llm.metrics import Metrics  # noqa: E402
+from mana_llm.routing.balance import Balancer  # noqa: E402
 from mana_llm.settings import Settings  # noqa: E402
 
 UPSTREAM = "http://127.0.0.1:9"  # never dialled: the transport below answers in memory
@@ -156,11 +157,14 @@ async def gateway_app(upstream: MemoryUpstream, cache: ResponseCache | None = No
         settings.breaker_failures, settings.breaker_backoff_s, settings.breaker_max_backoff_s
     )
     health = ProviderHealthCache(policy)
-    pools: dict[str, Any] = {ps.name: upstream for ps in settings.providers}
+    pools: dict[str, Any] = {d.name: upstream for ps in settings.providers for d in ps.places()}
     images = service.image_fetcher(settings, service.http_transport(1))
-    providers = service.build_providers(settings, pools, images)
+    groups = service.build_providers(settings, pools, images)
+    providers = {name: group.deployments[0].provider for name, group in groups.items()}
     metrics.start_providers([p.name for p in providers.values() if p.configured])
-    gateway = Gateway(settings, providers, health, service.load_aliases(settings), cache=cache)
+    balancer = Balancer(groups, health)
+    aliases = service.load_aliases(settings)
+    gateway = Gateway(settings, providers, health, aliases, cache=cache, balancer=balancer)
     return create_app(gateway, settings, metrics, Lifecycle())
 
 

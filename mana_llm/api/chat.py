@@ -22,12 +22,16 @@ log = logging.getLogger(__name__)
 
 RESOLVED = b"x-mana-llm-resolved"
 ATTEMPTS = b"x-mana-llm-attempts"
+DEPLOYMENT = b"x-mana-llm-deployment"
 CHAT_PATH = "/v1/chat/completions"
 EMBEDDINGS_PATH = "/v1/embeddings"
 
 
 def answer_headers(answered: Answered[Any]) -> list[Header]:
-    return [(RESOLVED, answered.target.resolved.encode()), (ATTEMPTS, b"%d" % answered.attempts)]
+    headers = [(RESOLVED, answered.target.resolved.encode()), (ATTEMPTS, b"%d" % answered.attempts)]
+    if answered.deployment is not None and not answered.cached:
+        headers.append((DEPLOYMENT, answered.deployment.encode()))
+    return headers
 
 
 def cache_control(call: Call) -> CacheControl:

@@ -12,7 +12,10 @@ from mana_llm import errors
 from mana_llm.settings import Settings
 
 ALLOW_HEADERS = "Authorization, Content-Type, X-Request-Id, Cache-Control, X-Mana-LLM-Cache"
-EXPOSED = "X-Mana-LLM-Resolved, X-Mana-LLM-Attempts, X-Mana-LLM-Cache, X-Request-Id"
+EXPOSED = (
+    "X-Mana-LLM-Resolved, X-Mana-LLM-Attempts, X-Mana-LLM-Deployment, X-Mana-LLM-Cache,"
+    " X-Request-Id"
+)
 PUBLIC = "public"  # the cache namespace when the gateway has no keys
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from quart import Response
 
 from mana_llm.codec import dumps
-from mana_llm.errors import GatewayError
+from mana_llm.errors import AttemptRecord, GatewayError
 
 
 def json_response(
@@ -31,7 +31,7 @@ def error_object(error: GatewayError) -> dict[str, Any]:
     if error.provider:
         body["provider"] = error.provider
     if error.attempts:
-        body["attempts"] = [{"model": a.model, "reason": a.reason} for a in error.attempts]
+        body["attempts"] = [_attempt(a) for a in error.attempts]
     return {"error": body}
 
 
@@ -44,3 +44,10 @@ def error_headers(error: GatewayError) -> dict[str, str]:
     if error.attempts:
         headers["x-mana-llm-attempts"] = str(len(error.attempts))
     return headers
+
+
+def _attempt(record: AttemptRecord) -> dict[str, str]:
+    out = {"model": record.model, "reason": record.reason}
+    if record.deployment is not None:
+        out["deployment"] = record.deployment
+    return out

@@ -10,7 +10,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from mana_llm.api.render import json_response
-from mana_llm.domain import ProviderStatus
+from mana_llm.domain import DeploymentStatus, ProviderStatus
 from mana_llm.gateway import Gateway
 from mana_llm.lifecycle import Lifecycle
 from mana_llm.metrics import Metrics
@@ -42,7 +42,28 @@ def details(status: ProviderStatus) -> dict[str, object]:
         "last_probe_at": status.last_probe_at,
         "last_probe_ok": status.last_probe_ok,
         "failing": status.failing,
+        "deployments": [deployment(d) for d in status.deployments],
     }
+
+
+def deployment(status: DeploymentStatus) -> dict[str, object]:
+    """One deployment: its name, base URL (no credentials), circuit and what it holds."""
+    health = status.health
+    out: dict[str, object] = {
+        "name": health.name,
+        "base_url": status.base_url,
+        "state": health.state,
+        "in_flight": status.in_flight,
+        "consecutive_failures": health.consecutive_failures,
+        "last_error": health.last_error,
+        "reopens_at": health.reopens_at,
+        "last_probe_ok": health.last_probe_ok,
+    }
+    if status.installed is not None:  # a local model server
+        out["models_installed"] = list(status.installed)
+        out["models_loaded"] = list(status.loaded or ())
+        out["models_probed_at"] = status.inventory_at
+    return out
 
 
 def register_status(

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import attrs
 
 from mana_llm import errors
-from mana_llm.domain import ProviderStatus
+from mana_llm.domain import DeploymentStatus, ProviderStatus
 from mana_llm.health.breaker import Breaker, BreakerPolicy, CircuitState
 
 __all__ = ["BreakerPolicy", "CircuitState", "ProviderHealth", "ProviderHealthCache", "Transition"]
@@ -208,11 +208,14 @@ class ProviderHealthCache:
             failing=stats.failing,
         )
 
-    def refusal(self, provider: str, now: float, wall: float) -> errors.CircuitOpen:
+    def refusal(
+        self, provider: str, now: float, wall: float, label: str | None = None
+    ) -> errors.CircuitOpen:
         """Why a call to `provider` is refused now, with the failure that opened its circuit,
         when, and when to retry: `groq is unavailable: its circuit opened at 12:00:03 UTC after
         groq answered 503: overloaded; retry in 57s`. Half-open: another request holds the
-        one trial call; held: its probes fail."""
+        one trial call; held: its probes fail. `provider`: the health key (a deployment);
+        `label`: how the message names it (the provider, and the deployment among several)."""
         stats = self.statistics(provider, now)
         retry = 1.0 if stats.reopens_at is None else max(1.0, math.ceil(stats.reopens_at - now))
         cause = ""
@@ -224,8 +227,20 @@ class ProviderHealthCache:
         if stats.reopens_at is None:  # held open by failing probes, or half-open
             probes_fail = stats.last_probe_ok is False
             cause += " (its probes fail)" if probes_fail else " (a trial call is under way)"
+        label = label or provider
         return errors.CircuitOpen(
-            f"{provider} is unavailable{cause}; retry in {retry:g}s",
-            provider=provider,
+            f"{label} is unavailable{cause}; retry in {retry:g}s",
+            provider=label.split(" ", 1)[0],
             retry_after_s=retry,
         )
+
+    def combined(self, provider: str, deployments: list[DeploymentStatus]) -> ProviderStatus:
+        """A provider's health from its deployments': the first healthy one's (any healthy
+        deployment makes the provider healthy), else the first closed one's, else the first's;
+        with every deployment beside it."""
+        if not deployments:
+            return ProviderStatus(provider, "unknown")
+        statuses = [d.health for d in deployments]
+        best = next((s for s in statuses if s.summary == "healthy"), None)
+        best = best or next((s for s in statuses if s.state == "closed"), statuses[0])
+        return attrs.evolve(best, name=provider, deployments=tuple(deployments))

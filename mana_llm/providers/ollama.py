@@ -17,6 +17,7 @@ from mana_llm.domain import (
     EmbeddingRequest,
     EmbeddingResponse,
     Image,
+    Inventory,
     ModelInfo,
     StreamChunk,
     Target,
@@ -113,8 +114,18 @@ class OllamaProvider:
             raise self.upstream.protocol_error(str(exc)) from None
         return EmbeddingResponse(payload, usage)
 
-    async def probe(self) -> None:
-        await self.upstream.check("/api/tags")
+    async def probe(self) -> Inventory:
+        """/api/tags (reachable, and what is installed), then /api/ps (what is loaded now).
+        Shapes: Ollama's API docs (ListResponse, PsResponse): {"models": [{"name": ...}]}."""
+        try:
+            installed = wire.model_names(await self.upstream.get_json("/api/tags"))
+        except errors.UpstreamProtocolError:  # a 2xx it cannot read: reachable, holding what?
+            return Inventory()
+        try:
+            loaded = wire.model_names(await self.upstream.get_json("/api/ps"))
+        except errors.ProviderError:  # an Ollama without /api/ps: loaded models unknown
+            loaded = None
+        return Inventory(installed, loaded)
 
     async def list_models(self) -> tuple[ModelInfo, ...]:
         data = await self.upstream.get_json("/api/tags")

@@ -195,6 +195,21 @@ def embeddings(data: Any, target: Target, request: EmbeddingRequest) -> tuple[JS
     return payload, usage
 
 
+def model_names(data: Any) -> frozenset[str] | None:
+    """The names in a /api/tags or /api/ps answer ({"models": [{"name", "model", ...}]}), with
+    `name:latest` for a bare name as Ollama means it; None for a shape that is not that."""
+    items = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return None
+    names: set[str] = set()
+    for item in items:
+        for key in ("name", "model"):
+            name = item.get(key) if isinstance(item, dict) else None
+            if isinstance(name, str) and name:
+                names.add(name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest")
+    return frozenset(names)
+
+
 def models(data: Any, provider: str, wall_clock: Callable[[], float]) -> tuple[ModelInfo, ...]:
     items = data.get("models") if isinstance(data, dict) else None
     if not isinstance(items, list):

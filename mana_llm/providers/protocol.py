@@ -9,6 +9,7 @@ from mana_llm.domain import (
     ChatResponse,
     EmbeddingRequest,
     EmbeddingResponse,
+    Inventory,
     ModelInfo,
     StreamChunk,
     Target,
@@ -50,7 +51,9 @@ class Provider(Protocol):
 
     async def list_models(self) -> tuple[ModelInfo, ...]: ...
 
-    async def probe(self) -> None:
-        """Ask for the model list and judge the status only: return on a 2xx, raise the
-        ProviderError it maps to otherwise. Spends no tokens."""
+    async def probe(self) -> Inventory | None:
+        """Ask for the model list and judge the status: raise the ProviderError a failure maps
+        to. Spends no tokens. A local server says what it holds (installed and loaded
+        models, read leniently: a shape it cannot read is unknown, never a failure); a cloud
+        returns None."""
         ...

@@ -208,9 +208,13 @@ class Upstream:
 def where_set(settings: ProviderSettings) -> str:
     """Where a provider's URL came from, for errors that say where to look: the variable (or
     the providers file entry) and the URL, without any credentials in it."""
-    url = httpx.URL(settings.base_url)
-    shown = str(url.copy_with(username=None, password=None)) if url.userinfo else str(url)
-    return f"{settings.url_env or 'base_url'}={shown}"
+    return f"{settings.url_env or 'base_url'}={shown_url(settings.base_url)}"
+
+
+def shown_url(base_url: str) -> str:
+    """A base URL as operators may see it: without credentials."""
+    url = httpx.URL(base_url)
+    return str(url.copy_with(username=None, password=None)) if url.userinfo else str(url)
 
 
 async def aclose_response(response: httpx.Response) -> None:

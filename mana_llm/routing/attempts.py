@@ -19,6 +19,16 @@ CLEANUP_S = 1.0
 
 
 @attrs.frozen
+class Found(Generic[T]):
+    """An entry's answer: the result, when its try began, the entry and the deployment."""
+
+    result: T
+    started_at: float
+    target: Target
+    deployment: str
+
+
+@attrs.define(eq=False)
 class Walk(Generic[T]):
     """What every entry of one walk shares."""
 
@@ -28,19 +38,20 @@ class Walk(Generic[T]):
     retries: int
     failures: list[Failure]
     chain: bool = True  # an alias's chain (not one direct `provider/model`)
+    busy: str | None = None  # the deployment tried last: a deadline that passes blames it
 
 
 @attrs.define(eq=False)
 class Race(Generic[T]):
     """Two entries racing (a hedge): the first answer, the failures, when the first is done."""
 
-    winner: tuple[T, float, Target] | None = None
+    winner: Found[T] | None = None
     errors: list[GatewayError] = attrs.field(factory=list)
     first_done: trio.Event = attrs.field(factory=trio.Event)
 
     async def run(
         self,
-        entry: Awaitable[tuple[T, float, Target] | None],
+        entry: Awaitable[Found[T] | None],
         target: Target,
         nursery: trio.Nursery,
     ) -> None:
@@ -57,7 +68,7 @@ class Race(Generic[T]):
             self.winner = found
             nursery.cancel_scope.cancel()  # the other entry: cancelled, its upstream closed
         else:  # both answered at once: the late one's open stream is closed, not leaked
-            close = getattr(found[0], "aclose", None)
+            close = getattr(found.result, "aclose", None)
             if close is not None:
                 with trio.move_on_after(CLEANUP_S, shield=True):  # the late answer's upstream
                     await close()
@@ -69,13 +80,21 @@ class Failure:
 
     target: Target
     error: GatewayError
-    retry: str | None = None  # "sent" or "budget_exhausted"
+    retry: str | None = (
+        None  # "sent", "deployment" (another of its deployments), "budget_exhausted"
+    )
+    deployment: str | None = None  # the deployment that failed; None: skipped before any
 
 
 def records(failures: list[Failure]) -> tuple[AttemptRecord, ...]:
     return tuple(
         AttemptRecord(
-            f.target.resolved, f.error.reason, f.error.kind, f.retry, f.error.after_content
+            f.target.resolved,
+            f.error.reason,
+            f.error.kind,
+            f.retry,
+            f.error.after_content,
+            f.deployment,
         )
         for f in failures
     )

@@ -20,7 +20,8 @@ from mana_llm.domain import Answered, Target
 from mana_llm.errors import GatewayError
 from mana_llm.health.providers import CircuitState, ProviderHealthCache
 from mana_llm.providers.protocol import Provider
-from mana_llm.routing.attempts import Attempt, Failure, Race, Walk, records
+from mana_llm.routing.attempts import Attempt, Failure, Found, Race, Walk, records
+from mana_llm.routing.balance import Balancer, Deployment, Deployments
 from mana_llm.routing.missing import MissingModels
 from mana_llm.routing.retry import Budget, Budgets, RetryPolicy
 
@@ -41,10 +42,21 @@ class Walker:
     retry_budgets: Budgets = attrs.field(factory=lambda: Budgets(0.2))
     hedge_budgets: Budgets = attrs.field(factory=lambda: Budgets(0.1))
     missing: MissingModels = attrs.field(factory=MissingModels)
+    balancer: Balancer = attrs.field()
+
+    @balancer.default
+    def _one_deployment_each(self) -> Balancer:
+        """Without deployments configured: each provider is its own one deployment."""
+        groups = {
+            name: Deployments(name, [Deployment(name, provider)])
+            for name, provider in self.providers.items()
+        }
+        return Balancer(groups, self.health)
 
     def report(self, provider: str, error: GatewayError | None) -> None:
-        """Feed one outcome to the health cache: success, or a failure that says something about
-        the provider. A provider that answered with a model-scoped or caller error is alive."""
+        """Feed one outcome to the health cache of a deployment (`provider`: its name):
+        success, or a failure that says something about it. One that answered with a
+        model-scoped or caller error is alive."""
         now = self.clock()
         if error is not None and not error.contacted:  # refused before contact: no evidence
             self.health.release_trial(provider)
@@ -84,7 +96,7 @@ class Walker:
                     failures.append(Failure(target, errors.InvalidRequest(unknown, param="model")))
                     continue
                 skipped = self._missing(target) if walk.chain else None
-                skipped = skipped or self._skip_reason(provider)
+                skipped = skipped or self._skip_reason(provider, target)
                 if skipped is not None:
                     failures.append(Failure(target, skipped))
                     continue
@@ -97,16 +109,24 @@ class Walker:
                     if hedge in ("won", "lost", "started"):
                         index = targets.index(partner, index) + 1  # both ran
                 if found is not None:
-                    result, started_at, by = found
                     hedged = None if hedge == "started" else hedge
-                    return Answered(result, by, records(failures), started_at, hedge=hedged)
+                    tried = records(failures)
+                    return Answered(
+                        found.result,
+                        found.target,
+                        tried,
+                        found.started_at,
+                        hedge=hedged,
+                        deployment=found.deployment,
+                    )
         if overall.cancelled_caught and current is not None:
             error = errors.UpstreamTimeout(
                 f"the request deadline of {self.request_timeout_s:g}s passed",
                 provider=current.provider,
             )
-            failures.append(Failure(current, error))
-            self.report(current.provider, error)
+            failures.append(Failure(current, error, deployment=walk.busy))
+            if walk.busy is not None:
+                self.report(walk.busy, error)
         raise self._exhausted(failures, direct)
 
     def _partner(self, targets: Sequence[Target], start: int) -> Target | None:
@@ -121,7 +141,7 @@ class Walker:
         return (
             provider is not None
             and provider.configured
-            and self.health.state(target.provider, now) is not CircuitState.OPEN
+            and bool(self.balancer.candidates(target.provider, target.model, now))
             and self.missing.until(target, now) is None
         )
 
@@ -146,7 +166,7 @@ class Walker:
         partner: Target,
         hedge_after_s: float,
         walk: Walk[T],
-    ) -> tuple[tuple[T, float, Target] | None, str | None]:
+    ) -> tuple[Found[T] | None, str | None]:
         """The entry, and after `hedge_after_s` without an answer its partner beside it: the
         first to answer (for a stream: its first content) wins and the other is cancelled,
         its upstream connection closed. A failure of one waits for the other. The outcome:
@@ -165,7 +185,7 @@ class Walker:
         if race.winner is None:
             return None, hedge
         if hedge == "started":
-            hedge = "won" if race.winner[2] is partner else "lost"
+            hedge = "won" if race.winner.target is partner else "lost"
         return race.winner, hedge
 
     def _start_hedge(
@@ -174,7 +194,7 @@ class Walker:
         provider = self.providers[partner.provider]
         if not self.hedge_budgets[partner.provider].try_spend(self.clock()):
             return "budget_exhausted"
-        if self._skip_reason(provider) is not None:  # its circuit opened meanwhile
+        if self._skip_reason(provider, partner) is not None:  # its circuit opened meanwhile
             return None
         entry = self._entry(provider, partner, walk, hedge=True)
         nursery.start_soon(race.run, entry, partner, nursery)
@@ -182,26 +202,42 @@ class Walker:
 
     async def _entry(
         self, provider: Provider, target: Target, walk: Walk[T], *, hedge: bool = False
-    ) -> tuple[T, float, Target] | None:
-        """One chain entry: its attempt and its same-target retries, all under the entry's
-        deadline. Returns the answer, when its try began and the entry; appends each failure;
-        raises the last one when the chain may not go on after it."""
+    ) -> Found[T] | None:
+        """One chain entry: its attempt, on another of the provider's deployments after a
+        failure one of them may not share, and its same-target retries, all under the entry's
+        deadline. Returns the answer; appends each failure; raises the last one when the
+        chain may not go on after it."""
         seconds = walk.deadline_s(provider)
         budget = self.retry_budgets[target.provider]
         if not hedge:  # a hedge is an extra call: it earns no budget
             budget.first_attempt(self.clock())
             self.hedge_budgets[target.provider].first_attempt(self.clock())
         error: GatewayError | None = None
+        tried: frozenset[str] = frozenset()
+        index = 0
         with trio.move_on_after(seconds) as scope:
-            for index in range(walk.retries + 1):
+            while True:
+                deployment = self.balancer.choose(
+                    target.provider, target.model, self.clock(), tried
+                )
+                if deployment is None:  # every deployment failed or refuses: the entry is over
+                    if error is None:  # refused before any try (a trial is another request's)
+                        error = self._refusal(provider, target)
+                        walk.failures.append(Failure(target, error))
+                    break
                 started_at = self.clock()
-                outcome = await self._once(provider, target, walk.attempt)
+                outcome = await self._once(deployment, target, walk)
                 if not isinstance(outcome, GatewayError):
-                    return outcome, started_at, target
+                    return Found(outcome, started_at, target, deployment.name)
                 error = outcome
-                retry, wait_s = self._retry(target, error, index, walk.retries, budget)
-                walk.failures.append(Failure(target, error, retry))
-                if retry != "sent":
+                tried |= {deployment.name}
+                retry, wait_s = self._next_deployment(target, error, tried, budget)
+                if retry is None:
+                    retry, wait_s = self._retry(deployment.name, error, index, walk.retries, budget)
+                    tried = frozenset()  # the same entry again: any of its deployments
+                    index += 1
+                walk.failures.append(Failure(target, error, retry, deployment.name))
+                if retry not in ("sent", "deployment"):
                     break
                 await trio.sleep(wait_s)
         if scope.cancelled_caught:
@@ -209,39 +245,66 @@ class Walker:
                 f"{target.resolved} sent no {walk.waiting_for} within {seconds:g}s",
                 provider=target.provider,
             )
-            walk.failures.append(Failure(target, error))
-            self.report(target.provider, error)
+            walk.failures.append(Failure(target, error, deployment=walk.busy))
+            if walk.busy is not None:
+                self.report(walk.busy, error)
         assert error is not None
+        if isinstance(error, errors.UpstreamModelNotFound) and error.contacted:
+            self.missing.note(target, self.clock())
         if not error.retryable:
-            retried = any(f.retry == "sent" for f in walk.failures)
+            retried = any(f.retry in ("sent", "deployment") for f in walk.failures)
             raise error.evolve(attempts=records(walk.failures), retried=retried) from error
         return None
 
     async def _once(
-        self, provider: Provider, target: Target, attempt: Attempt[T]
+        self, deployment: Deployment, target: Target, walk: Walk[T]
     ) -> T | GatewayError:
-        """One try, its outcome reported to the provider's health."""
+        """One try on one deployment, counted in flight, its outcome reported to its health."""
         answered = False
         error: GatewayError | None = None
+        walk.busy = deployment.name
         try:
-            result = await attempt(provider, target)
+            with self.balancer.running(deployment):
+                started_at = self.clock()
+                result = await walk.attempt(deployment.provider, target)
             answered = True
-            self.report(target.provider, None)
+            self.report(deployment.name, None)
+            self.balancer.answered(deployment, target.model, self.clock() - started_at)
             return result
         except errors.ProviderError as exc:
             error = exc
-            self.report(target.provider, exc)
-            if isinstance(exc, errors.UpstreamModelNotFound):
-                self.missing.note(target, self.clock())
+            self.report(deployment.name, exc)
             return exc
         finally:
             if not answered and error is None:
                 # no outcome: the caller left, the deadline passed, or the request was refused
                 # before any contact (a bad image URL); a half-open trial goes to the next call
-                self.health.release_trial(target.provider)
+                self.health.release_trial(deployment.name)
+
+    def _next_deployment(
+        self, target: Target, error: GatewayError, tried: frozenset[str], budget: Budget
+    ) -> tuple[str | None, float]:
+        """Try another of the provider's deployments at once? ("deployment", 0) when the
+        failure was that deployment's (its reachability, load, key) or, on a local server, a
+        model another host may hold, another deployment can serve and the budget has room;
+        ("budget_exhausted", 0) when only the budget said no; (None, 0) otherwise: the
+        same-target retry rules decide."""
+        if not error.retryable or error.after_content:
+            return None, 0.0
+        local = self.balancer.groups[target.provider].local
+        if not error.counts_against_provider and not (
+            local and isinstance(error, errors.UpstreamModelNotFound)
+        ):
+            return None, 0.0
+        now = self.clock()
+        if not self.balancer.candidates(target.provider, target.model, now, tried):
+            return None, 0.0
+        if not budget.try_spend(now):
+            return "budget_exhausted", 0.0
+        return "deployment", 0.0
 
     def _retry(
-        self, target: Target, error: GatewayError, index: int, retries: int, budget: Budget
+        self, deployment: str, error: GatewayError, index: int, retries: int, budget: Budget
     ) -> tuple[str | None, float]:
         """Try the same entry again? ("sent", the wait) when the failure is transient, the
         provider's circuit did not open on it (a failed trial is one failed call, not two),
@@ -252,8 +315,8 @@ class Walker:
             return None, 0.0
         now = self.clock()
         wait_s = self.retry_policy.wait_s(index, error.retry_after_s)
-        if self.health.state(target.provider, now) is CircuitState.OPEN:
-            reopens_at = self.health.reopens_at(target.provider)  # a Retry-After may end first
+        if self.health.state(deployment, now) is CircuitState.OPEN:
+            reopens_at = self.health.reopens_at(deployment)  # a Retry-After may end first
             if reopens_at is None or wait_s is None or reopens_at > now + wait_s:
                 return None, 0.0
         if wait_s is None or now + wait_s >= trio.current_effective_deadline():
@@ -269,16 +332,25 @@ class Walker:
         now = self.clock()
         return next((t for t in targets if self._eligible(t, now)), targets[0])
 
-    def _skip_reason(self, provider: Provider) -> GatewayError | None:
+    def _skip_reason(self, provider: Provider, target: Target) -> GatewayError | None:
+        """Why an entry is skipped without contact: its provider has no key here, or every
+        deployment that may serve the model has its circuit open."""
         if not provider.configured:
             return errors.ProviderNotConfigured(
                 f"provider {provider.name!r} is not configured: set {provider.key_env}",
                 provider=provider.name,
             )
-        now = self.clock()
-        if not self.health.try_acquire(provider.name, now):
-            return self.health.refusal(provider.name, now, self.wall_clock())
-        return None
+        if self.balancer.candidates(target.provider, target.model, self.clock()):
+            return None
+        return self._refusal(provider, target)
+
+    def _refusal(self, provider: Provider, target: Target) -> GatewayError:
+        """Why no deployment of the entry takes a call now: the first one's circuit refusal."""
+        serving = [d for d in self.balancer.deployments(target.provider) if d.serves(target.model)]
+        name = serving[0].name if serving else provider.name
+        return self.health.refusal(
+            name, self.clock(), self.wall_clock(), self.balancer.describe(name)
+        )
 
     def _exhausted(self, failures: list[Failure], direct: bool) -> GatewayError:
         """The walk's last word, built whole: a direct request's own failure, the one reason

@@ -8,11 +8,13 @@ closes a circuit that real requests opened."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from functools import partial
 
 import trio
 
 from mana_llm import errors
+from mana_llm.domain import Inventory
 from mana_llm.health.providers import CircuitState, ProviderHealthCache, Transition
 from mana_llm.providers.protocol import Provider
 
@@ -22,17 +24,27 @@ log = logging.getLogger(__name__)
 ProbeListener = Callable[[str, bool], None]
 
 
+InventoryListener = Callable[[str, Inventory | None, float], None]
+
+
 async def probe_once(
     provider: Provider,
     health: ProviderHealthCache,
     timeout_s: float,
     clock: Callable[[], float] = trio.current_time,
     on_probe: ProbeListener = lambda provider, ok: None,
+    key: str | None = None,
+    on_inventory: InventoryListener = lambda key, inventory, now: None,
+    describe: Callable[[str], str] = lambda key: key,
 ) -> None:
+    """Probe one deployment (`key`, its health key; the provider's name when it is its one
+    deployment): its outcome to health, what it holds to `on_inventory`."""
+    key = key or provider.name
     reason: str | None = None
+    inventory: Inventory | None = None
     try:
         with trio.move_on_after(timeout_s) as scope:
-            await provider.probe()
+            inventory = await provider.probe()
         if scope.cancelled_caught:
             reason = f"probe: no answer within {timeout_s:g}s"
     except errors.ProviderError as error:
@@ -42,14 +54,15 @@ async def probe_once(
         reason = "probe: internal error"
     on_probe(provider.name, reason is None)
     if reason is None:
-        health.record_probe_success(provider.name, clock())
+        health.record_probe_success(key, clock())
+        on_inventory(key, inventory, clock())
     else:
-        log.warning("probe of %s failed: %s", provider.name, reason)
-        health.record_failure(provider.name, clock(), reason, probe=True)
+        log.warning("probe of %s failed: %s", describe(key), reason)
+        health.record_failure(key, clock(), reason, probe=True)
 
 
 async def run_probe_loop(
-    providers: Collection[Provider],
+    providers: Collection[Provider] | Mapping[str, Provider],
     health: ProviderHealthCache,
     interval_s: float,
     timeout_s: float,
@@ -58,6 +71,8 @@ async def run_probe_loop(
     on_first_round: Callable[[], None] = lambda: None,
     *,
     open_interval_s: float | None = None,
+    on_inventory: InventoryListener = lambda key, inventory, now: None,
+    describe: Callable[[str], str] = lambda key: key,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The first round starts at once (`on_first_round` is called when every provider's first
@@ -65,8 +80,9 @@ async def run_probe_loop(
     circuit is closed or half-open, every open_interval_s (default: interval_s) while it is
     open, starting the moment it opens. Probes are free, so an open circuit is looked at often:
     a failing probe holds it open, a succeeding one lets it recover (health.py)."""
-    configured = [p for p in providers if p.configured]
-    wakes = {p.name: trio.Event() for p in configured}
+    keyed = providers if isinstance(providers, Mapping) else {p.name: p for p in providers}
+    configured = {key: p for key, p in keyed.items() if p.configured}  # by health key
+    wakes = {key: trio.Event() for key in configured}
 
     def wake_on_open(transition: Transition) -> None:
         wake = wakes.get(transition.provider)
@@ -85,38 +101,41 @@ async def run_probe_loop(
     if not configured:
         on_first_round()
     async with trio.open_nursery() as nursery:
-        for provider in configured:
-            nursery.start_soon(
-                _run_one,
+        for key, provider in configured.items():
+            probe = partial(
+                probe_once,
                 provider,
                 health,
-                (interval_s, open_interval_s or interval_s, timeout_s),
+                timeout_s,
                 clock,
                 on_probe,
-                wakes,
-                first_done,
+                key,
+                on_inventory,
+                describe,
             )
+            times = (interval_s, open_interval_s or interval_s)
+            nursery.start_soon(_run_one, key, probe, health, times, clock, wakes, first_done)
         task_status.started()
 
 
 async def _run_one(
-    provider: Provider,
+    key: str,
+    probe: Callable[[], Awaitable[None]],
     health: ProviderHealthCache,
-    times: tuple[float, float, float],
+    times: tuple[float, float],
     clock: Callable[[], float],
-    on_probe: ProbeListener,
     wakes: dict[str, trio.Event],
     first_done: Callable[[], None],
 ) -> None:
-    """One provider's probes: on the closed cadence (fixed, from start-up), or while its
+    """One deployment's probes: on the closed cadence (fixed, from start-up), or while its
     circuit is open every `open_s` from the last probe; a circuit that opens between two
     probes wakes it at once."""
-    interval_s, open_s, timeout_s = times
+    interval_s, open_s = times
     next_at = clock()
     first = True
     while True:
-        await probe_once(provider, health, timeout_s, clock, on_probe)
-        wakes[provider.name] = trio.Event()  # an opening from here on wakes the wait below
+        await probe()
+        wakes[key] = trio.Event()  # an opening from here on wakes the wait below
         if first:
             first = False
             first_done()
@@ -124,7 +143,7 @@ async def _run_one(
         while next_at <= now:
             next_at += interval_s
         at = next_at
-        if health.state(provider.name, now) is CircuitState.OPEN:
+        if health.state(key, now) is CircuitState.OPEN:
             at = min(at, now + open_s)
         with trio.move_on_at(at):
-            await wakes[provider.name].wait()
+            await wakes[key].wait()

@@ -142,9 +142,10 @@ async def test_probe_loop_opens_a_dead_upstream_and_a_revived_one_waits_for_a_re
             await stack.ollama.wait_requests(3)  # two failed probes; the third is held open
             dead = (await client.get("/v1/health")).json()["providers"]["ollama"]
             revive.set()
-            await stack.ollama.wait_requests(4)  # the third succeeded and the next round began
-            probed = (await client.get("/v1/health")).json()["providers"]["ollama"]
-            assert {r.path for r in stack.ollama.requests} == {"/api/tags"}  # no tokens spent
+            await stack.ollama.wait_requests(5)  # the third succeeded (its /api/ps too), and
+            probed = (await client.get("/v1/health")).json()["providers"]["ollama"]  # round 4
+            paths = {r.path for r in stack.ollama.requests}
+            assert paths == {"/api/tags", "/api/ps"}  # model lists only: no tokens spent
             assert {r.path for r in stack.cloud.requests} == {"/v1/models"}
             answered = await client.post(  # the trial call
                 "/v1/chat/completions", json={"model": "ollama/gemma3:4b", "messages": MSG}

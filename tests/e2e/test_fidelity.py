@@ -14,7 +14,7 @@ import trio
 
 from tests.e2e.stack import Stack, start_stack
 from tests.fakes.server import FakeServer, Reply, Request
-from tests.fakes.upstreams import CREATED, openai_stream, sse
+from tests.fakes.upstreams import CREATED, TEXT_ONLY, openai_stream, sse
 
 DEFS = json.loads((pathlib.Path(__file__).parents[1] / "fixtures/openai_schemas.json").read_text())[
     "$defs"
@@ -223,7 +223,9 @@ async def test_an_image_url_is_fetched_once_per_request_whatever_the_attempts(
 ) -> None:
     images = await images_server(nursery)
     aliases = tmp_path / "aliases.yaml"
-    aliases.write_text("aliases:\n  mana/see:\n    chain: [ollama/missing:1b, ollama/gemma3:4b]\n")
+    # the first entry refuses images (a model-scoped refusal: the walk moves on)
+    chain = f"chain: [ollama/{TEXT_ONLY}, ollama/gemma3:4b]"
+    aliases.write_text(f"aliases:\n  mana/see:\n    {chain}\n")
     stack = await start_stack(
         nursery, IMAGE_FETCH_ALLOW_NETWORKS="127.0.0.0/8", ALIASES_PATH=str(aliases)
     )

@@ -71,7 +71,7 @@ def committed(upstream: Script, idle_s: float = 10.0) -> tuple[LiveAnswer, Blame
     health = ProviderHealthCache(BreakerPolicy(failure_threshold=5))
     walker = Walker({}, health, request_timeout_s=600.0)
     stream = CommittedStream(TARGET, upstream, []).governed(StreamPolicy(idle_s))
-    return LiveAnswer(stream, walker), Blamed(health)
+    return LiveAnswer(stream, walker, TARGET.provider), Blamed(health)
 
 
 FINISH = [StreamChunk(chunk_payload(TARGET, {}, "stop"), finish_reason="stop")]

@@ -12,6 +12,7 @@ LEAVES = {
     "mana_llm.errors",
     "mana_llm.domain",
     "mana_llm.settings",
+    "mana_llm.provider_settings",
     "mana_llm.codec",
     "mana_llm.logs",
     "mana_llm.lifecycle",
@@ -24,7 +25,12 @@ LEAVES = {
 ALLOWED: dict[str, set[str]] = {
     "mana_llm.errors": set(),
     "mana_llm.domain": {"mana_llm.errors"},
-    "mana_llm.settings": {"mana_llm.env_reader", "mana_llm.settings_groups"},
+    "mana_llm.settings": {
+        "mana_llm.env_reader",
+        "mana_llm.settings_groups",
+        "mana_llm.provider_settings",
+    },
+    "mana_llm.provider_settings": {"mana_llm.env_reader"},
     "mana_llm.settings_groups": {"mana_llm.env_reader"},
     "mana_llm.env_reader": set(),
     "mana_llm.codec": set(),
@@ -67,7 +73,7 @@ THIRD_PARTY = {
     "quart_trio": ("mana_llm.api",),
     "werkzeug": ("mana_llm.api",),
     "hypercorn": ("mana_llm.service", "mana_llm.server_config"),
-    "yaml": ("mana_llm.routing.aliases", "mana_llm.settings"),
+    "yaml": ("mana_llm.routing.aliases", "mana_llm.settings", "mana_llm.provider_settings"),
     "coredis": ("mana_llm.cache.redis",),
     "orjson": ("mana_llm.codec",),
     "prometheus_client": (
