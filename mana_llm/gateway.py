@@ -239,24 +239,34 @@ class Gateway:
         return [p for p in self.providers.values() if p.configured]
 
     async def list_models(self) -> list[ModelInfo]:
-        """Every configured provider's models, fetched concurrently, each under a short
-        deadline; a provider that fails or is slow is left out, not fatal."""
+        """Every configured provider's models, each listed once however many of its
+        deployments serve it: every deployment asked concurrently, each under a short
+        deadline; one that fails or is slow is left out, not fatal."""
         found: dict[str, tuple[ModelInfo, ...]] = {}
 
-        async def collect(provider: Provider) -> None:
+        async def collect(key: str, provider: Provider) -> None:
             with trio.move_on_after(self.settings.models_timeout_s):
                 try:
-                    found[provider.name] = await provider.list_models()
+                    found[key] = await provider.list_models()
                 except errors.ProviderError as error:
-                    log.warning("model list from %s failed: %s", provider.name, error.message)
+                    log.warning("model list from %s failed: %s", key, error.message)
                 return
-            log.warning("model list from %s timed out", provider.name)
+            log.warning("model list from %s timed out", key)
 
+        asked: dict[str, list[str]] = {}  # provider -> the keys its lists came under
         async with trio.open_nursery() as nursery:
             for provider in self.configured():
-                nursery.start_soon(collect, provider)
-        aliases = list(self._alias_models().values())
-        return aliases + [model for p in self.configured() for model in found.get(p.name, ())]
+                places = self.balancer.deployments(provider.name) if self.balancer else ()
+                clients = {d.name: d.provider for d in places} or {provider.name: provider}
+                asked[provider.name] = list(clients)
+                for key, client in clients.items():
+                    nursery.start_soon(collect, key, client)
+        models: dict[str, ModelInfo] = {m.id: m for m in self._alias_models().values()}
+        for provider in self.configured():
+            for key in asked[provider.name]:
+                for model in found.get(key, ()):
+                    models.setdefault(model.id, model)
+        return list(models.values())
 
     def _alias_models(self) -> dict[str, ModelInfo]:
         """Every alias of the current table as a model (model pickers build on /v1/models)."""

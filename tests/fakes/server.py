@@ -41,7 +41,14 @@ class WaitFor:
     event: trio.Event
 
 
-Part = bytes | Stall | Cut | Reset | WaitFor
+@attrs.frozen
+class Delay:
+    """Hold the body this long (a model loading before its first token)."""
+
+    seconds: float
+
+
+Part = bytes | Stall | Cut | Reset | WaitFor | Delay
 
 
 @attrs.define
@@ -180,7 +187,10 @@ async def _send(stream: trio.SocketStream, reply: Reply) -> bool:
     head = f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'Status')}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     await stream.send_all(head.encode())
-    if not reply.chunked and all(isinstance(p, bytes) for p in reply.parts):
+    if not reply.chunked and all(isinstance(p, bytes | Delay) for p in reply.parts):
+        for part in reply.parts:
+            if isinstance(part, Delay):
+                await trio.sleep(part.seconds)
         await stream.send_all(body)
         return True
     for part in reply.parts:
@@ -191,6 +201,8 @@ async def _send(stream: trio.SocketStream, reply: Reply) -> bool:
                 )
         elif isinstance(part, WaitFor):
             await part.event.wait()
+        elif isinstance(part, Delay):
+            await trio.sleep(part.seconds)
         else:
             return await _act(stream, part)
     if reply.chunked:

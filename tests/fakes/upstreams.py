@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from tests.fakes.server import Part, Reply, Request
+from tests.fakes.server import Delay, Part, Reply, Request
 
 CREATED_AT = "2026-11-26T10:00:00.123456789+00:00"
 CREATED = 1795687200
@@ -84,11 +84,41 @@ def capability_refusal(name: str, body: dict[str, Any]) -> Reply | None:
 
 @attrs.define
 class FakeOllama:
+    """An Ollama server. What it has loaded follows Ollama's scheduler as its docs describe it:
+    a chat or embed for a model not in memory loads it first (`load_s`, reported in the last
+    line's `load_duration`, nanoseconds), evicting the least recently used model beyond
+    `max_loaded` (OLLAMA_MAX_LOADED_MODELS); GET /api/ps lists what is loaded (PsResponse in
+    Ollama's OpenAPI spec: name, model, size, size_vram, digest, details, expires_at)."""
+
     models: tuple[str, ...] = ("gemma3:4b", "nomic-embed-text:latest", TEXT_ONLY)
+    max_loaded: int = 3
+    load_s: float = 0.0
+    loaded: list[str] = attrs.field(factory=list)  # least recently used first
+    loads: int = 0  # cold loads so far
+
+    def _use(self, name: str) -> float:
+        """Mark `name` used; the seconds it takes to load first (0 when it is loaded)."""
+        name = name if ":" in name else f"{name}:latest"
+        if name in self.loaded:
+            self.loaded.remove(name)
+            self.loaded.append(name)
+            return 0.0
+        self.loads += 1
+        self.loaded.append(name)
+        del self.loaded[: -self.max_loaded]
+        return self.load_s
 
     def __call__(self, request: Request) -> Reply:
         if request.path == "/api/tags":
             return Reply.json({"models": [_tag(name) for name in self.models]})
+        if request.path == "/api/ps":
+            running = [
+                {**_tag(name), "size_vram": 1, "expires_at": "2026-11-26T10:05:00Z"}
+                for name in self.loaded
+            ]
+            for item in running:
+                del item["modified_at"]
+            return Reply.json({"models": running})
         if request.method != "POST":
             return Reply.json({"error": "method not allowed"}, 405)
         body = request.json()
@@ -98,8 +128,16 @@ class FakeOllama:
         ) not in self.models and name not in self.models:
             return Reply.json({"error": f"model '{name}' not found"}, 404)
         if request.path == "/api/chat":
-            return capability_refusal(name, body) or self._chat(body)
+            refused = capability_refusal(name, body)
+            if refused is not None:
+                return refused
+            load_s = self._use(name)
+            reply = self._chat(body, load_s)
+            if load_s:  # a cold load before the first token
+                reply.parts.insert(0, Delay(load_s))
+            return reply
         if request.path == "/api/embed":
+            self._use(name)
             inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
             # Ollama truncates to `dimensions` and never extends past the model's own size
             # (server/routes.go, EmbedHandler); the fake's model has 768
@@ -113,7 +151,7 @@ class FakeOllama:
             )
         return Reply.json({"error": "not found"}, 404)
 
-    def _chat(self, body: dict[str, Any]) -> Reply:
+    def _chat(self, body: dict[str, Any], load_s: float = 0.0) -> Reply:
         """Text by default; a tool call when tools are offered and no tool result came back
         yet; thinking when asked to think; a `length` finish when num_predict is 2."""
         stream = body.get("stream", True)
@@ -130,6 +168,7 @@ class FakeOllama:
         if messages and messages[-1]["role"] == "tool":
             words = ("It is sunny in ", "Paris.")
         reason: dict[str, Any] = {"done_reason": "length"} if limited else {}
+        reason["load_duration"] = int(load_s * 1e9)  # nanoseconds, as Ollama reports it
         if stream:
             lines = [
                 ollama_line(w, thinking=thinking) if i == 0 and thinking else ollama_line(w)
@@ -295,7 +334,7 @@ class FakeOpenAI:
             return self._embeddings(body)
         return openai_error(404, "no such route")
 
-    def _chat(self, body: dict[str, Any]) -> Reply:
+    def _chat(self, body: dict[str, Any], load_s: float = 0.0) -> Reply:
         if body.get("stream"):
             parts: list[Part] = [b": OPENROUTER PROCESSING\n\n", openai_chunk("", role=True)]
             parts += [openai_chunk(w) for w in WORDS]

@@ -1,0 +1,73 @@
+"""Two Ollama hosts behind one OLLAMA_URL, through the real service: each is a deployment with
+its own probes (what it has installed and loaded), requests go to the host that has the model
+loaded, a host that is down or cuts a request costs no failed request, and operators see
+both."""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+
+from tests.e2e.stack import start_stack
+from tests.fakes.server import FakeServer, Reply, Reset
+from tests.fakes.upstreams import FakeOllama
+
+MSG = [{"role": "user", "content": "hi"}]
+BODY = {"model": "ollama/gemma3:4b", "messages": MSG}
+
+
+async def host(nursery: trio.Nursery, *loaded: str) -> FakeServer:
+    server: FakeServer = await nursery.start(FakeServer(FakeOllama(loaded=list(loaded))).serve)
+    return server
+
+
+def closed_port_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def chats(server: FakeServer) -> int:
+    return sum(1 for r in server.requests if r.path == "/api/chat")
+
+
+async def test_requests_go_to_the_host_with_the_model_loaded(nursery: trio.Nursery) -> None:
+    cold, warm = await host(nursery), await host(nursery, "gemma3:4b")
+    stack = await start_stack(nursery, OLLAMA_URL=f"{cold.url},{warm.url}")
+    with trio.fail_after(10):
+        answers = [await stack.chat(BODY) for _ in range(4)]
+        async with stack.client() as client:
+            health = (await client.get("/v1/health")).json()["providers"]["ollama"]
+            models = [m["id"] for m in (await client.get("/v1/models")).json()["data"]]
+    assert all(r.status_code == 200 for r in answers)
+    assert {r.headers["x-mana-llm-deployment"] for r in answers} == {"ollama-2"}
+    assert chats(cold) == 0 and chats(warm) == 4  # no cold load for any of them
+    assert [d["name"] for d in health["deployments"]] == ["ollama-1", "ollama-2"]
+    second = health["deployments"][1]
+    assert second["base_url"] == warm.url and second["state"] == "closed"
+    assert second["models_loaded"] == ["gemma3:4b"]
+    assert "gemma3:4b" in second["models_installed"]
+    assert second["models_probed_at"] is not None
+    assert models.count("ollama/gemma3:4b") == 1  # listed once, however many hosts serve it
+
+
+async def test_a_host_down_or_cut_mid_request_costs_no_failed_request(
+    nursery: trio.Nursery,
+) -> None:
+    up = await host(nursery)
+    stack = await start_stack(nursery, OLLAMA_URL=f"{closed_port_url()},{up.url}")
+    cutting = await host(nursery, "gemma3:4b")  # loaded there: the first request goes to it
+    cutting.script("/api/chat", Reply(200, [Reset()]))
+    other = await start_stack(nursery, OLLAMA_URL=f"{cutting.url},{up.url}")
+    with trio.fail_after(10):
+        answers = [await stack.chat(BODY) for _ in range(3)]
+        async with stack.client() as client:
+            terse = (await client.get("/health")).json()
+        cut = await other.chat(BODY)
+    assert [r.status_code for r in [*answers, cut]] == [200] * 4
+    assert {r.headers["x-mana-llm-deployment"] for r in answers} == {"ollama-2"}
+    assert terse["providers"]["ollama"] == "healthy"  # one host of two is enough
+    assert cut.headers["x-mana-llm-deployment"] == "ollama-2"  # cut, then the other host
+    assert cut.headers["x-mana-llm-attempts"] == "2" and chats(cutting) == 1
