@@ -62,6 +62,27 @@ DECLARATIONS: tuple[
         ("provider",),
     ),
     (
+        "deployment_healthy",
+        Gauge,
+        "mana_llm_deployment_healthy",
+        "1 while the deployment's circuit is closed, else 0",
+        ("provider", "deployment"),
+    ),
+    (
+        "deployment_in_flight",
+        Gauge,
+        "mana_llm_deployment_in_flight",
+        "Calls in flight on the deployment now",
+        ("provider", "deployment"),
+    ),
+    (
+        "deployment_requests",
+        Counter,
+        "mana_llm_deployment_requests",
+        "Calls to the deployment by outcome (success, failure)",
+        ("provider", "deployment", "outcome"),
+    ),
+    (
         "request_duration",
         Histogram,
         "mana_llm_request_duration_seconds",
@@ -147,4 +168,6 @@ DECLARATIONS: tuple[
 GAUGE_MODES: dict[str, Literal["livesum", "livemin"]] = {
     "active": "livesum",
     "provider_healthy": "livemin",
+    "deployment_healthy": "livemin",
+    "deployment_in_flight": "livesum",
 }

@@ -60,6 +60,7 @@ class RequestTrace:
     active: str | None = None  # the `stream` label it is counted under in active_requests
     cache: str | None = None  # hit | miss | bypass | error; None: the cache is off
     hedge: str | None = None  # won | lost | budget_exhausted
+    deployment: str | None = None  # the deployment that answered
 
     def route(self, model: str, label: str) -> None:
         """What the caller asked for, and the alias or `provider/model` it resolved to."""
@@ -73,6 +74,7 @@ class RequestTrace:
         self.attempts = answered.failed
         self.cache = answered.cache
         self.hedge = answered.hedge
+        self.deployment = answered.deployment
         if answered.cached:
             return
         self.upstream_started_at = answered.started_at
@@ -100,6 +102,10 @@ class Metrics:
     alias_resolved: Counter = attrs.field(init=False)
     fallbacks: Counter = attrs.field(init=False)
     provider_healthy: Gauge = attrs.field(init=False)
+    deployment_healthy: Gauge = attrs.field(init=False)
+    deployment_in_flight: Gauge = attrs.field(init=False)
+    deployment_requests: Counter = attrs.field(init=False)
+    _deployments: dict[str, str] = attrs.field(init=False, factory=dict)  # name -> provider
     request_duration: Histogram = attrs.field(init=False)
     upstream_duration: Histogram = attrs.field(init=False)
     ttft: Histogram = attrs.field(init=False)
@@ -144,12 +150,33 @@ class Metrics:
         MultiProcessCollector(summed, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
         return summed
 
-    def start_providers(self, configured: list[str]) -> None:
-        """Configured providers start with a closed circuit and probe counters at 0."""
+    def start_providers(
+        self, configured: list[str], deployments: dict[str, str] | None = None
+    ) -> None:
+        """Configured providers and their deployments (name -> provider) start with a closed
+        circuit, nothing in flight and their counters at 0."""
         for name in configured:
             self.provider_healthy.labels(name).set(1)
             for result in ("success", "failure"):
                 self.probes.labels(name, result)
+        for deployment, provider in (deployments or {}).items():
+            if provider not in configured:
+                continue
+            self._deployments[deployment] = provider
+            self.deployment_healthy.labels(provider, deployment).set(1)
+            self.deployment_in_flight.labels(provider, deployment).set(0)
+            for outcome in ("success", "failure"):
+                self.deployment_requests.labels(provider, deployment, outcome)
+
+    def in_flight(self, deployment: str, count: int) -> None:
+        provider = self._deployments.get(deployment)
+        if provider is not None:
+            self._at(self.deployment_in_flight, provider, deployment).set(count)
+
+    def deployment_health(self, deployment: str, closed: bool) -> None:
+        provider = self._deployments.get(deployment)
+        if provider is not None:
+            self._at(self.deployment_healthy, provider, deployment).set(1 if closed else 0)
 
     def know_models(self, models: Any) -> None:
         """Configured model names (aliases and their targets) may appear as labels."""
@@ -184,6 +211,7 @@ class Metrics:
             self._at(self.errors, trace.error).inc()
         if trace.cache is not None:
             self._at(self.cache_requests, trace.cache).inc()
+        self._count_deployments(trace)
         for attempt in trace.attempts:
             if attempt.retry is not None:
                 provider = attempt.model.partition("/")[0]  # a configured provider: bounded
@@ -200,6 +228,16 @@ class Metrics:
             self._at(self.overhead, trace.endpoint).observe(max(0.0, total - upstream))
             if trace.first_token_at is not None:
                 self._at(self.ttft, provider).observe(trace.first_token_at - trace.started_at)
+
+    def _count_deployments(self, trace: RequestTrace) -> None:
+        """Every call a request made, by deployment: its failed tries and its answer."""
+        for attempt in trace.attempts:
+            name = attempt.deployment or ""
+            if name in self._deployments:
+                self._at(self.deployment_requests, self._deployments[name], name, "failure").inc()
+        name = trace.deployment or ""
+        if name in self._deployments and trace.error is None:
+            self._at(self.deployment_requests, self._deployments[name], name, "success").inc()
 
     def _count_model_traffic(self, trace: RequestTrace) -> None:
         assert trace.model is not None

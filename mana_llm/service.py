@@ -173,10 +173,11 @@ async def _run(
     ):
         groups = build_providers(settings, pools, image_fetcher(settings, image_transport))
         providers = {name: group.deployments[0].provider for name, group in groups.items()}
-        balancer = Balancer(groups, health)
+        balancer = Balancer(groups, health, on_in_flight=metrics.in_flight)
         health.add_listener(partial(_export_health, metrics, balancer))
         configured = [p for p in providers.values() if p.configured]
-        metrics.start_providers([p.name for p in configured])
+        owners = {d.name: name for name, group in groups.items() for d in group.deployments}
+        metrics.start_providers([p.name for p in configured], owners)
         gateway = Gateway(settings, providers, health, aliases, cache=cache, balancer=balancer)
         app = create_app(gateway, settings, metrics, lifecycle)
         serving = trio.Event()  # set after the drain delay: hypercorn closes its listener
@@ -324,6 +325,7 @@ def _export_health(metrics: Metrics, balancer: Balancer, transition: Transition)
     """A deployment's circuit moved: logged; its provider is healthy while any is closed."""
     old, new = transition.old.value, transition.new.value
     log.warning("circuit of %s: %s -> %s", balancer.describe(transition.provider), old, new)
+    metrics.deployment_health(transition.provider, transition.new is CircuitState.CLOSED)
     provider = balancer.provider_of(transition.provider) or transition.provider
     closed = any(
         (

@@ -29,7 +29,7 @@ breaker (provider health keyed by the deployment's name) and its own probes. The
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import attrs
@@ -98,6 +98,7 @@ class Balancer:
     health: ProviderHealthCache
     rng: random.Random = attrs.field(factory=random.Random)
     round_robin: bool = False
+    on_in_flight: Callable[[str, int], None] = lambda deployment, count: None  # metrics
 
     def deployments(self, provider: str) -> Sequence[Deployment]:
         group = self.groups.get(provider)
@@ -168,10 +169,12 @@ class Balancer:
     def running(self, deployment: Deployment) -> Iterator[None]:
         """One call in flight on `deployment` (counted whether it ends well or not)."""
         deployment.in_flight += 1
+        self.on_in_flight(deployment.name, deployment.in_flight)
         try:
             yield
         finally:
             deployment.in_flight -= 1
+            self.on_in_flight(deployment.name, deployment.in_flight)
 
     def answered(self, deployment: Deployment, model: str, took_s: float) -> None:
         """A success on `deployment` for `model`: it is loaded there now (perhaps in place of

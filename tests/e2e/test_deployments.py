@@ -5,11 +5,12 @@ both."""
 
 from __future__ import annotations
 
+import pathlib
 import socket
 
 import trio
 
-from tests.e2e.stack import start_stack
+from tests.e2e.stack import aliases_file, start_stack
 from tests.fakes.server import FakeServer, Reply, Reset
 from tests.fakes.upstreams import FakeOllama
 
@@ -51,23 +52,37 @@ async def test_requests_go_to_the_host_with_the_model_loaded(nursery: trio.Nurse
     assert "gemma3:4b" in second["models_installed"]
     assert second["models_probed_at"] is not None
     assert models.count("ollama/gemma3:4b") == 1  # listed once, however many hosts serve it
+    labels = {"provider": "ollama", "deployment": "ollama-2"}
+    assert stack.metric("mana_llm_deployment_requests_total", **labels, outcome="success") == 4
+    assert stack.metric("mana_llm_deployment_in_flight", **labels) == 0
+    assert stack.metric("mana_llm_deployment_healthy", **labels) == 1
+    cold_labels = {"provider": "ollama", "deployment": "ollama-1", "outcome": "success"}
+    assert stack.registry.get_sample_value("mana_llm_deployment_requests_total", cold_labels) == 0
 
 
 async def test_a_host_down_or_cut_mid_request_costs_no_failed_request(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, tmp_path: pathlib.Path
 ) -> None:
     up = await host(nursery)
     stack = await start_stack(nursery, OLLAMA_URL=f"{closed_port_url()},{up.url}")
     cutting = await host(nursery, "gemma3:4b")  # loaded there: the first request goes to it
     cutting.script("/api/chat", Reply(200, [Reset()]))
-    other = await start_stack(nursery, OLLAMA_URL=f"{cutting.url},{up.url}")
+    chain = "aliases:\n  mana/local:\n    chain: [ollama/gemma3:4b, groq/llama-3.1-8b-instant]\n"
+    other = await start_stack(
+        nursery, OLLAMA_URL=f"{cutting.url},{up.url}", ALIASES_PATH=aliases_file(tmp_path, chain)
+    )
     with trio.fail_after(10):
         answers = [await stack.chat(BODY) for _ in range(3)]
         async with stack.client() as client:
             terse = (await client.get("/health")).json()
-        cut = await other.chat(BODY)
+        cut = await other.chat({"model": "mana/local", "messages": MSG})
     assert [r.status_code for r in [*answers, cut]] == [200] * 4
     assert {r.headers["x-mana-llm-deployment"] for r in answers} == {"ollama-2"}
     assert terse["providers"]["ollama"] == "healthy"  # one host of two is enough
     assert cut.headers["x-mana-llm-deployment"] == "ollama-2"  # cut, then the other host
     assert cut.headers["x-mana-llm-attempts"] == "2" and chats(cutting) == 1
+    failed = {"provider": "ollama", "deployment": "ollama-1", "outcome": "failure"}
+    assert other.metric("mana_llm_deployment_requests_total", **failed) == 1
+    # the same model on another host is no fallback (the next entry, groq, was not needed)
+    fallbacks = [m for m in other.registry.collect() if m.name == "mana_llm_fallback"]
+    assert [x for m in fallbacks for x in m.samples if x.name.endswith("_total")] == []
