@@ -173,7 +173,8 @@ async def _run(
     ):
         groups = build_providers(settings, pools, image_fetcher(settings, image_transport))
         providers = {name: group.deployments[0].provider for name, group in groups.items()}
-        balancer = Balancer(groups, health, on_in_flight=metrics.in_flight)
+        round_robin = settings.balance == "round_robin"
+        balancer = Balancer(groups, health, round_robin=round_robin, on_in_flight=metrics.in_flight)
         health.add_listener(partial(_export_health, metrics, balancer))
         configured = [p for p in providers.values() if p.configured]
         owners = {d.name: name for name, group in groups.items() for d in group.deployments}

@@ -60,6 +60,7 @@ class Settings:
     retry_max_wait_s: float = 5.0  # a longer Retry-After moves on instead of waiting
     retry_budget: float = 0.2  # retries add at most this fraction on top of first attempts
     hedge_budget: float = 0.1  # hedges likewise
+    balance: str = "least_busy"  # or round_robin: the choice among a provider's deployments
     breaker_failures: int = 2
     breaker_backoff_s: float = 5.0  # open this long, then one trial (docs/ARCHITECTURE.md, 6)
     breaker_max_backoff_s: float = 5.0  # a failed trial doubles the backoff up to this

@@ -77,6 +77,7 @@ def resilience(read: EnvReader) -> dict[str, Any]:
         "retry_base_delay_s": read.seconds("RETRY_BASE_DELAY", 0.2),
         "retry_max_wait_s": read.seconds("RETRY_MAX_WAIT", 5.0),
         "retry_budget": read.ratio("RETRY_BUDGET", 0.2),
+        "balance": read.choice("BALANCE", "LEAST_BUSY", ("LEAST_BUSY", "ROUND_ROBIN")).lower(),
         "hedge_budget": read.ratio("HEDGE_BUDGET", 0.1),
     }
 

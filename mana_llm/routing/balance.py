@@ -11,13 +11,14 @@ breaker (provider health keyed by the deployment's name) and its own probes. The
    to a host without it while another host lists it; when no host lists it, the lists may be
    stale (pulled since the last probe), so any host may be asked and its 404 says.
 2. Ollama affinity: hosts where M is loaded now (/api/ps at each probe, and the gateway's own
-   traffic: a success on H for M means M is loaded on H; a success for a model H had not loaded
-   means it loaded that one, perhaps evicting the others, which are forgotten until the next
-   probe says). Among hosts with M loaded, one whose in-flight count reached its max_in_flight
+   traffic: a host sent a model it had not loaded is loading it, perhaps evicting the others,
+   which are forgotten until the next probe says; a success on H for M means M is loaded on
+   H). Among hosts with M loaded, one whose in-flight count reached its max_in_flight
    is passed over for another with M loaded. When every loaded host is full, a host that must
    load M is taken only if the expected wait on the best loaded host (the requests queued ahead
    of this one, times that host's mean answer time, over its parallel slots) is worse than a
-   cold load (`cold_load_s`); otherwise the request queues on the loaded host.
+   cold load (`cold_load_s`); otherwise the request queues on the loaded host. When no host has
+   it loaded, a host holding nothing is preferred to one whose model it would evict.
 3. Among the remaining candidates: the least in flight relative to weight, ties broken at
    random. In-flight counts are per worker process: with WORKERS > 1 each worker sees its own
    share of the connections (the kernel spreads them evenly), so each balances its share and
@@ -140,6 +141,8 @@ class Balancer:
         while candidates:
             chosen = self._pick(group, candidates, model)
             if self.health.try_acquire(chosen.name, now):
+                if group.local and not chosen.has_loaded(model):
+                    chosen.loaded = frozenset({canonical(model)})  # it loads it now (below)
                 return chosen
             candidates.remove(chosen)  # half-open, its one trial under way
         return None
@@ -159,6 +162,9 @@ class Balancer:
                 if cold and best.expected_wait_s() > group.cold_load_s:
                     return self._least_busy(cold)
                 return best
+            empty = [d for d in candidates if not d.loaded and not d.full]
+            if empty:  # nobody has it loaded: load it where it evicts nothing
+                return self._least_busy(empty)
         return self._least_busy(candidates)
 
     def _least_busy(self, candidates: list[Deployment]) -> Deployment:

@@ -57,6 +57,9 @@ class Reply:
     parts: list[Part] = attrs.field(factory=list)
     headers: dict[str, str] = attrs.field(factory=dict)
     chunked: bool = False  # stream the parts; otherwise send them with a content-length
+    # a server that runs only so many requests at once (Ollama's OLLAMA_NUM_PARALLEL): the
+    # rest wait for a slot before their first byte
+    slots: trio.CapacityLimiter | None = None
 
     @classmethod
     def json(cls, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
@@ -139,7 +142,12 @@ class FakeServer:
                 self._arrival = trio.Event()
                 queue = self.scripts.get(request.path)
                 reply = queue.popleft() if queue else self.handler(request)
-                if not await _send(stream, reply):
+                if reply.slots is None:
+                    sent = await _send(stream, reply)
+                else:
+                    async with reply.slots:
+                        sent = await _send(stream, reply)
+                if not sent:
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             return

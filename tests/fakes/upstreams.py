@@ -14,6 +14,7 @@ import struct
 from typing import Any
 
 import attrs
+import trio
 
 from tests.fakes.server import Delay, Part, Reply, Request
 
@@ -95,6 +96,8 @@ class FakeOllama:
     load_s: float = 0.0
     loaded: list[str] = attrs.field(factory=list)  # least recently used first
     loads: int = 0  # cold loads so far
+    parallel: int | None = None  # OLLAMA_NUM_PARALLEL: chats beyond it queue for a slot
+    _slots: trio.CapacityLimiter | None = attrs.field(default=None, init=False)
 
     def _use(self, name: str) -> float:
         """Mark `name` used; the seconds it takes to load first (0 when it is loaded)."""
@@ -135,6 +138,9 @@ class FakeOllama:
             reply = self._chat(body, load_s)
             if load_s:  # a cold load before the first token
                 reply.parts.insert(0, Delay(load_s))
+            if self.parallel is not None:
+                self._slots = self._slots or trio.CapacityLimiter(self.parallel)
+                reply.slots = self._slots
             return reply
         if request.path == "/api/embed":
             self._use(name)

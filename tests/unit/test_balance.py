@@ -122,3 +122,14 @@ def test_round_robin_takes_turns_whatever_is_loaded() -> None:
 def test_a_deployment_is_described_by_its_provider_alone_when_it_is_the_only_one() -> None:
     assert balancer(host("ollama-1")).describe("ollama-1") == "ollama"
     assert balancer(host("gpu-a"), host("gpu-b")).describe("gpu-b") == "ollama (gpu-b)"
+
+
+def test_a_burst_for_two_models_with_nothing_loaded_splits_one_model_per_host() -> None:
+    b = balancer(host("a", installed=(M, "x:1b")), host("b", installed=(M, "x:1b")))
+    first = b.choose("ollama", M, 0.0)
+    assert first is not None and first.loaded == {M}  # it is loading M now
+    second = b.choose("ollama", "x:1b", 0.0)  # the first host would have to evict M for it
+    assert second is not None and second is not first and second.loaded == {"x:1b"}
+    for _ in range(10):  # from then on each model goes where it is
+        assert b.choose("ollama", M, 0.0) is first
+        assert b.choose("ollama", "x:1b", 0.0) is second

@@ -67,7 +67,7 @@ def gateway_variables() -> set[str]:
     source = (ROOT / "mana_llm/settings.py").read_text()
     source += (ROOT / "mana_llm/settings_groups.py").read_text()
     source += (ROOT / "mana_llm/provider_settings.py").read_text()
-    levels = {"DEBUG", "INFO", "WARNING", "ERROR", "TEXT", "JSON"}
+    levels = {"DEBUG", "INFO", "WARNING", "ERROR", "TEXT", "JSON", "LEAST_BUSY", "ROUND_ROBIN"}
     return set(re.findall(r'"([A-Z][A-Z0-9_]{2,})"', source)) - levels - INTERNAL
 
 
