@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
-import httpx
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
@@ -23,6 +22,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from mana_llm.api.app import create_app
 from mana_llm.api.request_scope import ASGIApp
+from mana_llm.assembly import build_providers, http_transport, image_fetcher, provider_pools
 from mana_llm.cache.memory import MemoryBackend
 from mana_llm.cache.protocol import CacheBackend
 from mana_llm.cache.store import ResponseCache
@@ -30,86 +30,15 @@ from mana_llm.gateway import Gateway
 from mana_llm.health.providers import BreakerPolicy, CircuitState, ProviderHealthCache, Transition
 from mana_llm.lifecycle import Lifecycle
 from mana_llm.metrics import Metrics
-from mana_llm.providers.images import ImageFetcher
-from mana_llm.providers.ollama import OllamaProvider
-from mana_llm.providers.openai_compat import OpenAICompatProvider
-from mana_llm.providers.pool import Pool
-from mana_llm.providers.protocol import Provider
-from mana_llm.providers.upstream import Upstream, shown_url
 from mana_llm.readiness import WorkerMarkers
 from mana_llm.routing.aliases import AliasFileError, AliasStore, run_alias_watch
-from mana_llm.routing.balance import Balancer, Deployment, Deployments
+from mana_llm.routing.balance import Balancer
 from mana_llm.routing.probe import run_probe_loop
 from mana_llm.server_config import hypercorn_config
 from mana_llm.settings import Settings, StartupError
 from mana_llm.signals import run_signal_listener
 
 log = logging.getLogger(__name__)
-
-
-def build_providers(
-    settings: Settings, pools: dict[str, Pool], images: ImageFetcher
-) -> dict[str, Deployments]:
-    """Each provider's deployments, each with its own client on its own connections (`pools`,
-    by deployment name): providers/ know one upstream each and nothing of balancing."""
-    groups: dict[str, Deployments] = {}
-    for ps in settings.providers:
-        deployments = []
-        for place in ps.places():
-            upstream = Upstream(
-                ps.at(place),
-                pools[place.name],
-                settings.connect_timeout_s,
-                settings.max_upstream_response_bytes,
-            )
-            client: Provider = (
-                OllamaProvider(upstream, images)
-                if ps.kind == "ollama"
-                else OpenAICompatProvider(upstream)
-            )
-            shown = shown_url(place.base_url)
-            deployments.append(
-                Deployment(place.name, client, place.weight, place.max_in_flight, shown)
-            )
-        groups[ps.name] = Deployments(ps.name, deployments, ps.cold_load_s, ps.kind == "ollama")
-    return groups
-
-
-def http_transport(connections: int) -> httpx.AsyncHTTPTransport:
-    """The image fetches' own connection pool."""
-    limits = httpx.Limits(
-        max_connections=connections,
-        max_keepalive_connections=connections,  # else httpcore evicts and reopens
-    )
-    return httpx.AsyncHTTPTransport(limits=limits, retries=0)
-
-
-@asynccontextmanager
-async def provider_pools(settings: Settings) -> AsyncIterator[dict[str, Pool]]:
-    """Each deployment its own connections (`MAX_UPSTREAM_CONNECTIONS` each): one's load never
-    makes another's requests wait or scan its pool."""
-    tls = httpx.create_ssl_context()
-    pools = {
-        place.name: Pool(settings.max_connections, tls)
-        for ps in settings.providers
-        for place in ps.places()
-    }
-    try:
-        yield pools
-    finally:
-        for pool in pools.values():
-            await pool.aclose()
-
-
-def image_fetcher(settings: Settings, transport: httpx.AsyncHTTPTransport) -> ImageFetcher:
-    return ImageFetcher(
-        transport,
-        settings.image_fetch_max_bytes,
-        settings.image_fetch_timeout_s,
-        settings.image_fetch_allow_networks,
-        settings.image_fetch_max_count,
-        settings.image_fetch_concurrency,
-    )
 
 
 async def run(

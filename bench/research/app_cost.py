@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(BENCH))
 import floor_relays  # noqa: E402
 from fake_upstream import chunk  # noqa: E402
 
-from mana_llm import service  # noqa: E402
+from mana_llm import assembly, service  # noqa: E402
 from mana_llm.api.app import create_app  # noqa: E402
 from mana_llm.api.request_scope import ASGIApp  # noqa: E402
 from mana_llm.cache.store import ResponseCache  # noqa: E402
@@ -158,8 +158,8 @@ async def gateway_app(upstream: MemoryUpstream, cache: ResponseCache | None = No
     )
     health = ProviderHealthCache(policy)
     pools: dict[str, Any] = {d.name: upstream for ps in settings.providers for d in ps.places()}
-    images = service.image_fetcher(settings, service.http_transport(1))
-    groups = service.build_providers(settings, pools, images)
+    images = assembly.image_fetcher(settings, assembly.http_transport(1))
+    groups = assembly.build_providers(settings, pools, images)
     providers = {name: group.deployments[0].provider for name, group in groups.items()}
     metrics.start_providers([p.name for p in providers.values() if p.configured])
     balancer = Balancer(groups, health)

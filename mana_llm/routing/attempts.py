@@ -9,6 +9,7 @@ from typing import Generic, TypeVar
 import attrs
 import trio
 
+from mana_llm import errors
 from mana_llm.domain import Target
 from mana_llm.errors import AttemptRecord, GatewayError
 from mana_llm.providers.protocol import Provider
@@ -97,4 +98,31 @@ def records(failures: list[Failure]) -> tuple[AttemptRecord, ...]:
             f.deployment,
         )
         for f in failures
+    )
+
+
+# The Retry-After an all-failed 503 advertises when some circuit reopens within this long.
+RETRY_AFTER_HORIZON_S = 120.0
+
+
+def last_word(failures: list[Failure], direct: bool) -> GatewayError:
+    """A walk's last word when nothing answered, built whole: a direct request's own failure,
+    the one reason every entry gave when the caller can fix it, else 503
+    all_providers_failed; each with every attempt and whether the gateway already retried."""
+    tried = records(failures)
+    retried = any(f.retry in ("sent", "deployment") for f in failures)
+    errs = [f.error for f in failures]
+    if direct and errs:
+        return errs[-1].evolve(attempts=tried, retried=retried)
+    kinds = {(type(e), e.code) for e in errs}
+    if len(kinds) == 1 and errors.is_caller_fixable(errs[0]):
+        return errs[0].evolve(attempts=tried, retried=retried)
+    retry_after = min((e.retry_after_s for e in errs if e.retry_after_s), default=None)
+    if retry_after is not None and retry_after > RETRY_AFTER_HORIZON_S:
+        retry_after = None
+    return errors.AllProvidersFailed(
+        f"all {len(failures)} entries of the chain failed",
+        attempts=tried,
+        retry_after_s=retry_after,
+        retried=retried,
     )

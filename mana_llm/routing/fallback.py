@@ -7,7 +7,6 @@ failures, return on the first answer. The whole walk runs under one overall dead
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
@@ -20,15 +19,12 @@ from mana_llm.domain import Answered, Target
 from mana_llm.errors import GatewayError
 from mana_llm.health.providers import CircuitState, ProviderHealthCache
 from mana_llm.providers.protocol import Provider
-from mana_llm.routing.attempts import Attempt, Failure, Found, Race, Walk, records
+from mana_llm.routing.attempts import Attempt, Failure, Found, Race, Walk, last_word, records
 from mana_llm.routing.balance import Balancer, Deployment, Deployments
 from mana_llm.routing.missing import MissingModels
 from mana_llm.routing.retry import Budget, Budgets, RetryPolicy
 
 T = TypeVar("T")
-
-# The Retry-After an all-failed 503 advertises when some circuit reopens within this long.
-RETRY_AFTER_HORIZON_S = 120.0
 
 
 @attrs.define(eq=False)
@@ -95,7 +91,9 @@ class Walker:
                     unknown = f"unknown provider {target.provider!r}"
                     failures.append(Failure(target, errors.InvalidRequest(unknown, param="model")))
                     continue
-                skipped = self._missing(target) if walk.chain else None
+                skipped: GatewayError | None = None
+                if walk.chain:  # a model its provider recently said it does not have
+                    skipped = self.missing.refusal(target, self.clock())
                 skipped = skipped or self._skip_reason(provider, target)
                 if skipped is not None:
                     failures.append(Failure(target, skipped))
@@ -127,7 +125,7 @@ class Walker:
             failures.append(Failure(current, error, deployment=walk.busy))
             if walk.busy is not None:
                 self.report(walk.busy, error)
-        raise self._exhausted(failures, direct)
+        raise last_word(failures, direct)
 
     def _partner(self, targets: Sequence[Target], start: int) -> Target | None:
         """The next entry a hedge could start: configured, its circuit not open."""
@@ -143,20 +141,6 @@ class Walker:
             and provider.configured
             and bool(self.balancer.candidates(target.provider, target.model, now))
             and self.missing.until(target, now) is None
-        )
-
-    def _missing(self, target: Target) -> GatewayError | None:
-        """A chain entry whose model its provider said it does not have, within
-        MISSING_MODEL_S: skipped without contact."""
-        now = self.clock()
-        until = self.missing.until(target, now)
-        if until is None:
-            return None
-        return errors.UpstreamModelNotFound(
-            f"{target.resolved} answered that it has no such model; skipped for"
-            f" {math.ceil(until - now):g}s more",
-            provider=target.provider,
-            contacted=False,
         )
 
     async def _race(
@@ -350,26 +334,4 @@ class Walker:
         name = serving[0].name if serving else provider.name
         return self.health.refusal(
             name, self.clock(), self.wall_clock(), self.balancer.describe(name)
-        )
-
-    def _exhausted(self, failures: list[Failure], direct: bool) -> GatewayError:
-        """The walk's last word, built whole: a direct request's own failure, the one reason
-        every entry gave when the caller can fix it, else 503 all_providers_failed; each with
-        every attempt and whether the gateway already retried."""
-        tried = records(failures)
-        retried = any(f.retry == "sent" for f in failures)
-        errs = [f.error for f in failures]
-        if direct and errs:
-            return errs[-1].evolve(attempts=tried, retried=retried)
-        kinds = {(type(e), e.code) for e in errs}
-        if len(kinds) == 1 and errors.is_caller_fixable(errs[0]):
-            return errs[0].evolve(attempts=tried, retried=retried)
-        retry_after = min((e.retry_after_s for e in errs if e.retry_after_s), default=None)
-        if retry_after is not None and retry_after > RETRY_AFTER_HORIZON_S:
-            retry_after = None
-        return errors.AllProvidersFailed(
-            f"all {len(failures)} entries of the chain failed",
-            attempts=tried,
-            retry_after_s=retry_after,
-            retried=retried,
         )

@@ -4,8 +4,11 @@ really answers). Pure: every method takes `now`."""
 
 from __future__ import annotations
 
+import math
+
 import attrs
 
+from mana_llm import errors
 from mana_llm.domain import Target
 
 # How long a model-not-found answer is believed: an operator who pulls the model (or fixes
@@ -30,3 +33,16 @@ class MissingModels:
         if until is None or until <= now:
             return None
         return until
+
+    def refusal(self, target: Target, now: float) -> errors.UpstreamModelNotFound | None:
+        """A chain entry whose model its provider said it does not have, within the memory:
+        skipped without contact, saying so."""
+        until = self.until(target, now)
+        if until is None:
+            return None
+        return errors.UpstreamModelNotFound(
+            f"{target.resolved} answered that it has no such model; skipped for"
+            f" {math.ceil(until - now):g}s more",
+            provider=target.provider,
+            contacted=False,
+        )
