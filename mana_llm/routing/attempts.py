@@ -39,7 +39,7 @@ class Walk(Generic[T]):
     retries: int
     failures: list[Failure]
     chain: bool = True  # an alias's chain (not one direct `provider/model`)
-    busy: str | None = None  # the deployment tried last: a deadline that passes blames it
+    busy: str | None = None  # the deployment tried last: the request's deadline blames it
 
 
 @attrs.define(eq=False)

@@ -198,6 +198,7 @@ class Walker:
             self.hedge_budgets[target.provider].first_attempt(self.clock())
         error: GatewayError | None = None
         tried: frozenset[str] = frozenset()
+        last: str | None = None  # the deployment tried last: this entry's deadline blames it
         index = 0
         with trio.move_on_after(seconds) as scope:
             while True:
@@ -209,7 +210,7 @@ class Walker:
                         error = self._refusal(provider, target)
                         walk.failures.append(Failure(target, error))
                     break
-                started_at = self.clock()
+                started_at, last = self.clock(), deployment.name
                 outcome = await self._once(deployment, target, walk)
                 if not isinstance(outcome, GatewayError):
                     return Found(outcome, started_at, target, deployment.name)
@@ -229,9 +230,9 @@ class Walker:
                 f"{target.resolved} sent no {walk.waiting_for} within {seconds:g}s",
                 provider=target.provider,
             )
-            walk.failures.append(Failure(target, error, deployment=walk.busy))
-            if walk.busy is not None:
-                self.report(walk.busy, error)
+            walk.failures.append(Failure(target, error, deployment=last))
+            if last is not None:
+                self.report(last, error)
         assert error is not None
         if isinstance(error, errors.UpstreamModelNotFound) and error.contacted:
             self.missing.note(target, self.clock())

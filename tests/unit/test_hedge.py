@@ -117,3 +117,17 @@ async def test_hedges_are_budgeted(autojump_clock: trio.testing.MockClock) -> No
         b.script_chat(Hang())  # the hedge never answers: the primary wins at 2.5 s
         outcomes.append((await gw.chat(chat("mana/hedged"))).hedge)
     assert outcomes == ["lost", "lost", "lost", "budget_exhausted"]
+
+
+async def test_an_entrys_deadline_blames_its_own_provider_not_the_hedge_beside_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """a never sends a first token (its 5 s deadline passes at 5 s) while the hedge b, started
+    at 2 s, is still silent until 6 s: a's timeout is a's failure, not b's."""
+    a = FakeProvider("a").script_stream(Hang())
+    b = FakeProvider("b").script_stream(Sleep(4), Content("late but fine"), Finish(), End())
+    gw = build(a, b, FakeProvider("c"), first_token_s=5)
+    answered = await gw.chat_stream(chat("mana/hedged", stream=True))
+    assert answered.target.resolved == "b/m2" and trio_time() == 6.0
+    assert gw.health.statistics("a", 6.0).consecutive_failures == 1
+    assert gw.health.statistics("b", 6.0).last_success_at == 6.0  # b's success, no failure
