@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if settings.metrics_dir is not None:  # one process writing multiprocess metrics
                 os.makedirs(settings.metrics_dir, exist_ok=True)
-            trio.run(partial(service.run, settings, config_path=args.config))
+            reread = partial(Settings.from_env, env)  # SIGHUP: the providers file again
+            trio.run(partial(service.run, settings, config_path=args.config, reread=reread))
     except (StartupError, SettingsError) as error:
         print(f"mana-llm: {error}", file=sys.stderr)
         return 2

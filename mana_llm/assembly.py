@@ -3,11 +3,14 @@ own client on its own connections, and the image fetcher Ollama's clients share.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import attrs
 import httpx
 
+from mana_llm.provider_settings import DeploymentSettings, ProviderSettings
 from mana_llm.providers.images import ImageFetcher
 from mana_llm.providers.ollama import OllamaProvider
 from mana_llm.providers.openai_compat import OpenAICompatProvider
@@ -18,32 +21,123 @@ from mana_llm.routing.balance import Deployment, Deployments
 from mana_llm.settings import Settings
 
 
+def client(
+    settings: Settings,
+    provider: ProviderSettings,
+    place: DeploymentSettings,
+    pool: Pool,
+    images: ImageFetcher,
+) -> Deployment:
+    """One deployment with its own client on its own connections: providers/ know one
+    upstream each and nothing of balancing."""
+    upstream = Upstream(
+        provider.at(place), pool, settings.connect_timeout_s, settings.max_upstream_response_bytes
+    )
+    protocol: Provider = (
+        OllamaProvider(upstream, images)
+        if provider.kind == "ollama"
+        else OpenAICompatProvider(upstream)
+    )
+    shown = shown_url(place.base_url)
+    return Deployment(place.name, protocol, place.weight, place.max_in_flight, shown)
+
+
 def build_providers(
     settings: Settings, pools: dict[str, Pool], images: ImageFetcher
 ) -> dict[str, Deployments]:
-    """Each provider's deployments, each with its own client on its own connections (`pools`,
-    by deployment name): providers/ know one upstream each and nothing of balancing."""
-    groups: dict[str, Deployments] = {}
-    for ps in settings.providers:
-        deployments = []
-        for place in ps.places():
-            upstream = Upstream(
-                ps.at(place),
-                pools[place.name],
-                settings.connect_timeout_s,
-                settings.max_upstream_response_bytes,
-            )
-            client: Provider = (
-                OllamaProvider(upstream, images)
-                if ps.kind == "ollama"
-                else OpenAICompatProvider(upstream)
-            )
-            shown = shown_url(place.base_url)
-            deployments.append(
-                Deployment(place.name, client, place.weight, place.max_in_flight, shown)
-            )
-        groups[ps.name] = Deployments(ps.name, deployments, ps.cold_load_s, ps.kind == "ollama")
-    return groups
+    """Each provider's deployments, on the connections `pools` holds by deployment name."""
+    return {
+        ps.name: Deployments(
+            ps.name,
+            [client(settings, ps, place, pools[place.name], images) for place in ps.places()],
+            ps.cold_load_s,
+            ps.kind == "ollama",
+        )
+        for ps in settings.providers
+    }
+
+
+@attrs.define(eq=False)
+class Fleet:
+    """The providers' deployments with their clients and connections, kept across reloads.
+    `reconcile` keeps a deployment whose name, URL and key are unchanged (the same object: its
+    calls in flight and what it holds; its breaker is keyed by its name), takes a new weight or
+    max_in_flight in place, builds one that is new or whose URL or key changed, and retires one
+    that is gone (its calls finish; its connections close at exit). A new provider takes a
+    restart (aliases and routes are checked against the providers at start-up)."""
+
+    settings: Settings
+    images: ImageFetcher
+    tls: ssl.SSLContext = attrs.field(factory=httpx.create_ssl_context)
+    groups: dict[str, Deployments] = attrs.field(factory=dict)
+    _pools: dict[str, Pool] = attrs.field(factory=dict)
+    _built_from: dict[str, DeploymentSettings] = attrs.field(factory=dict)
+    _retired: list[Pool] = attrs.field(factory=list)
+
+    def __attrs_post_init__(self) -> None:
+        for ps in self.settings.providers:
+            places = [self._build(ps, place) for place in ps.places()]
+            self.groups[ps.name] = Deployments(ps.name, places, ps.cold_load_s, ps.kind == "ollama")
+
+    def _build(self, provider: ProviderSettings, place: DeploymentSettings) -> Deployment:
+        pool = self._pools[place.name] = Pool(self.settings.max_connections, self.tls)
+        self._built_from[place.name] = place
+        return client(self.settings, provider, place, pool, self.images)
+
+    def _retire(self, name: str) -> None:
+        pool = self._pools.pop(name, None)
+        if pool is not None:
+            self._retired.append(pool)
+        self._built_from.pop(name, None)
+
+    def reconcile(self, new: Settings) -> list[str]:
+        """Take the deployments `new` lists; says what changed, one line each."""
+        changes: list[str] = []
+        for ps in new.providers:
+            group = self.groups.get(ps.name)
+            if group is None:
+                changes.append(f"provider {ps.name!r} is new: it takes a restart")
+                continue
+            kept: list[Deployment] = []
+            for place in ps.places():
+                old, was = group.named(place.name), self._built_from.get(place.name)
+                if (
+                    old is not None
+                    and was is not None
+                    and (was.base_url, was.api_key)
+                    == (
+                        place.base_url,
+                        place.api_key,
+                    )
+                ):
+                    old.weight, old.max_in_flight = place.weight, place.max_in_flight
+                    self._built_from[place.name] = place
+                    kept.append(old)
+                    continue
+                if old is not None:
+                    self._retire(place.name)
+                kept.append(self._build(ps, place))
+                changes.append(f"{place.name} {'changed' if old else 'added'}")
+            names = {d.name for d in kept}
+            for gone in [d.name for d in group.deployments if d.name not in names]:
+                self._retire(gone)
+                changes.append(f"{gone} removed")
+            group.deployments[:] = kept  # in place: the balancer holds this list
+            group.cold_load_s = ps.cold_load_s
+        return changes
+
+    def probed(self) -> dict[str, Provider]:
+        """Every deployment of a configured provider, by its health key."""
+        return {
+            d.name: d.provider
+            for group in self.groups.values()
+            for d in group.deployments
+            if d.provider.configured
+        }
+
+    async def aclose(self) -> None:
+        for pool in [*self._pools.values(), *self._retired]:
+            await pool.aclose()
 
 
 def http_transport(connections: int) -> httpx.AsyncHTTPTransport:
@@ -55,23 +149,6 @@ def http_transport(connections: int) -> httpx.AsyncHTTPTransport:
     return httpx.AsyncHTTPTransport(limits=limits, retries=0)
 
 
-@asynccontextmanager
-async def provider_pools(settings: Settings) -> AsyncIterator[dict[str, Pool]]:
-    """Each deployment its own connections (`MAX_UPSTREAM_CONNECTIONS` each): one's load never
-    makes another's requests wait or scan its pool."""
-    tls = httpx.create_ssl_context()
-    pools = {
-        place.name: Pool(settings.max_connections, tls)
-        for ps in settings.providers
-        for place in ps.places()
-    }
-    try:
-        yield pools
-    finally:
-        for pool in pools.values():
-            await pool.aclose()
-
-
 def image_fetcher(settings: Settings, transport: httpx.AsyncHTTPTransport) -> ImageFetcher:
     return ImageFetcher(
         transport,
@@ -81,3 +158,13 @@ def image_fetcher(settings: Settings, transport: httpx.AsyncHTTPTransport) -> Im
         settings.image_fetch_max_count,
         settings.image_fetch_concurrency,
     )
+
+
+@asynccontextmanager
+async def open_fleet(settings: Settings, images: ImageFetcher) -> AsyncIterator[Fleet]:
+    """The fleet for the service's life; every connection it opened closed at the end."""
+    fleet = Fleet(settings, images)
+    try:
+        yield fleet
+    finally:
+        await fleet.aclose()

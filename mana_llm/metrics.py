@@ -106,6 +106,7 @@ class Metrics:
     deployment_in_flight: Gauge = attrs.field(init=False)
     deployment_requests: Counter = attrs.field(init=False)
     _deployments: dict[str, str] = attrs.field(init=False, factory=dict)  # name -> provider
+    _configured: set[str] = attrs.field(init=False, factory=set)
     request_duration: Histogram = attrs.field(init=False)
     upstream_duration: Histogram = attrs.field(init=False)
     ttft: Histogram = attrs.field(init=False)
@@ -159,8 +160,14 @@ class Metrics:
             self.provider_healthy.labels(name).set(1)
             for result in ("success", "failure"):
                 self.probes.labels(name, result)
-        for deployment, provider in (deployments or {}).items():
-            if provider not in configured:
+        self._configured = set(configured)
+        self.know_deployments(deployments or {})
+
+    def know_deployments(self, deployments: dict[str, str]) -> None:
+        """Deployments (name -> provider) not seen before start closed, with nothing in
+        flight and their counters at 0; those already known keep their values (a reload)."""
+        for deployment, provider in deployments.items():
+            if provider not in self._configured or deployment in self._deployments:
                 continue
             self._deployments[deployment] = provider
             self.deployment_healthy.labels(provider, deployment).set(1)

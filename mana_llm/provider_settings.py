@@ -146,8 +146,11 @@ def apply_providers_file(
         raise bad(f"not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict) or set(data) - {"providers", "ollama"}:
         raise bad("the top level takes 'providers' and 'ollama' only")
+    listed = data.get("providers") or {}
+    if not isinstance(listed, dict) or not isinstance(data.get("ollama") or {}, dict):
+        raise bad("'providers' and 'ollama' must map names to their settings")
     by_name = {p.name: p for p in providers}
-    for name, spec in (data.get("providers") or {}).items():
+    for name, spec in listed.items():
         by_name[name] = _file_provider(str(name), spec, by_name.get(name), env, bad)
     models = (data.get("ollama") or {}).get("models") or {}
     if not isinstance(models, dict) or not all(isinstance(m, dict) for m in models.values()):

@@ -8,6 +8,7 @@ trio.run(service.run, settings)
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from mana_llm.api.app import create_app
 from mana_llm.api.request_scope import ASGIApp
-from mana_llm.assembly import build_providers, http_transport, image_fetcher, provider_pools
+from mana_llm.assembly import Fleet, http_transport, image_fetcher, open_fleet
 from mana_llm.cache.memory import MemoryBackend
 from mana_llm.cache.protocol import CacheBackend
 from mana_llm.cache.store import ResponseCache
@@ -33,9 +34,9 @@ from mana_llm.metrics import Metrics
 from mana_llm.readiness import WorkerMarkers
 from mana_llm.routing.aliases import AliasFileError, AliasStore, run_alias_watch
 from mana_llm.routing.balance import Balancer
-from mana_llm.routing.probe import run_probe_loop
+from mana_llm.routing.probe import ProbeTargets, run_probe_loop
 from mana_llm.server_config import hypercorn_config
-from mana_llm.settings import Settings, StartupError
+from mana_llm.settings import Settings, SettingsError, StartupError
 from mana_llm.signals import run_signal_listener
 
 log = logging.getLogger(__name__)
@@ -48,13 +49,15 @@ async def run(
     registry: CollectorRegistry | None = None,
     shutdown: trio.Event | None = None,
     handle_signals: bool = True,
+    reread: Callable[[], Settings] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until `shutdown` is set (by a signal or the caller), then drain and return:
+    """`reread`: the settings read again (on SIGHUP and the file watch: the deployments).
+    Serve until `shutdown` is set (by a signal or the caller), then drain and return:
     /readyz turns 503 at once, new requests are still taken for DRAIN_DELAY, then the listener
     closes and in-flight work has up to GRACEFUL_TIMEOUT."""
     try:
-        await _run(settings, config_path, registry, shutdown, handle_signals, task_status)
+        await _run(settings, config_path, registry, shutdown, handle_signals, reread, task_status)
     except BaseExceptionGroup as group:
         startup, _ = group.split(StartupError)
         if startup is None:
@@ -76,6 +79,7 @@ async def _run(
     registry: CollectorRegistry | None,
     shutdown: trio.Event | None,
     handle_signals: bool,
+    reread: Callable[[], Settings] | None,
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
     stop = trio.Event() if shutdown is None else shutdown
@@ -96,11 +100,11 @@ async def _run(
     for warning in settings.warnings():
         log.warning("%s", warning)
     async with (
-        provider_pools(settings) as pools,
         http_transport(settings.image_fetch_concurrency) as image_transport,
+        open_fleet(settings, image_fetcher(settings, image_transport)) as fleet,
         open_cache(settings, metrics) as cache,
     ):
-        groups = build_providers(settings, pools, image_fetcher(settings, image_transport))
+        groups = fleet.groups
         providers = {name: group.deployments[0].provider for name, group in groups.items()}
         round_robin = settings.balance == "round_robin"
         balancer = Balancer(groups, health, round_robin=round_robin, on_in_flight=metrics.in_flight)
@@ -111,13 +115,21 @@ async def _run(
         gateway = Gateway(settings, providers, health, aliases, cache=cache, balancer=balancer)
         app = create_app(gateway, settings, metrics, lifecycle)
         serving = trio.Event()  # set after the drain delay: hypercorn closes its listener
+        targets = ProbeTargets(fleet.probed())
+        redeploy = partial(_reload_deployments, fleet, reread, metrics, targets)
+
+        def reload() -> None:  # SIGHUP: the alias table and the deployments
+            aliases.reload()
+            redeploy()
+
         async with trio.open_nursery() as nursery:
             if handle_signals:
-                await nursery.start(
-                    run_signal_listener, stop, nursery.cancel_scope.cancel, aliases.reload
-                )
-            if settings.aliases_watch_interval_s:
-                await nursery.start(run_alias_watch, aliases, settings.aliases_watch_interval_s)
+                await nursery.start(run_signal_listener, stop, nursery.cancel_scope.cancel, reload)
+            watch_s = settings.aliases_watch_interval_s
+            if watch_s:
+                await nursery.start(run_alias_watch, aliases, watch_s)
+                if settings.providers_path:
+                    await nursery.start(_watch_file, settings.providers_path, watch_s, redeploy)
             if cache is not None:  # stores streamed answers off the clients' path
                 await nursery.start(cache.run_writer)
             nursery.start_soon(_drain_after, stop, lifecycle, settings, serving)
@@ -125,16 +137,10 @@ async def _run(
             binds: list[str] = await nursery.start(_serve, app, config, serving, nursery)
             log.info("mana-llm listening on %s", ", ".join(binds))
             probes = (settings.probe_interval_s, settings.probe_timeout_s, trio.current_time)
-            probed = {  # each deployment of a configured provider, by its health key
-                d.name: d.provider
-                for group in groups.values()
-                for d in group.deployments
-                if d.provider.configured
-            }
             await nursery.start(
                 partial(
                     run_probe_loop,
-                    probed,
+                    targets,
                     health,
                     *probes,
                     partial(_probed, metrics),
@@ -145,6 +151,56 @@ async def _run(
                 )
             )
             task_status.started(binds)
+
+
+def _reload_deployments(
+    fleet: Fleet, reread: Callable[[], Settings] | None, metrics: Metrics, targets: ProbeTargets
+) -> None:
+    """SIGHUP or the file watch: the providers file read again (with the environment the
+    gateway started with) and its deployments reconciled; a bad file keeps them as they are."""
+    if reread is None:
+        return
+    try:
+        new = reread()
+        changes = fleet.reconcile(new)
+    except SettingsError as exc:
+        log.error("deployments not reloaded, keeping them as they are: %s", exc)
+        return
+    except Exception:  # the root of a reload: a bug must not take the gateway down
+        log.exception("deployments not reloaded, keeping them as they are")
+        return
+    for change in changes:
+        log.info("deployments: %s", change)
+    owners = {d.name: name for name, group in fleet.groups.items() for d in group.deployments}
+    metrics.know_deployments(owners)
+    targets.update(fleet.probed())
+
+
+async def _watch_file(
+    path: str,
+    interval_s: float,
+    changed: Callable[[], None],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Every interval, `path`'s content; `changed` when it differs (the providers file, with
+    ALIASES_WATCH_INTERVAL: a mounted ConfigMap changes with nobody to send SIGHUP)."""
+    task_status.started()
+    last = _digest(path)
+    while True:
+        await trio.sleep(interval_s)
+        now = _digest(path)
+        if now != last:
+            last = now
+            changed()
+
+
+def _digest(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).digest()
+    except OSError:
+        return None
 
 
 def _lifecycle(settings: Settings) -> tuple[Lifecycle, Callable[[], None]]:

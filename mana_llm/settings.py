@@ -51,6 +51,7 @@ class Settings:
     drain_delay_s: float = 0.0  # after SIGTERM: keep accepting with /readyz at 503, then drain
     max_connections: int = 256
     aliases_path: str = "aliases.yaml"
+    providers_path: str | None = None  # PROVIDERS_PATH, read again on SIGHUP (deployments)
     aliases_required: bool = False  # ALIASES_PATH was set: a missing file is an error
     probe_interval_s: float = 30.0
     probe_interval_open_s: float = 2.0  # while a provider's circuit is open
@@ -126,6 +127,7 @@ class Settings:
                 ) from None
         return cls(
             providers=tuple(providers),
+            providers_path=providers_path or None,
             image_fetch_allow_networks=networks,
             **groups.server(read, env),
             **groups.limits_and_timeouts(read),

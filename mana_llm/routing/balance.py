@@ -174,13 +174,19 @@ class Balancer:
     @contextmanager
     def running(self, deployment: Deployment) -> Iterator[None]:
         """One call in flight on `deployment` (counted whether it ends well or not)."""
-        deployment.in_flight += 1
-        self.on_in_flight(deployment.name, deployment.in_flight)
+        self.start(deployment)
         try:
             yield
         finally:
-            deployment.in_flight -= 1
-            self.on_in_flight(deployment.name, deployment.in_flight)
+            self.finish(deployment)
+
+    def start(self, deployment: Deployment) -> None:
+        deployment.in_flight += 1
+        self.on_in_flight(deployment.name, deployment.in_flight)
+
+    def finish(self, deployment: Deployment) -> None:
+        deployment.in_flight -= 1
+        self.on_in_flight(deployment.name, deployment.in_flight)
 
     def answered(self, deployment: Deployment, model: str, took_s: float) -> None:
         """A success on `deployment` for `model`: it is loaded there now (perhaps in place of

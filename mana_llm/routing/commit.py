@@ -94,6 +94,16 @@ class CommittedStream:
         return CommittedStream(self.target, self._upstream, self._pending, policy)
 
     @property
+    def live(self) -> bool:
+        """An upstream still sending (not a replay of an answer known in advance)."""
+        return not isinstance(self._upstream, _Ended)
+
+    def hold(self, release: Callable[[], None]) -> None:
+        """`release` once, when the upstream is closed (whoever closes it): a deployment's
+        call stays in flight for as long as its stream does."""
+        self._upstream = _Released(self._upstream, release)
+
+    @property
     def complete(self) -> bool:
         """The answer ended as a whole: its finish came and nothing failed after it."""
         return self._ended and self.finish_reason is not None and not self._failed
@@ -211,6 +221,24 @@ class CommittedStream:
     async def aclose(self) -> None:
         self._ended = True
         await self._upstream.aclose()
+
+
+class _Released:
+    """An upstream that calls `release` once when closed; its reads are the upstream's own
+    (the same bound method: nothing added on the per-chunk path)."""
+
+    def __init__(self, upstream: ChunkStream, release: Callable[[], None]) -> None:
+        self.receive = upstream.receive
+        self._upstream = upstream
+        self._release: Callable[[], None] | None = release
+
+    async def aclose(self) -> None:
+        try:
+            await self._upstream.aclose()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
 
 
 class _Ended:

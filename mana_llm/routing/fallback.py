@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import TypeVar
 
 import attrs
@@ -21,6 +22,7 @@ from mana_llm.health.providers import CircuitState, ProviderHealthCache
 from mana_llm.providers.protocol import Provider
 from mana_llm.routing.attempts import Attempt, Failure, Found, Race, Walk, last_word, records
 from mana_llm.routing.balance import Balancer, Deployment, Deployments
+from mana_llm.routing.commit import CommittedStream
 from mana_llm.routing.missing import MissingModels
 from mana_llm.routing.retry import Budget, Budgets, RetryPolicy
 
@@ -252,6 +254,10 @@ class Walker:
             with self.balancer.running(deployment):
                 started_at = self.clock()
                 result = await walk.attempt(deployment.provider, target)
+                if isinstance(result, CommittedStream) and result.live:
+                    # a stream keeps its deployment busy until it is closed
+                    self.balancer.start(deployment)
+                    result.hold(partial(self.balancer.finish, deployment))
             answered = True
             self.report(deployment.name, None)
             self.balancer.answered(deployment, target.model, self.clock() - started_at)

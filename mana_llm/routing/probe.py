@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from functools import partial
 
+import attrs
 import trio
 
 from mana_llm import errors
@@ -62,7 +63,7 @@ async def probe_once(
 
 
 async def run_probe_loop(
-    providers: Collection[Provider] | Mapping[str, Provider],
+    providers: Collection[Provider] | Mapping[str, Provider] | ProbeTargets,
     health: ProviderHealthCache,
     interval_s: float,
     timeout_s: float,
@@ -80,9 +81,14 @@ async def run_probe_loop(
     circuit is closed or half-open, every open_interval_s (default: interval_s) while it is
     open, starting the moment it opens. Probes are free, so an open circuit is looked at often:
     a failing probe holds it open, a succeeding one lets it recover (health.py)."""
-    keyed = providers if isinstance(providers, Mapping) else {p.name: p for p in providers}
-    configured = {key: p for key, p in keyed.items() if p.configured}  # by health key
-    wakes = {key: trio.Event() for key in configured}
+    if isinstance(providers, ProbeTargets):
+        targets = providers
+    else:
+        keyed = providers if isinstance(providers, Mapping) else {p.name: p for p in providers}
+        targets = ProbeTargets(dict(keyed))
+    configured = {key: p for key, p in targets.current.items() if p.configured}
+    wakes: dict[str, trio.Event] = {key: trio.Event() for key in configured}
+    loops: dict[str, trio.CancelScope] = {}
 
     def wake_on_open(transition: Transition) -> None:
         wake = wakes.get(transition.provider)
@@ -98,24 +104,44 @@ async def run_probe_loop(
         if pending == 0:
             on_first_round()
 
+    async def probe_loop(key: str, provider: Provider, done: Callable[[], None]) -> None:
+        probe = partial(
+            probe_once, provider, health, timeout_s, clock, on_probe, key, on_inventory, describe
+        )
+        times = (interval_s, open_interval_s or interval_s)
+        with loops.setdefault(key, trio.CancelScope()):
+            await _run_one(key, probe, health, times, clock, wakes, done)
+
     if not configured:
         on_first_round()
     async with trio.open_nursery() as nursery:
         for key, provider in configured.items():
-            probe = partial(
-                probe_once,
-                provider,
-                health,
-                timeout_s,
-                clock,
-                on_probe,
-                key,
-                on_inventory,
-                describe,
-            )
-            times = (interval_s, open_interval_s or interval_s)
-            nursery.start_soon(_run_one, key, probe, health, times, clock, wakes, first_done)
+            nursery.start_soon(probe_loop, key, provider, first_done)
         task_status.started()
+        while True:  # a reload changed the deployments: their probes follow
+            await targets.changed.wait()
+            targets.changed = trio.Event()
+            now = {key: p for key, p in targets.current.items() if p.configured}
+            for key in [key for key in loops if key not in now]:
+                loops.pop(key).cancel()
+                wakes.pop(key, None)
+            for key, provider in now.items():
+                if key not in loops:
+                    wakes[key] = trio.Event()
+                    nursery.start_soon(probe_loop, key, provider, lambda: None)
+
+
+@attrs.define(eq=False)
+class ProbeTargets:
+    """What the probe loop probes, by health key; `update` (after a reload) starts the probes
+    of new deployments and stops those of deployments that are gone."""
+
+    current: dict[str, Provider]
+    changed: trio.Event = attrs.field(factory=trio.Event)
+
+    def update(self, targets: Mapping[str, Provider]) -> None:
+        self.current = dict(targets)
+        self.changed.set()
 
 
 async def _run_one(

@@ -113,10 +113,18 @@ async def open_stack(
     ollama: FakeServer = await nursery.start(FakeServer(FakeOllama()).serve)
     cloud: FakeServer = await nursery.start(FakeServer(FakeOpenAI(key=UPSTREAM_KEY)).serve)
     prepare(ollama, cloud)
-    settings = Settings.from_env(stack_env(ollama, cloud, **overrides))
+    env = stack_env(ollama, cloud, **overrides)
+    settings = Settings.from_env(env)
     registry = CollectorRegistry()
     shutdown = trio.Event()
-    run = partial(service.run, settings, registry=registry, shutdown=shutdown, handle_signals=False)
+    run = partial(
+        service.run,
+        settings,
+        registry=registry,
+        shutdown=shutdown,
+        handle_signals=False,
+        reread=partial(Settings.from_env, env),  # as __main__ passes it
+    )
     binds: list[str] = await nursery.start(run)
     stack = Stack(ollama, cloud, binds[0], settings, registry, shutdown)
     if ready:

@@ -11,8 +11,8 @@ import socket
 import trio
 
 from tests.e2e.stack import aliases_file, start_stack
-from tests.fakes.server import FakeServer, Reply, Reset
-from tests.fakes.upstreams import FakeOllama
+from tests.fakes.server import FakeServer, Reply, Reset, WaitFor
+from tests.fakes.upstreams import FakeOllama, ollama_line, ollama_stream
 
 MSG = [{"role": "user", "content": "hi"}]
 BODY = {"model": "ollama/gemma3:4b", "messages": MSG}
@@ -86,3 +86,49 @@ async def test_a_host_down_or_cut_mid_request_costs_no_failed_request(
     # the same model on another host is no fallback (the next entry, groq, was not needed)
     fallbacks = [m for m in other.registry.collect() if m.name == "mana_llm_fallback"]
     assert [x for m in fallbacks for x in m.samples if x.name.endswith("_total")] == []
+
+
+ONE = """
+providers:
+  ollama:
+    deployments:
+      - {{name: gpu-a, base_url: "{a}"}}
+"""
+TWO = (
+    ONE
+    + """      - {{name: gpu-b, base_url: "{b}"}}
+"""
+)
+
+
+async def test_a_reload_adds_a_host_and_keeps_what_is_under_way(
+    nursery: trio.Nursery, tmp_path: pathlib.Path
+) -> None:
+    """The providers file changes (the file watch; SIGHUP does the same): gpu-b is added and
+    probed, while gpu-a, which still exists, keeps its stream under way and its count."""
+    a, b = await host(nursery, "gemma3:4b"), await host(nursery)
+    release = trio.Event()
+    a.script(
+        "/api/chat", ollama_stream(ollama_line("Hi"), WaitFor(release), ollama_line(done=True))
+    )
+    path = tmp_path / "providers.yaml"
+    path.write_text(ONE.format(a=a.url))
+    stack = await start_stack(nursery, PROVIDERS_PATH=str(path), ALIASES_WATCH_INTERVAL="0.05")
+    body = {"model": "ollama/gemma3:4b", "messages": MSG, "stream": True}
+    with trio.fail_after(10):
+        async with stack.client() as client:
+            async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+                lines = r.aiter_lines()
+                assert "Hi" in await anext(lines)
+                path.write_text(TWO.format(a=a.url, b=b.url))
+                await b.wait_requests(1)  # gpu-b exists now: its first probe
+                during = (await client.get("/v1/health")).json()["providers"]["ollama"]
+                release.set()
+                rest = [line async for line in lines if line.startswith("data: ")]
+            after = (await client.get("/v1/health")).json()["providers"]["ollama"]
+    assert [d["name"] for d in during["deployments"]] == ["gpu-a", "gpu-b"]
+    assert during["deployments"][0]["in_flight"] == 1  # the stream under way, still counted
+    assert rest[-1] == "data: [DONE]"  # it ended as it began, on gpu-a
+    assert after["deployments"][0]["in_flight"] == 0
+    labels = {"provider": "ollama", "deployment": "gpu-b"}
+    assert stack.metric("mana_llm_deployment_healthy", **labels) == 1  # known to metrics

@@ -375,3 +375,33 @@ async def test_an_env_file_is_read_and_the_environment_wins(
 def test_a_missing_env_file_is_one_line_and_exit_2(tmp_path: pathlib.Path) -> None:
     line = one_line_exit_2("--env-file", str(tmp_path / "nope.env"))
     assert line == f"mana-llm: --env-file '{tmp_path / 'nope.env'}' does not exist"
+
+
+async def test_sighup_reloads_the_deployments_and_a_bad_file_keeps_them(
+    nursery: trio.Nursery, tmp_path: pathlib.Path
+) -> None:
+    first: FakeServer = await nursery.start(FakeServer(FakeOllama()).serve)
+    second: FakeServer = await nursery.start(FakeServer(FakeOllama()).serve)
+    cloud: FakeServer = await nursery.start(FakeServer(FakeOpenAI()).serve)
+    one = f'providers:\n  ollama:\n    deployments:\n      - {{name: gpu-a, base_url: "{first.url}"}}\n'
+    two = one + f'      - {{name: gpu-b, base_url: "{second.url}"}}\n'
+    path = tmp_path / "providers.yaml"
+    path.write_text(one)
+    env = stack_env(first, cloud, PROVIDERS_PATH=str(path))
+    with trio.fail_after(20):
+        async with gateway_process(env) as gw:
+            async with httpx.AsyncClient(base_url=gw.base_url, timeout=10) as client:
+                path.write_text(two)
+                mark = len(gw.log)
+                gw.proc.send_signal(signal.SIGHUP)
+                await gw.wait_log(rb"deployments: gpu-b added", mark)
+                await second.wait_requests(1)  # gpu-b is probed
+                health = (await client.get("/v1/health")).json()["providers"]["ollama"]
+                path.write_text("providers: [not, a, mapping]\n")
+                mark = len(gw.log)
+                gw.proc.send_signal(signal.SIGHUP)
+                await gw.wait_log(rb"deployments not reloaded[^\n]*", mark)
+                kept = (await client.get("/v1/health")).json()["providers"]["ollama"]
+            assert gw.proc.poll() is None
+    assert [d["name"] for d in health["deployments"]] == ["gpu-a", "gpu-b"]
+    assert [d["name"] for d in kept["deployments"]] == ["gpu-a", "gpu-b"]

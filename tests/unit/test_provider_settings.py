@@ -104,6 +104,7 @@ def test_the_providers_file_lists_deployments() -> None:
             "the api_key_env of deployment 1 of 'groq' names no variable that is set",
         ),
         ("providers:\n  ollama:\n    cold_load_s: -1\n", "the cold_load_s of 'ollama'"),
+        ("providers: [not, a, mapping]\n", "'providers' and 'ollama' must map names"),
     ],
 )
 def test_what_cannot_be_right_is_one_line(text: str, message: str) -> None:
