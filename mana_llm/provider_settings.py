@@ -218,16 +218,19 @@ def _new_provider(
     if "/" in name or name == "mana":
         raise bad(f"provider name {name!r} cannot contain '/' or be 'mana'")
     key_env = spec.get("api_key_env")
+    raw = env.get(key_env, "") if isinstance(key_env, str) else ""
+    keys: list[str | None] = [k.strip() for k in raw.split(",") if k.strip()] or [None]
     return ProviderSettings(
         name=name,
         kind="openai",
         base_url=url.rstrip("/"),
-        api_key=(env.get(key_env, "").strip() or None) if isinstance(key_env, str) else None,
+        api_key=keys[0],
         key_env=key_env if isinstance(key_env, str) else None,
         url_env=f"providers.{name}.base_url in PROVIDERS_PATH",
         timeout_s=float(timeout or 120.0),
         headers=headers,
         cold_load_s=float(cold_load_s or COLD_LOAD_S),
+        deployments=numbered(name, [url.rstrip("/")], keys),  # a key list: one per key
     )
 
 

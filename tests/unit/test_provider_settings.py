@@ -42,6 +42,17 @@ def test_comma_lists_are_deployments() -> None:
     assert together is not None and not together.configured  # no key at all: still off
 
 
+def test_a_file_providers_key_variable_takes_a_list_too() -> None:
+    file = "providers:\n  vllm:\n    base_url: http://gpu:8000/v1\n    api_key_env: VLLM_KEYS\n"
+    s = settings(file, VLLM_KEYS="v1, v2")
+    assert places(s, "vllm") == [
+        ("vllm-1", "http://gpu:8000/v1", "v1"),
+        ("vllm-2", "http://gpu:8000/v1", "v2"),
+    ]
+    vllm = s.provider("vllm")
+    assert vllm is not None and vllm.configured and vllm.api_key == "v1"
+
+
 def test_a_bad_url_in_the_list_names_the_variable() -> None:
     with pytest.raises(SettingsError, match="OLLAMA_URL='box:11434' must be an http"):
         settings(OLLAMA_URL="http://a:11434,box:11434")
