@@ -88,7 +88,7 @@ async def run_probe_loop(
         targets = ProbeTargets(dict(keyed))
     configured = {key: p for key, p in targets.current.items() if p.configured}
     wakes: dict[str, trio.Event] = {key: trio.Event() for key in configured}
-    loops: dict[str, trio.CancelScope] = {}
+    loops: dict[str, tuple[trio.CancelScope, Provider]] = {}  # each with the client it probes
 
     def wake_on_open(transition: Transition) -> None:
         wake = wakes.get(transition.provider)
@@ -104,31 +104,38 @@ async def run_probe_loop(
         if pending == 0:
             on_first_round()
 
-    async def probe_loop(key: str, provider: Provider, done: Callable[[], None]) -> None:
+    async def probe_loop(
+        key: str, provider: Provider, scope: trio.CancelScope, done: Callable[[], None]
+    ) -> None:
         probe = partial(
             probe_once, provider, health, timeout_s, clock, on_probe, key, on_inventory, describe
         )
         times = (interval_s, open_interval_s or interval_s)
-        with loops.setdefault(key, trio.CancelScope()):
+        with scope:
             await _run_one(key, probe, health, times, clock, wakes, done)
 
     if not configured:
         on_first_round()
     async with trio.open_nursery() as nursery:
+
+        def launch(key: str, provider: Provider, done: Callable[[], None]) -> None:
+            loops[key] = (scope := trio.CancelScope(), provider)
+            wakes.setdefault(key, trio.Event())
+            nursery.start_soon(probe_loop, key, provider, scope, done)
+
         for key, provider in configured.items():
-            nursery.start_soon(probe_loop, key, provider, first_done)
+            launch(key, provider, first_done)
         task_status.started()
         while True:  # a reload changed the deployments: their probes follow
             await targets.changed.wait()
             targets.changed = trio.Event()
             now = {key: p for key, p in targets.current.items() if p.configured}
-            for key in [key for key in loops if key not in now]:
-                loops.pop(key).cancel()
+            for key in [k for k, (_, client) in loops.items() if now.get(k) is not client]:
+                loops.pop(key)[0].cancel()  # gone, or rebuilt (a new URL or key)
                 wakes.pop(key, None)
             for key, provider in now.items():
                 if key not in loops:
-                    wakes[key] = trio.Event()
-                    nursery.start_soon(probe_loop, key, provider, lambda: None)
+                    launch(key, provider, lambda: None)
 
 
 @attrs.define(eq=False)

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from mana_llm.health.providers import BreakerPolicy, CircuitState, ProviderHealthCache
-from mana_llm.routing.probe import run_probe_loop
+from mana_llm.routing.probe import ProbeTargets, run_probe_loop
 from tests.fakes.providers import Answer, Fail, FakeProvider, Hang, Sleep, unavailable
 
 
@@ -112,3 +112,25 @@ async def test_a_provider_whose_probes_fail_stays_open_until_one_succeeds(
         await trio.sleep(30)
         nursery.cancel_scope.cancel()
     assert [c[2] for c in a.calls if c[0] == "probe"] == [0.0, 2.0, 4.0, 6.0, 8.0, 30.0]
+
+
+async def test_a_reload_starts_and_stops_probe_loops(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """ProbeTargets.update: a new deployment is probed at once, a rebuilt one (same name, a
+    new client) through its new client only, a removed one no more."""
+    a, b, b2 = FakeProvider("a"), FakeProvider("b"), FakeProvider("b")
+    targets = ProbeTargets({"a": a})
+    health = ProviderHealthCache(BreakerPolicy())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(run_probe_loop, targets, health, 10.0, 3.0))
+        await trio.sleep(1)
+        targets.update({"a": a, "b": b})  # added at 1 s
+        await trio.sleep(4)
+        targets.update({"b": b2})  # a removed, b rebuilt, at 5 s
+        await trio.sleep(11)
+        nursery.cancel_scope.cancel()
+    probes = lambda p: [c[2] for c in p.calls if c[0] == "probe"]  # noqa: E731
+    assert probes(a) == [0.0]  # gone at 5 s, before its 10 s round
+    assert probes(b) == [1.0]  # its client replaced at 5 s
+    assert probes(b2) == [5.0, 15.0]  # its own cadence, from when it began
