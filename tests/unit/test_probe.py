@@ -130,7 +130,10 @@ async def test_a_reload_starts_and_stops_probe_loops(
         targets.update({"b": b2})  # a removed, b rebuilt, at 5 s
         await trio.sleep(11)
         nursery.cancel_scope.cancel()
-    probes = lambda p: [c[2] for c in p.calls if c[0] == "probe"]  # noqa: E731
+
+    def probes(provider: FakeProvider) -> list[float]:
+        return [c[2] for c in provider.calls if c[0] == "probe"]
+
     assert probes(a) == [0.0]  # gone at 5 s, before its 10 s round
     assert probes(b) == [1.0]  # its client replaced at 5 s
     assert probes(b2) == [5.0, 15.0]  # its own cadence, from when it began
