@@ -43,7 +43,7 @@ from mana_llm.routing import operations
 from mana_llm.routing.aliases import AliasStore
 from mana_llm.routing.balance import Balancer
 from mana_llm.routing.commit import CommittedStream, StreamPolicy
-from mana_llm.routing.fallback import Walker
+from mana_llm.routing.fallback import Walker, one_deployment_each
 from mana_llm.routing.retry import Budgets, RetryPolicy
 from mana_llm.routing.route import Prepared, Route
 from mana_llm.routing.targets import ALIAS_PREFIX, parse_target
@@ -81,10 +81,9 @@ class Gateway:
             RetryPolicy(settings.retry_base_delay_s, settings.retry_max_wait_s),
             Budgets(settings.retry_budget),
             Budgets(settings.hedge_budget),
+            balancer=self.balancer or one_deployment_each(self.providers, self.health),
         )
-        if self.balancer is not None:
-            self._walker.balancer = self.balancer
-        self.balancer = self._walker.balancer
+        self.balancer = self._walker.balancer  # given, or one deployment per provider
 
     def resolve(self, model: str) -> Route:
         """An alias resolves to its chain (from the table as it is now); `provider/model` to

@@ -1,5 +1,5 @@
 """One circuit breaker, pure: state and policy, every method takes `now`. Provider health
-(routing/health.py) keeps one per provider; the response cache (cache/store.py) keeps one for
+(health/providers.py) keeps one per provider; the response cache (cache/store.py) keeps one for
 its backend.
 
 Closed: calls flow; `failure_threshold` consecutive failures open the circuit for the current

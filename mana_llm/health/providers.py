@@ -209,13 +209,19 @@ class ProviderHealthCache:
         )
 
     def refusal(
-        self, provider: str, now: float, wall: float, label: str | None = None
+        self,
+        provider: str,
+        now: float,
+        wall: float,
+        label: str | None = None,
+        owner: str | None = None,
     ) -> errors.CircuitOpen:
         """Why a call to `provider` is refused now, with the failure that opened its circuit,
         when, and when to retry: `groq is unavailable: its circuit opened at 12:00:03 UTC after
         groq answered 503: overloaded; retry in 57s`. Half-open: another request holds the
         one trial call; held: its probes fail. `provider`: the health key (a deployment);
-        `label`: how the message names it (the provider, and the deployment among several)."""
+        `label`: how the message names it (the provider, and the deployment among several);
+        `owner`: the provider it belongs to (the error's `provider`)."""
         stats = self.statistics(provider, now)
         retry = 1.0 if stats.reopens_at is None else max(1.0, math.ceil(stats.reopens_at - now))
         cause = ""
@@ -230,7 +236,7 @@ class ProviderHealthCache:
         label = label or provider
         return errors.CircuitOpen(
             f"{label} is unavailable{cause}; retry in {retry:g}s",
-            provider=label.split(" ", 1)[0],
+            provider=owner or provider,
             retry_after_s=retry,
         )
 

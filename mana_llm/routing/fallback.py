@@ -44,12 +44,7 @@ class Walker:
 
     @balancer.default
     def _one_deployment_each(self) -> Balancer:
-        """Without deployments configured: each provider is its own one deployment."""
-        groups = {
-            name: Deployments(name, [Deployment(name, provider)])
-            for name, provider in self.providers.items()
-        }
-        return Balancer(groups, self.health)
+        return one_deployment_each(self.providers, self.health)
 
     def report(self, provider: str, error: GatewayError | None) -> None:
         """Feed one outcome to the health cache of a deployment (`provider`: its name):
@@ -339,6 +334,12 @@ class Walker:
         """Why no deployment of the entry takes a call now: the first one's circuit refusal."""
         serving = [d for d in self.balancer.deployments(target.provider) if d.serves(target.model)]
         name = serving[0].name if serving else provider.name
-        return self.health.refusal(
-            name, self.clock(), self.wall_clock(), self.balancer.describe(name)
-        )
+        label = self.balancer.describe(name)
+        return self.health.refusal(name, self.clock(), self.wall_clock(), label, provider.name)
+
+
+def one_deployment_each(providers: Mapping[str, Provider], health: ProviderHealthCache) -> Balancer:
+    """Without deployments configured: each provider is its own one deployment (its health
+    keyed by the provider's name)."""
+    groups = {name: Deployments(name, [Deployment(name, p)]) for name, p in providers.items()}
+    return Balancer(groups, health)

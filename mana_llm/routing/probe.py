@@ -2,7 +2,7 @@
 every open interval), probe every configured provider, each under its own deadline, with cheap
 requests only (the model list: Ollama's /api/tags, the clouds' /models), so probes never spend
 tokens. A probe judges reachability and authorisation (a 2xx), never the body's shape. Results
-feed the same health cache as requests, as weaker evidence (see health.py): a probe never
+feed the same health cache as requests, as weaker evidence (see health/providers.py): a probe never
 closes a circuit that real requests opened."""
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ async def run_probe_loop(
     probe is over), then each provider on its own fixed cadence: every interval_s while its
     circuit is closed or half-open, every open_interval_s (default: interval_s) while it is
     open, starting the moment it opens. Probes are free, so an open circuit is looked at often:
-    a failing probe holds it open, a succeeding one lets it recover (health.py)."""
+    a failing probe holds it open, a succeeding one lets it recover (health/providers.py)."""
     if isinstance(providers, ProbeTargets):
         targets = providers
     else:

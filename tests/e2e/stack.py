@@ -4,6 +4,7 @@ OpenAI-compatible cloud (configured as both `groq` and `openrouter`)."""
 from __future__ import annotations
 
 import pathlib
+import socket
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -86,6 +87,14 @@ def stack_env(ollama: FakeServer, cloud: FakeServer, **overrides: str) -> dict[s
     }
     env.update(overrides)
     return env
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on (the port was free a moment ago)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
 
 
 def aliases_file(directory: pathlib.Path, text: str) -> str:

@@ -6,11 +6,10 @@ both."""
 from __future__ import annotations
 
 import pathlib
-import socket
 
 import trio
 
-from tests.e2e.stack import aliases_file, start_stack
+from tests.e2e.stack import aliases_file, closed_port_url, start_stack
 from tests.fakes.server import FakeServer, Reply, Reset, WaitFor
 from tests.fakes.upstreams import FakeOllama, ollama_line, ollama_stream
 
@@ -21,13 +20,6 @@ BODY = {"model": "ollama/gemma3:4b", "messages": MSG}
 async def host(nursery: trio.Nursery, *loaded: str) -> FakeServer:
     server: FakeServer = await nursery.start(FakeServer(FakeOllama(loaded=list(loaded))).serve)
     return server
-
-
-def closed_port_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 def chats(server: FakeServer) -> int:

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-import socket
 from typing import Any
 
 import openai
 import pytest
 import trio
 
-from tests.e2e.stack import UPSTREAM_KEY, aliases_file, open_stack, start_stack
+from tests.e2e.stack import UPSTREAM_KEY, aliases_file, closed_port_url, open_stack, start_stack
 from tests.fakes.server import FakeServer, Reply, WaitFor
 from tests.fakes.upstreams import CREATED_AT, TEXT_ONLY, FakeOpenAI, openai_error
 
@@ -238,14 +237,6 @@ async def test_liveness_and_readiness_need_no_api_key(nursery: trio.Nursery) -> 
             details = await client.get("/v1/health")
     assert (live.status_code, ready.status_code, health.status_code) == (200, 200, 200)
     assert details.status_code == 401
-
-
-def closed_port_url() -> str:
-    """A loopback URL nothing listens on (the port was free a moment ago)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 async def test_cold_start_with_the_only_provider_down_is_never_healthy(

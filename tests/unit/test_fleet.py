@@ -10,7 +10,7 @@ from mana_llm.assembly import Fleet, http_transport, image_fetcher
 from mana_llm.health.breaker import BreakerPolicy
 from mana_llm.health.providers import CircuitState, ProviderHealthCache
 from mana_llm.routing.balance import Balancer
-from mana_llm.settings import Settings
+from tests.unit.test_provider_settings import settings
 
 BEFORE = """
 providers:
@@ -28,10 +28,6 @@ providers:
       - {name: gpu-c, base_url: "http://gpu-c:11434"}
       - {name: gpu-b, base_url: "http://gpu-b2:11434"}
 """
-
-
-def settings(text: str) -> Settings:
-    return Settings.from_env({"PROVIDERS_PATH": "p.yaml"}, read_text=lambda path: text)
 
 
 async def test_a_reload_keeps_what_still_exists_and_builds_what_is_new() -> None:
