@@ -3,6 +3,7 @@ own client on its own connections, and the image fetcher Ollama's clients share.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +11,10 @@ from contextlib import asynccontextmanager
 import attrs
 import httpx
 
+from mana_llm.cache.memory import MemoryBackend
+from mana_llm.cache.protocol import CacheBackend
+from mana_llm.cache.store import ResponseCache
+from mana_llm.metrics import Metrics
 from mana_llm.provider_settings import DeploymentSettings, ProviderSettings
 from mana_llm.providers.images import ImageFetcher
 from mana_llm.providers.ollama import OllamaProvider
@@ -19,6 +24,8 @@ from mana_llm.providers.protocol import Provider
 from mana_llm.providers.upstream import Upstream, shown_url
 from mana_llm.routing.balance import Deployment, Deployments
 from mana_llm.settings import Settings
+
+log = logging.getLogger("mana_llm.service")
 
 
 def client(
@@ -168,3 +175,43 @@ async def open_fleet(settings: Settings, images: ImageFetcher) -> AsyncIterator[
         yield fleet
     finally:
         await fleet.aclose()
+
+
+REDIS_MAX_CONNECTIONS = 64
+
+
+@asynccontextmanager
+async def open_cache(settings: Settings, metrics: Metrics) -> AsyncIterator[ResponseCache | None]:
+    """The response cache for the service's life: Redis when REDIS_URL is set (its connection
+    pool entered here, in the root task), else the in-memory LRU; None when CACHE_ENABLED=0."""
+    if not settings.cache_enabled:
+        log.info("response cache: off")
+        yield None
+        return
+
+    def guarded(backend: CacheBackend) -> ResponseCache:
+        metrics.cache_errors.labels(backend.name)
+        return ResponseCache(
+            backend,
+            ttl_s=settings.cache_ttl_s,
+            timeout_s=settings.cache_timeout_s,
+            max_entry_bytes=settings.cache_max_entry_bytes,
+            failure_threshold=settings.cache_breaker_failures,
+            cooldown_s=settings.cache_breaker_cooldown_s,
+            on_error=lambda name: metrics.cache_errors.labels(name).inc(),
+        )
+
+    if settings.redis_url is None:
+        log.info("response cache: in memory")
+        yield guarded(MemoryBackend(settings.cache_max_entries, settings.cache_max_bytes))
+        return
+    from mana_llm.cache.redis import RedisBackend  # coredis is loaded only when it is used
+
+    backend = RedisBackend(
+        settings.redis_url,
+        connect_timeout_s=settings.cache_timeout_s,
+        max_connections=REDIS_MAX_CONNECTIONS,
+    )
+    async with backend.open():
+        log.info("response cache: redis")
+        yield guarded(backend)

@@ -159,15 +159,59 @@ DECLARATIONS: tuple[
         "Cache commands that failed or timed out (each served as a miss)",
         ("backend",),
     ),
+    (
+        "caller_requests",
+        Counter,
+        "mana_llm_caller_requests",
+        "Inference requests per caller of the keys file: answered, failed, refused by a limit",
+        ("caller", "outcome"),
+    ),
+    (
+        "caller_tokens",
+        Counter,
+        "mana_llm_caller_tokens",
+        "Tokens charged to each caller (a cache hit charges none)",
+        ("caller", "kind"),
+    ),
+    (
+        "caller_cost",
+        Counter,
+        "mana_llm_caller_cost_usd",
+        "What each caller's requests cost, in US dollars, at the providers file's prices",
+        ("caller",),
+    ),
+    (
+        "caller_budget",
+        Gauge,
+        "mana_llm_caller_budget_remaining",
+        "What is left of each caller's budget this period (tokens or usd), as of its last"
+        " admission",
+        ("caller", "unit"),
+    ),
+    (
+        "limit_refusals",
+        Counter,
+        "mana_llm_limit_refusals",
+        "Requests refused by a caller's limit: rpm, tpm, max_parallel, budget, model",
+        ("caller", "limit"),
+    ),
+    (
+        "limits_store_failures",
+        Counter,
+        "mana_llm_limits_store_failures",
+        "Calls to the shared limits store (Redis) that failed or timed out",
+        ("store",),
+    ),
 )
 
 
 # With several workers (multiprocess mode) a scrape shows, for in-flight requests, the sum over
 # live workers; for a provider's health, the lowest value among live workers: 1 only while every
 # worker's circuit for it is closed (each worker keeps its own circuits).
-GAUGE_MODES: dict[str, Literal["livesum", "livemin"]] = {
+GAUGE_MODES: dict[str, Literal["livesum", "livemin", "mostrecent"]] = {
     "active": "livesum",
     "provider_healthy": "livemin",
     "deployment_healthy": "livemin",
     "deployment_in_flight": "livesum",
+    "caller_budget": "mostrecent",  # every worker reads the shared counters: the latest wins
 }

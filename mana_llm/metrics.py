@@ -8,6 +8,7 @@ provider answered for; anything else a caller sends collapses into `other`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -35,8 +36,15 @@ ERROR_TYPES = (
     "all_providers_failed",
     "client_disconnected",
     "server_shutting_down",
+    "rate_limit_exceeded",
+    "insufficient_quota",
+    "model_not_allowed",
+    "forbidden",
+    "limits_unavailable",
     "internal",
 )
+CALLER_OUTCOMES = ("answered", "failed", "refused")
+LIMITS = ("rpm", "tpm", "max_parallel", "budget", "model")
 
 
 @attrs.define(eq=False)
@@ -61,6 +69,10 @@ class RequestTrace:
     cache: str | None = None  # hit | miss | bypass | error; None: the cache is off
     hedge: str | None = None  # won | lost | budget_exhausted
     deployment: str | None = None  # the deployment that answered
+    caller: str | None = None  # the keys file's caller (None: anonymous)
+    limit: str | None = None  # what refused the caller: rpm | tpm | max_parallel | budget | model
+    relayed: int = 0  # stream chunks sent to the client (a charge's estimate without usage)
+    charged: tuple[int, int, float] | None = None  # prompt, completion tokens, usd
 
     def route(self, model: str, label: str) -> None:
         """What the caller asked for, and the alias or `provider/model` it resolved to."""
@@ -121,6 +133,12 @@ class Metrics:
     hedges: Counter = attrs.field(init=False)
     cache_requests: Counter = attrs.field(init=False)
     cache_errors: Counter = attrs.field(init=False)
+    caller_requests: Counter = attrs.field(init=False)
+    caller_tokens: Counter = attrs.field(init=False)
+    caller_cost: Counter = attrs.field(init=False)
+    caller_budget: Gauge = attrs.field(init=False)
+    limit_refusals: Counter = attrs.field(init=False)
+    limits_store_failures: Counter = attrs.field(init=False)
     # each labelled child found once (`labels()` takes a lock and checks its values every call)
     _children: dict[tuple[Any, ...], Any] = attrs.field(init=False, factory=dict)
 
@@ -228,6 +246,8 @@ class Metrics:
         if trace.endpoint not in ("chat", "embeddings") or trace.model is None:
             return
         self._count_model_traffic(trace)
+        if trace.caller is not None:
+            self._count_caller(trace.caller, trace)
         if trace.upstream_started_at is not None and trace.resolved is not None:
             provider = trace.resolved.split("/", 1)[0]
             upstream = (trace.upstream_ended_at or now) - trace.upstream_started_at
@@ -235,6 +255,33 @@ class Metrics:
             self._at(self.overhead, trace.endpoint).observe(max(0.0, total - upstream))
             if trace.first_token_at is not None:
                 self._at(self.ttft, provider).observe(trace.first_token_at - trace.started_at)
+
+    def know_callers(self, callers: Iterable[str]) -> None:
+        """The keys file's callers, their series at 0 (those known keep their values)."""
+        for name in callers:
+            for outcome in CALLER_OUTCOMES:
+                self.caller_requests.labels(name, outcome)
+            for kind in ("prompt", "completion"):
+                self.caller_tokens.labels(name, kind)
+            self.caller_cost.labels(name)
+            for limit in LIMITS:
+                self.limit_refusals.labels(name, limit)
+
+    def budget_remaining(self, caller: str, unit: str, left: float) -> None:
+        self._at(self.caller_budget, caller, unit).set(left)
+
+    def _count_caller(self, caller: str, trace: RequestTrace) -> None:
+        if trace.limit is not None:
+            outcome = "refused"
+            self._at(self.limit_refusals, caller, trace.limit).inc()
+        else:
+            outcome = "answered" if trace.error is None else "failed"
+        self._at(self.caller_requests, caller, outcome).inc()
+        if trace.charged is not None:
+            prompt, completion, usd = trace.charged
+            self._at(self.caller_tokens, caller, "prompt").inc(prompt)
+            self._at(self.caller_tokens, caller, "completion").inc(completion)
+            self._at(self.caller_cost, caller).inc(usd)
 
     def _count_deployments(self, trace: RequestTrace) -> None:
         """Every call a request made, by deployment: its failed tries and its answer."""

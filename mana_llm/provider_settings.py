@@ -144,8 +144,8 @@ def apply_providers_file(
         raise bad(f"cannot read it ({exc})") from None
     except yaml.YAMLError as exc:
         raise bad(f"not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict) or set(data) - {"providers", "ollama"}:
-        raise bad("the top level takes 'providers' and 'ollama' only")
+    if not isinstance(data, dict) or set(data) - {"providers", "ollama", "prices"}:
+        raise bad("the top level takes 'providers', 'ollama' and 'prices' (access/prices.py)")
     listed = data.get("providers") or {}
     if not isinstance(listed, dict) or not isinstance(data.get("ollama") or {}, dict):
         raise bad("'providers' and 'ollama' must map names to their settings")

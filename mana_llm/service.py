@@ -12,8 +12,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from functools import partial
 
 import trio
@@ -21,12 +20,13 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
+from mana_llm.access.assemble import Hooks, open_gate, reload_prices
+from mana_llm.access.gate import Gate, budget_left
+from mana_llm.access.keys import Caller
+from mana_llm.access.limits import Verdict
 from mana_llm.api.app import create_app
 from mana_llm.api.request_scope import ASGIApp
-from mana_llm.assembly import Fleet, http_transport, image_fetcher, open_fleet
-from mana_llm.cache.memory import MemoryBackend
-from mana_llm.cache.protocol import CacheBackend
-from mana_llm.cache.store import ResponseCache
+from mana_llm.assembly import Fleet, http_transport, image_fetcher, open_cache, open_fleet
 from mana_llm.gateway import Gateway
 from mana_llm.health.providers import BreakerPolicy, CircuitState, ProviderHealthCache, Transition
 from mana_llm.lifecycle import Lifecycle
@@ -103,6 +103,7 @@ async def _run(
         http_transport(settings.image_fetch_concurrency) as image_transport,
         open_fleet(settings, image_fetcher(settings, image_transport)) as fleet,
         open_cache(settings, metrics) as cache,
+        open_gate(settings, _alias_targets(aliases), _hooks(metrics)) as gate,
     ):
         groups = fleet.groups
         providers = {name: group.deployments[0].provider for name, group in groups.items()}
@@ -113,14 +114,15 @@ async def _run(
         owners = {d.name: name for name, group in groups.items() for d in group.deployments}
         metrics.start_providers([p.name for p in configured], owners)
         gateway = Gateway(settings, providers, health, aliases, cache=cache, balancer=balancer)
-        app = create_app(gateway, settings, metrics, lifecycle)
+        app = create_app(gateway, settings, metrics, lifecycle, gate)
         serving = trio.Event()  # set after the drain delay: hypercorn closes its listener
         targets = ProbeTargets(fleet.probed())
         redeploy = partial(_reload_deployments, fleet, reread, metrics, targets)
 
-        def reload() -> None:  # SIGHUP: the alias table and the deployments
+        def reload() -> None:  # SIGHUP: the alias table, the deployments, the callers
             aliases.reload()
             redeploy()
+            _reload_callers(gate, settings)
 
         async with trio.open_nursery() as nursery:
             if handle_signals:
@@ -132,6 +134,11 @@ async def _run(
                     await nursery.start(_watch_file, settings.providers_path, watch_s, redeploy)
             if cache is not None:  # stores streamed answers off the clients' path
                 await nursery.start(cache.run_writer)
+            if gate is not None and gate.ledger is not None:  # the ledger's rows, in batches
+                await nursery.start(gate.ledger.run_writer)
+            if watch_s and gate is not None and gate.keys is not None:
+                keys = gate.keys
+                await nursery.start(_watch_file, keys.path, watch_s, keys.reload)
             nursery.start_soon(_drain_after, stop, lifecycle, settings, serving)
             # listening first: a taken port is the one line start-up says, before any probe
             binds: list[str] = await nursery.start(_serve, app, config, serving, nursery)
@@ -151,6 +158,37 @@ async def _run(
                 )
             )
             task_status.started(binds)
+
+
+def _hooks(metrics: Metrics) -> Hooks:
+    def admitted(caller: Caller, verdict: Verdict) -> None:  # the budget gauges
+        if caller.limits.budget is not None:
+            left = budget_left(caller.limits.budget, verdict.counts)
+            for unit in ("tokens", "usd"):
+                if unit in left:
+                    metrics.budget_remaining(caller.name, unit, left[unit]["remaining"])
+
+    return Hooks(
+        callers=lambda table: metrics.know_callers(table.callers),
+        store_failure=lambda store: metrics.limits_store_failures.labels(store).inc(),
+        admitted=admitted,
+    )
+
+
+def _reload_callers(gate: Gate | None, settings: Settings) -> None:
+    """SIGHUP: the keys file read again (a bad one keeps the last good table), the prices, and
+    the ledger's buffered rows written."""
+    if gate is None:
+        return
+    if gate.keys is not None and not gate.keys.reload():
+        log.error("keys not reloaded, keeping them as they are: %s", gate.keys.last_error)
+    reload_prices(gate, settings)
+    if gate.ledger is not None:
+        gate.ledger.flush_soon()
+
+
+def _alias_targets(aliases: AliasStore) -> dict[str, list[str]]:
+    return {a.name: [t.resolved for t in a.chain] for a in aliases.table.aliases.values()}
 
 
 def _reload_deployments(
@@ -250,46 +288,6 @@ async def _serve(
     # graceful_timeout); then the rest of the root nursery goes too.
     await serve(app, config, shutdown_trigger=serving.wait, task_status=task_status, mode="asgi")
     root.cancel_scope.cancel()
-
-
-REDIS_MAX_CONNECTIONS = 64
-
-
-@asynccontextmanager
-async def open_cache(settings: Settings, metrics: Metrics) -> AsyncIterator[ResponseCache | None]:
-    """The response cache for the service's life: Redis when REDIS_URL is set (its connection
-    pool entered here, in the root task), else the in-memory LRU; None when CACHE_ENABLED=0."""
-    if not settings.cache_enabled:
-        log.info("response cache: off")
-        yield None
-        return
-
-    def guarded(backend: CacheBackend) -> ResponseCache:
-        metrics.cache_errors.labels(backend.name)
-        return ResponseCache(
-            backend,
-            ttl_s=settings.cache_ttl_s,
-            timeout_s=settings.cache_timeout_s,
-            max_entry_bytes=settings.cache_max_entry_bytes,
-            failure_threshold=settings.cache_breaker_failures,
-            cooldown_s=settings.cache_breaker_cooldown_s,
-            on_error=lambda name: metrics.cache_errors.labels(name).inc(),
-        )
-
-    if settings.redis_url is None:
-        log.info("response cache: in memory")
-        yield guarded(MemoryBackend(settings.cache_max_entries, settings.cache_max_bytes))
-        return
-    from mana_llm.cache.redis import RedisBackend  # coredis is loaded only when it is used
-
-    backend = RedisBackend(
-        settings.redis_url,
-        connect_timeout_s=settings.cache_timeout_s,
-        max_connections=REDIS_MAX_CONNECTIONS,
-    )
-    async with backend.open():
-        log.info("response cache: redis")
-        yield guarded(backend)
 
 
 def _aliases_reloaded(

@@ -80,6 +80,13 @@ class Settings:
     cache_timeout_s: float = 0.05  # every cache command (Redis round trip) under this deadline
     cache_breaker_failures: int = 3  # consecutive command failures that switch the cache off...
     cache_breaker_cooldown_s: float = 30.0  # ...for this long, then one trial command
+    keys_path: str | None = None  # KEYS_PATH: callers, their keys and limits (None: off)
+    usage_db: str | None = "./mana-llm-usage.sqlite"  # the usage ledger (None: USAGE_DB=off)
+    limits_db: str = "./mana-llm-limits.sqlite"  # the limits' counters, shared by the workers
+    limits_redis_url: str | None = attrs.field(default=None, repr=False)  # counters in Redis
+    limits_on_store_failure: str = "local"  # Redis unreachable: local counters, or deny (503)
+    limits_timeout_s: float = 0.5  # every call to the limits' Redis under this deadline
+    env: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)  # for key_env
 
     def warnings(self) -> list[str]:
         """Settings that are valid but almost certainly not what was meant: said at start-up."""
@@ -126,6 +133,7 @@ class Settings:
                     f"IMAGE_FETCH_ALLOW_NETWORKS: {network!r} is not a CIDR"
                 ) from None
         return cls(
+            env=dict(env),
             providers=tuple(providers),
             providers_path=providers_path or None,
             image_fetch_allow_networks=networks,
@@ -134,6 +142,7 @@ class Settings:
             **groups.health_and_images(read),
             **groups.cache(read),
             **groups.resilience(read),
+            **groups.callers(read, env),
         )
 
 

@@ -95,3 +95,21 @@ def cache(read: EnvReader) -> dict[str, Any]:
         "cache_breaker_failures": read.integer("CACHE_BREAKER_FAILURES", 3, low=1),
         "cache_breaker_cooldown_s": read.seconds("CACHE_BREAKER_COOLDOWN", 30.0),
     }
+
+
+def callers(read: EnvReader, env: Mapping[str, str]) -> dict[str, Any]:
+    """The keys file, the limits' shared counters, the usage ledger."""
+    usage_db = env.get("USAGE_DB", "").strip() or "./mana-llm-usage.sqlite"
+    limits_redis = env.get("LIMITS_REDIS_URL", "").strip()
+    return {
+        "keys_path": env.get("KEYS_PATH", "").strip() or None,
+        "usage_db": None if usage_db.lower() == "off" else usage_db,
+        "limits_db": env.get("LIMITS_DB", "").strip() or "./mana-llm-limits.sqlite",
+        "limits_redis_url": None
+        if limits_redis.lower() == "off"
+        else (read.redis_url("LIMITS_REDIS_URL") or read.redis_url("REDIS_URL")),
+        "limits_on_store_failure": read.choice(
+            "LIMITS_ON_STORE_FAILURE", "LOCAL", ("LOCAL", "DENY")
+        ).lower(),
+        "limits_timeout_s": read.seconds("LIMITS_TIMEOUT", 0.5),
+    }

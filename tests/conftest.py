@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Generator
 from typing import Any
 
 import pytest
+
+# Gateways the tests start (in process or as processes, which inherit this) keep no usage
+# ledger in the working tree unless a test asks for one.
+os.environ.setdefault("USAGE_DB", "off")
 
 
 @pytest.hookimpl(wrapper=True)

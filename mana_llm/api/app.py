@@ -7,6 +7,7 @@ guard.py     gateway keys and CORS
 chat.py      POST /v1/chat/completions, /v1/embeddings (plain ASGI, `plain.py`, before Quart)
 models.py    GET /v1/models[/{model}]
 status.py    /health, /livez, /readyz, /v1/health, /v1/aliases, /metrics
+callers.py   the admission step (access/), /v1/usage, /v1/keys/status
 failures.py  OpenAI-shaped errors for everything, the status on the trace
 """
 
@@ -16,6 +17,8 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from mana_llm import errors
+from mana_llm.access.gate import Gate
+from mana_llm.api.callers import Access, register_callers
 from mana_llm.api.chat import CHAT_PATH, EMBEDDINGS_PATH, InferenceRoutes
 from mana_llm.api.failures import register_failures
 from mana_llm.api.guard import Guard
@@ -29,10 +32,16 @@ from mana_llm.settings import Settings
 
 
 def create_app(
-    gateway: Gateway, settings: Settings, metrics: Metrics, lifecycle: Lifecycle
+    gateway: Gateway,
+    settings: Settings,
+    metrics: Metrics,
+    lifecycle: Lifecycle,
+    gate: Gate | None = None,
 ) -> ASGIApp:
-    """The pipeline around the inference routes, Quart behind them for everything else."""
+    """The pipeline around the inference routes, Quart behind them for everything else;
+    `gate`: the callers' admission (None: no keys file, no ledger)."""
     guard = Guard.from_settings(settings)
+    access = Access(gate) if gate is not None else None
     app = QuartTrio("mana_llm")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["RESPONSE_TIMEOUT"] = None  # our own deadlines bound every stream
@@ -42,9 +51,10 @@ def create_app(
         app.add_url_rule(path, path, _answered_in_front, methods=["POST"])
     register_models(app, gateway, metrics)
     register_status(app, gateway, metrics, lifecycle)
+    register_callers(app, access)
     register_failures(app, settings)
-    routes = InferenceRoutes(gateway, settings, metrics).asgi(app)
-    return with_request_scope(routes, metrics, guard, lifecycle)
+    routes = InferenceRoutes(gateway, settings, metrics, access).asgi(app)
+    return with_request_scope(routes, metrics, guard, lifecycle, access)
 
 
 async def _answered_in_front() -> Response:

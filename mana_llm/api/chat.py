@@ -10,7 +10,9 @@ from typing import Any
 import attrs
 
 from mana_llm import errors
+from mana_llm.access.gate import prompt_estimate
 from mana_llm.api import sse, wire
+from mana_llm.api.callers import Access, limit_headers
 from mana_llm.api.plain import Call, Header, View, serve
 from mana_llm.api.request_scope import ASGIApp
 from mana_llm.domain import Answered, CacheControl, ChatRequest
@@ -55,6 +57,7 @@ class InferenceRoutes:
     gateway: Gateway
     settings: Settings
     metrics: Metrics
+    access: Access | None = None
     _views: dict[str, View] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -87,22 +90,27 @@ class InferenceRoutes:
         chat = wire.parse_chat_request(await self._read_json(call))
         trace = call.context.begin(self.metrics, "chat", chat.stream)
         route = self._routed(trace, chat.model)
+        if self.access is not None:  # the caller's admission, once, before the use case
+            await self.access.admit(
+                call.context, chat.model, route, prompt_estimate(chat), chat.max_tokens
+            )
+        limits = limit_headers(call.context)
         control = cache_control(call)
         keepalive_s = self.settings.stream_keepalive_s
         if chat.stream and keepalive_s:
             pending = self._walk_beside(call, chat, route, control)
-            send = await call.start_stream([])
+            send = await call.start_stream(limits)
             await sse.relay_pending(send, pending, keepalive_s, chat.include_usage, trace)
         elif chat.stream:
             streamed = await self.gateway.chat_stream(chat, control, route)
             trace.answered(streamed, stream=True)
             call.context.add_cleanup(streamed.result.aclose)  # closed even if never relayed
-            send = await call.start_stream(answer_headers(streamed))
+            send = await call.start_stream(answer_headers(streamed) + limits)
             await sse.relay(send, streamed.result, chat.include_usage, trace)
         else:
             answered = await self.gateway.chat(chat, control, route)
             trace.answered(answered, answered.result.usage)
-            await call.answer_json(answered.result.payload, answer_headers(answered))
+            await call.answer_json(answered.result.payload, answer_headers(answered) + limits)
 
     def _walk_beside(
         self, call: Call, chat: ChatRequest, route: Route, control: CacheControl
@@ -136,6 +144,11 @@ class InferenceRoutes:
             await self._read_json(call), self.settings.max_embedding_inputs
         )
         route = self._routed(trace, embedding.model)
+        if self.access is not None:
+            await self.access.admit(
+                call.context, embedding.model, route, prompt_estimate(embedding), 0
+            )
         answered = await self.gateway.embed(embedding, cache_control(call), route)
         trace.answered(answered, answered.result.usage)
-        await call.answer_json(answered.result.payload, answer_headers(answered))
+        headers = answer_headers(answered) + limit_headers(call.context)
+        await call.answer_json(answered.result.payload, headers)

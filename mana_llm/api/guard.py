@@ -23,6 +23,7 @@ PUBLIC = "public"  # the cache namespace when the gateway has no keys
 class Guard:
     keys: tuple[tuple[bytes, str], ...]  # each gateway key with its namespace (the key hashed)
     origins: frozenset[str]
+    callers: bool = False  # KEYS_PATH is set: a key is required even with no gateway keys
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Guard:
@@ -30,15 +31,21 @@ class Guard:
             (key.encode(), hashlib.sha256(key.encode()).hexdigest()[:32])
             for key in settings.api_keys
         )
-        return cls(keys, frozenset(settings.cors_origins))
+        return cls(keys, frozenset(settings.cors_origins), settings.keys_path is not None)
+
+    @staticmethod
+    def bearer(authorization: str) -> str | None:
+        """The token of `Authorization: Bearer <token>`, or None."""
+        scheme, _, token = authorization.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else None
 
     def namespace(self, authorization: str) -> str:
-        """The cache namespace of the key in an `Authorization` header; Unauthorized when the
-        gateway has keys and this is none of them."""
-        if not self.keys:
+        """The cache namespace of the gateway key in an `Authorization` header; Unauthorized
+        when the gateway has keys (or a keys file) and this is none of them."""
+        if not self.keys and not self.callers:
             return PUBLIC
         scheme, _, token = authorization.partition(" ")
-        given = token.strip().encode()
+        given = token.strip().encode("utf-8", "surrogateescape")
         namespace = next((ns for key, ns in self.keys if hmac.compare_digest(given, key)), None)
         if scheme.lower() != "bearer" or namespace is None:
             raise errors.Unauthorized("a valid API key is required: Authorization: Bearer <key>")

@@ -43,6 +43,7 @@ def error_headers(error: GatewayError) -> dict[str, str]:
         headers["retry-after"] = str(max(1, math.ceil(error.retry_after_s)))
     if error.attempts:
         headers["x-mana-llm-attempts"] = str(len(error.attempts))
+    headers.update(getattr(error, "headers", ()))  # a caller's refusal: its x-ratelimit-*
     return headers
 
 

@@ -23,8 +23,9 @@ both need is above, and lives only here; views stay thin (parse, one use case, r
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -62,6 +63,8 @@ class RequestContext:
     server_send: Send  # the server's own send: the middle of a streamed body goes straight there
     namespace: str  # the caller's cache namespace (its key, hashed)
     cleanups: list[Cleanup] = attrs.field(factory=list)
+    caller: Any = None  # access.keys.Caller: the keys file's caller, None when anonymous
+    admission: Any = None  # access.gate.Admission, once admitted
 
     def add_cleanup(self, cleanup: Cleanup) -> None:
         """Run once the exchange is over, however it ended (each shields and bounds itself)."""
@@ -72,6 +75,18 @@ class RequestContext:
         self.trace.endpoint, self.trace.stream = endpoint, stream
         metrics.begin(self.trace)
         return self.trace
+
+
+class AccessStep(Protocol):
+    """The admission step (`api/callers.Access`): who calls, and the end of what it asked."""
+
+    def identify(self, token: str) -> Any: ...
+
+    def namespace(self, caller: Any) -> str: ...
+
+    def finish(self, ctx: RequestContext, now: float, wall: float) -> None: ...
+
+    async def settle(self, ctx: RequestContext) -> None: ...
 
 
 def context(scope: Any) -> RequestContext:
@@ -102,6 +117,8 @@ class _Exchange:
     ended: bool = False  # the body's last message was sent
     cut_scope: trio.CancelScope | None = None  # cancelled by the drain deadline
     cut_by_drain: bool = False
+    access: AccessStep | None = None
+    context: RequestContext | None = None
 
     async def receive_tracked(self) -> Any:
         message = await self.receive()
@@ -112,6 +129,8 @@ class _Exchange:
     def finish(self) -> None:
         if not self.finished:
             self.finished = True
+            if self.access is not None and self.context is not None:  # its charge, its row
+                self.access.finish(self.context, self.clock(), time.time())
             self.metrics.finish(self.trace, self.clock())
             log_request(self.trace, self.clock())
 
@@ -188,6 +207,7 @@ def with_request_scope(
     metrics: Metrics,
     guard: Guard,
     lifecycle: Lifecycle,
+    access: AccessStep | None = None,
     clock: Callable[[], float] = trio.current_time,
 ) -> ASGIApp:
     """`app` (the plain routes in front of Quart) inside the pipeline."""
@@ -205,16 +225,18 @@ def with_request_scope(
         )
         extra = [(b"x-request-id", rid.encode())]
         extra += guard.cors_headers(_header(headers, b"origin").decode("latin-1"))
-        exchange = _Exchange(trace, metrics, clock, receive, send, bodiless, extra)
+        exchange = _Exchange(trace, metrics, clock, receive, send, bodiless, extra, access=access)
         cleanups: list[Cleanup] = []
         try:
             try:
-                namespace = _caller(guard, scope)
+                namespace, caller = _caller(guard, access, scope)
             except errors.Unauthorized as error:  # before any route runs
                 await exchange.answer_error(error)
                 return
+            trace.caller = None if caller is None else caller.name
             async with trio.open_nursery() as nursery:
-                scope[CONTEXT] = RequestContext(trace, nursery, send, namespace, cleanups)
+                ctx = RequestContext(trace, nursery, send, namespace, cleanups, caller)
+                scope[CONTEXT] = exchange.context = ctx
                 exchange.cut_scope = nursery.cancel_scope
                 lifecycle.track(exchange.cut)
                 await app(scope, exchange.receive_tracked, exchange.send_with_id)
@@ -226,17 +248,25 @@ def with_request_scope(
             if exchange.cut_by_drain:
                 await exchange.end_cut()
             exchange.finish()  # the exchange ended before its last byte: a disconnect, a failure
+            if access is not None and exchange.context is not None:
+                await access.settle(exchange.context)  # its upstream is closed: its slot freed
             logs.request_id.reset(token)
 
     return asgi
 
 
-def _caller(guard: Guard, scope: Any) -> str:
-    """The caller's cache namespace; Unauthorized on /v1/* without a valid gateway key (a
-    CORS preflight and the operators' endpoints need none)."""
+def _caller(guard: Guard, access: AccessStep | None, scope: Any) -> tuple[str, Any]:
+    """The caller's cache namespace and, for a key of the keys file, the caller; Unauthorized
+    on /v1/* without a valid key (a CORS preflight and the operators' endpoints need none)."""
     if scope["method"] == "OPTIONS" or not scope["path"].startswith("/v1/"):
-        return PUBLIC
-    return guard.namespace(_header(scope["headers"], b"authorization").decode("latin-1"))
+        return PUBLIC, None
+    authorization = _header(scope["headers"], b"authorization").decode("latin-1")
+    token = guard.bearer(authorization)
+    if access is not None and token:
+        caller = access.identify(token)
+        if caller is not None:
+            return access.namespace(caller), caller
+    return guard.namespace(authorization), None
 
 
 def log_request(trace: RequestTrace, now: float) -> None:

@@ -53,8 +53,10 @@ async def relay(
 ) -> None:
     """The body of an SSE answer whose head is out; closes the stream however it ends."""
     more = send.more
+    relayed = [0]  # chunks sent: what a charge estimates when the upstream gave no usage
 
     async def emit(chunks: list[StreamChunk]) -> None:
+        relayed[0] += len(chunks)
         if len(chunks) == 1 and chunks[0].usage is None:  # the common read: one content chunk
             body = b"data: " + dumps(chunks[0].payload) + b"\n\n"
         else:
@@ -82,8 +84,10 @@ async def relay(
             trace.usage = stream.usage
             trace.upstream_ended_at = clock()
             last = DONE
+        trace.relayed = relayed[0]  # before the last send, which finishes the trace
         await send.end(last)
     finally:
+        trace.relayed = relayed[0]
         await stream.aclose()  # after the last event: what follows the answer is off its path
 
 

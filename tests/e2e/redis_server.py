@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import AsyncIterator
 
 import attrs
 import pytest
@@ -76,3 +77,21 @@ class RedisServer:
     def resume(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture
+def redis_binary() -> str:
+    """Outside trio: a skip raised inside pytest-trio's fixture runner loses its reason."""
+    return redis_server_or_skip()
+
+
+@pytest.fixture
+async def redis(redis_binary: str) -> AsyncIterator[RedisServer]:
+    server = RedisServer(redis_binary)
+    await server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.resume()
+            await server.kill()

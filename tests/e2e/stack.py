@@ -84,6 +84,7 @@ def stack_env(ollama: FakeServer, cloud: FakeServer, **overrides: str) -> dict[s
         "MODELS_TIMEOUT": "1",
         "GRACEFUL_TIMEOUT": "2",
         "RETRIES": "0",  # fallback without same-target retries; retry tests set their own
+        "USAGE_DB": "off",  # the ledger's tests give it a file
     }
     env.update(overrides)
     return env

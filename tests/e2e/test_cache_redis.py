@@ -4,14 +4,12 @@ start-up) never fails a request and costs at most one command deadline per reque
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 import trio
 
-from tests.e2e.redis_server import RedisServer, free_port, redis_server_or_skip
+from tests.e2e.redis_server import RedisServer, free_port
 from tests.e2e.stack import Stack, start_stack
 from tests.fakes.server import Cut
 from tests.fakes.upstreams import WORDS, openai_chunk, openai_completion, openai_stream
@@ -23,24 +21,6 @@ BODY: dict[str, Any] = {
     "messages": [{"role": "user", "content": "Tag this: redis"}],
     "temperature": 0,
 }
-
-
-@pytest.fixture
-def redis_binary() -> str:
-    """Outside trio: a skip raised inside pytest-trio's fixture runner loses its reason."""
-    return redis_server_or_skip()
-
-
-@pytest.fixture
-async def redis(redis_binary: str) -> AsyncIterator[RedisServer]:
-    server = RedisServer(redis_binary)
-    await server.start()
-    try:
-        yield server
-    finally:
-        if server.process is not None:
-            server.resume()
-            await server.kill()
 
 
 async def test_two_instances_share_answers_and_streams_replay_through_the_sdk(

@@ -68,6 +68,7 @@ def gateway_variables() -> set[str]:
     source += (ROOT / "mana_llm/settings_groups.py").read_text()
     source += (ROOT / "mana_llm/provider_settings.py").read_text()
     levels = {"DEBUG", "INFO", "WARNING", "ERROR", "TEXT", "JSON", "LEAST_BUSY", "ROUND_ROBIN"}
+    levels |= {"LOCAL", "DENY"}
     return set(re.findall(r'"([A-Z][A-Z0-9_]{2,})"', source)) - levels - INTERNAL
 
 

@@ -60,7 +60,10 @@ ALLOWED: dict[str, set[str]] = {
     # the winner of a streamed walk: its end's two explicit calls (health, the cache)
     "mana_llm.live_answer": LEAVES
     | {"mana_llm.routing.commit", "mana_llm.routing.fallback", "mana_llm.cache.read_through"},
-    "mana_llm.api": LEAVES | {"mana_llm.gateway", "mana_llm.metrics", "mana_llm.api"},
+    "mana_llm.api": LEAVES
+    | {"mana_llm.gateway", "mana_llm.metrics", "mana_llm.api", "mana_llm.access"},
+    # who calls: keys, limits, prices, the ledger; below the api, beside the gateway
+    "mana_llm.access": LEAVES | {"mana_llm.access"},
     "mana_llm.signals": set(),
     "mana_llm.server_config": LEAVES,
     # the other composition root: it checks what service.run would refuse before any worker
@@ -73,8 +76,14 @@ THIRD_PARTY = {
     "quart_trio": ("mana_llm.api",),
     "werkzeug": ("mana_llm.api",),
     "hypercorn": ("mana_llm.service", "mana_llm.server_config"),
-    "yaml": ("mana_llm.routing.aliases", "mana_llm.settings", "mana_llm.provider_settings"),
-    "coredis": ("mana_llm.cache.redis",),
+    "yaml": (
+        "mana_llm.routing.aliases",
+        "mana_llm.settings",
+        "mana_llm.provider_settings",
+        "mana_llm.access.keys",
+        "mana_llm.access.prices",
+    ),
+    "coredis": ("mana_llm.cache.redis", "mana_llm.access.redis_limits"),
     "orjson": ("mana_llm.codec",),
     "prometheus_client": (
         "mana_llm.metrics",

@@ -1,0 +1,121 @@
+"""The admission step built for the service's life (the composition root calls `open_gate`):
+the keys file (a bad one stops start-up), the prices, the ledger, and the limits' counters in
+SQLite (one file for the host's workers) or Redis (many hosts, with its fallback)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import attrs
+
+from mana_llm.access.gate import Gate
+from mana_llm.access.keys import Caller, KeysFileError, KeyStore, KeyTable
+from mana_llm.access.ledger import Ledger, LedgerError
+from mana_llm.access.limits import LimitStore, SqlLimits, Verdict
+from mana_llm.access.prices import PricesError, reachable, read_prices
+from mana_llm.settings import Settings, StartupError
+
+log = logging.getLogger("mana_llm.access")
+
+
+@attrs.frozen
+class Hooks:
+    """What the service wants told: the callers known (for their metrics), a failing store,
+    each admission's counters (the budget gauges)."""
+
+    callers: Callable[[KeyTable], None]
+    store_failure: Callable[[str], None]
+    admitted: Callable[[Caller, Verdict], None]
+
+
+@asynccontextmanager
+async def open_gate(
+    settings: Settings, aliases: Mapping[str, Sequence[str]], hooks: Hooks
+) -> AsyncIterator[Gate | None]:
+    """The gate, or None when there is neither a keys file nor a ledger."""
+    keys = _keys(settings, hooks)
+    try:
+        prices = read_prices(settings.providers_path)
+    except PricesError as exc:
+        raise StartupError(str(exc)) from None
+    if keys is not None:
+        for caller in keys.table.callers.values():
+            for model in prices.unpriced(caller, reachable(caller, aliases)):
+                log.warning(
+                    "caller %r has a usd budget and may reach %s, which has no price"
+                    " (prices: in PROVIDERS_PATH): its requests there cost 0",
+                    caller.name,
+                    model,
+                )
+    ledger = None
+    if settings.usage_db is not None:
+        ledger = Ledger(settings.usage_db)
+        try:
+            ledger.open()
+        except LedgerError as exc:
+            raise StartupError(f"USAGE_DB: {exc}") from None
+    if keys is None and ledger is None:
+        yield None
+        return
+    async with AsyncExitStack() as stack:
+        store = None if keys is None else await stack.enter_async_context(_store(settings, hooks))
+        lease_s = settings.request_timeout_s + 60.0
+        yield Gate(keys, store, prices, ledger, lease_s, time.time, hooks.admitted)
+
+
+def _keys(settings: Settings, hooks: Hooks) -> KeyStore | None:
+    if settings.keys_path is None:
+        return None
+    keys = KeyStore(settings.keys_path, settings.env, time.time, _read_text)
+    keys.on_reload = hooks.callers
+    try:
+        keys.load()
+    except (OSError, KeysFileError) as exc:
+        raise StartupError(f"KEYS_PATH={settings.keys_path!r}: {exc}") from None
+    log.info("callers: %d from %s", len(keys.table.callers), settings.keys_path)
+    return keys
+
+
+@asynccontextmanager
+async def _store(settings: Settings, hooks: Hooks) -> AsyncIterator[LimitStore]:
+    if settings.limits_redis_url is None:
+        sql = SqlLimits(settings.limits_db)
+        log.info("limits: counters in %s (shared by this host's workers)", settings.limits_db)
+        try:
+            yield sql
+        finally:
+            await sql.aclose()
+        return
+    from mana_llm.access.redis_limits import Fallback, RedisLimits  # coredis: only when used
+
+    redis = RedisLimits(settings.limits_redis_url, connect_timeout_s=settings.limits_timeout_s)
+    local = SqlLimits(":memory:")
+    store = Fallback(
+        redis,
+        local,
+        settings.limits_on_store_failure,
+        settings.limits_timeout_s,
+        hooks.store_failure,
+    )
+    async with redis.client:
+        log.info("limits: counters in redis (on failure: %s)", settings.limits_on_store_failure)
+        try:
+            yield store
+        finally:
+            await store.aclose()
+
+
+def reload_prices(gate: Gate, settings: Settings) -> None:
+    """SIGHUP: the prices read again; a bad file keeps the last good ones."""
+    try:
+        gate.prices = read_prices(settings.providers_path)
+    except PricesError as exc:
+        log.error("prices not reloaded, keeping them: %s", exc)
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()

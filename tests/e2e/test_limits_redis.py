@@ -1,0 +1,68 @@
+"""The limits' rules on a real redis-server (one Lua script per admission): the scenarios of
+tests/unit/test_limits.py, two stores (two hosts) on one Redis, and a Redis that stops
+answering (SIGSTOP) or is gone: no hang, per-process counters or a 503 as configured."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from mana_llm.access.keys import Limits
+from mana_llm.access.limits import SqlLimits
+from mana_llm.access.redis_limits import Fallback, RedisLimits
+from mana_llm.access.refusals import LimitsUnavailable
+from tests.e2e.redis_server import RedisServer
+from tests.unit.test_limits import SCENARIOS, T0, Scenario, ask
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
+async def test_redis_rules(scenario: Scenario, redis: RedisServer) -> None:
+    store = RedisLimits(redis.url, connect_timeout_s=2.0)
+    async with store.client:
+        with trio.fail_after(20):
+            await scenario(store, "svc")
+
+
+async def test_two_hosts_share_one_window(redis: RedisServer) -> None:
+    one = RedisLimits(redis.url, connect_timeout_s=2.0)
+    two = RedisLimits(redis.url, connect_timeout_s=2.0)
+    limits = Limits(rpm=3)
+    async with one.client, two.client:
+        with trio.fail_after(20):
+            verdicts = [
+                await (one if n % 2 else two).admit(ask("svc", limits, n, T0)) for n in range(6)
+            ]
+    assert [v.refused for v in verdicts] == [None, None, None, "rpm", "rpm", "rpm"]
+
+
+@pytest.mark.parametrize("mode", ["local", "deny"])
+async def test_a_hung_redis_neither_hangs_nor_admits_silently(
+    redis: RedisServer,
+    mode: str,
+) -> None:
+    failures: list[str] = []
+    store = Fallback(
+        RedisLimits(redis.url, connect_timeout_s=0.2),
+        SqlLimits(":memory:"),
+        mode,
+        0.2,
+        failures.append,
+    )
+    limits = Limits(rpm=2)
+    primary = store.primary
+    assert isinstance(primary, RedisLimits)
+    async with primary.client:
+        with trio.fail_after(20):
+            assert (await store.admit(ask("svc", limits, 1, T0))).refused is None
+            redis.pause()
+            try:
+                if mode == "deny":
+                    with pytest.raises(LimitsUnavailable):
+                        await store.admit(ask("svc", limits, 2, T0))
+                else:  # per-process counters from here: the limit still holds in this one
+                    assert (await store.admit(ask("svc", limits, 2, T0))).refused is None
+                    assert (await store.admit(ask("svc", limits, 3, T0))).refused is None
+                    assert (await store.admit(ask("svc", limits, 4, T0))).refused == "rpm"
+            finally:
+                redis.resume()
+            assert failures and set(failures) == {"redis"}
