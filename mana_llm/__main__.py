@@ -14,6 +14,7 @@ import trio
 from dotenv import dotenv_values
 
 from mana_llm import logs, service, supervisor
+from mana_llm.access import report
 from mana_llm.server_config import toml_workers
 from mana_llm.settings import Settings, SettingsError, StartupError
 
@@ -24,7 +25,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="mana-llm",
         description="OpenAI-compatible LLM gateway for Ollama and OpenAI-compatible clouds. "
-        "Settings come from the environment (see README.md).",
+        "Settings come from the environment (see README.md). "
+        "`mana-llm usage --help`: the usage ledger as a table.",
     )
     parser.add_argument("--host", help="address to listen on (default: $HOST or 0.0.0.0)")
     parser.add_argument("--port", type=int, help="port to listen on (default: $PORT or 3025)")
@@ -75,7 +77,10 @@ def workers(args: argparse.Namespace, env: dict[str, str], settings: Settings) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["usage"]:  # python -m mana_llm usage: the ledger as a table
+        return report.main(given[1:], dict(os.environ))
+    args = parse_args(given)
     try:
         env, env_file = environment(args.env_file)
         settings = Settings.from_env(env)

@@ -1,10 +1,9 @@
-"""The limits' rules on the counters, at exact times: the same scenarios run on SQLite (memory
-and a file) here and on a real Redis in tests/e2e/test_limits_redis.py."""
+"""The limits' rules on the counters, at exact times: the same scenarios run on SQLite in
+memory here, and on a SQLite file and a real Redis in tests/e2e/test_limit_stores.py."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import pytest
 
@@ -91,26 +90,12 @@ SCENARIOS: list[Scenario] = [
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
-@pytest.mark.parametrize("where", ["memory", "file"])
-async def test_sqlite_rules(scenario: Scenario, where: str, tmp_path: Path) -> None:
-    store = SqlLimits(":memory:" if where == "memory" else str(tmp_path / "limits.sqlite"))
+async def test_rules_in_memory(scenario: Scenario) -> None:
+    store = SqlLimits(":memory:")
     try:
         await scenario(store, "svc")
     finally:
         await store.aclose()
-
-
-async def test_two_connections_share_one_file(tmp_path: Path) -> None:
-    """Two workers of a host: two connections to one file see one window."""
-    path = str(tmp_path / "limits.sqlite")
-    one, two = SqlLimits(path), SqlLimits(path)
-    limits = Limits(rpm=2)
-    assert (await one.admit(ask("svc", limits, 1, T0))).refused is None
-    assert (await two.admit(ask("svc", limits, 2, T0))).refused is None
-    assert (await one.admit(ask("svc", limits, 3, T0))).refused == "rpm"
-    assert (await two.admit(ask("svc", limits, 4, T0))).refused == "rpm"
-    await one.aclose()
-    await two.aclose()
 
 
 def test_periods_are_utc() -> None:

@@ -1,8 +1,11 @@
-"""The limits' rules on a real redis-server (one Lua script per admission): the scenarios of
-tests/unit/test_limits.py, two stores (two hosts) on one Redis, and a Redis that stops
-answering (SIGSTOP) or is gone: no hang, per-process counters or a 503 as configured."""
+"""The limits' rules on the real stores: the scenarios of tests/unit/test_limits.py on a SQLite
+file (two connections: two workers) and on a real redis-server (one Lua script per admission;
+two stores: two hosts); and a Redis that stops answering (SIGSTOP): no hang, per-process
+counters or a 503 as configured."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import trio
@@ -13,6 +16,28 @@ from mana_llm.access.redis_limits import Fallback, RedisLimits
 from mana_llm.access.refusals import LimitsUnavailable
 from tests.e2e.redis_server import RedisServer
 from tests.unit.test_limits import SCENARIOS, T0, Scenario, ask
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
+async def test_sqlite_file_rules(scenario: Scenario, tmp_path: Path) -> None:
+    store = SqlLimits(str(tmp_path / "limits.sqlite"))
+    try:
+        await scenario(store, "svc")
+    finally:
+        await store.aclose()
+
+
+async def test_two_connections_share_one_file(tmp_path: Path) -> None:
+    """Two workers of a host: two connections to one file see one window."""
+    path = str(tmp_path / "limits.sqlite")
+    one, two = SqlLimits(path), SqlLimits(path)
+    limits = Limits(rpm=2)
+    assert (await one.admit(ask("svc", limits, 1, T0))).refused is None
+    assert (await two.admit(ask("svc", limits, 2, T0))).refused is None
+    assert (await one.admit(ask("svc", limits, 3, T0))).refused == "rpm"
+    assert (await two.admit(ask("svc", limits, 4, T0))).refused == "rpm"
+    await one.aclose()
+    await two.aclose()
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
