@@ -20,8 +20,8 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
-from mana_llm.access.assemble import Hooks, open_gate, reload_prices
-from mana_llm.access.gate import Gate, budget_left
+from mana_llm.access.assemble import Hooks, open_gate, reload_callers, reload_keys
+from mana_llm.access.gate import budget_left
 from mana_llm.access.keys import Caller
 from mana_llm.access.limits import Verdict
 from mana_llm.api.app import create_app
@@ -122,7 +122,8 @@ async def _run(
         def reload() -> None:  # SIGHUP: the alias table, the deployments, the callers
             aliases.reload()
             redeploy()
-            _reload_callers(gate, settings)
+            if gate is not None:
+                reload_callers(gate, settings)
 
         async with trio.open_nursery() as nursery:
             if handle_signals:
@@ -138,7 +139,7 @@ async def _run(
                 await nursery.start(gate.ledger.run_writer)
             if watch_s and gate is not None and gate.keys is not None:
                 keys = gate.keys
-                await nursery.start(_watch_file, keys.path, watch_s, keys.reload)
+                await nursery.start(_watch_file, keys.path, watch_s, partial(reload_keys, keys))
             nursery.start_soon(_drain_after, stop, lifecycle, settings, serving)
             # listening first: a taken port is the one line start-up says, before any probe
             binds: list[str] = await nursery.start(_serve, app, config, serving, nursery)
@@ -173,18 +174,6 @@ def _hooks(metrics: Metrics) -> Hooks:
         store_failure=lambda store: metrics.limits_store_failures.labels(store).inc(),
         admitted=admitted,
     )
-
-
-def _reload_callers(gate: Gate | None, settings: Settings) -> None:
-    """SIGHUP: the keys file read again (a bad one keeps the last good table), the prices, and
-    the ledger's buffered rows written."""
-    if gate is None:
-        return
-    if gate.keys is not None and not gate.keys.reload():
-        log.error("keys not reloaded, keeping them as they are: %s", gate.keys.last_error)
-    reload_prices(gate, settings)
-    if gate.ledger is not None:
-        gate.ledger.flush_soon()
 
 
 def _alias_targets(aliases: AliasStore) -> dict[str, list[str]]:

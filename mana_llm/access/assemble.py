@@ -108,12 +108,25 @@ async def _store(settings: Settings, hooks: Hooks) -> AsyncIterator[LimitStore]:
             await store.aclose()
 
 
-def reload_prices(gate: Gate, settings: Settings) -> None:
-    """SIGHUP: the prices read again; a bad file keeps the last good ones."""
+def reload_callers(gate: Gate, settings: Settings) -> None:
+    """SIGHUP: the keys file read again (a bad one keeps the last good table), the prices
+    (likewise), and the ledger's buffered rows written."""
+    if gate.keys is not None:
+        reload_keys(gate.keys)
     try:
         gate.prices = read_prices(settings.providers_path)
     except PricesError as exc:
         log.error("prices not reloaded, keeping them: %s", exc)
+    if gate.ledger is not None:
+        gate.ledger.flush_soon()
+
+
+def reload_keys(keys: KeyStore) -> None:
+    """SIGHUP or the file watch: the keys file again; a revoked key is refused from now on."""
+    if keys.reload():
+        log.info("callers: %d from %s (reloaded)", len(keys.table.callers), keys.path)
+    else:
+        log.error("keys not reloaded, keeping them as they are: %s", keys.last_error)
 
 
 def _read_text(path: str) -> str:
