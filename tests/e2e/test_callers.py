@@ -259,3 +259,39 @@ def read_rows(db: pathlib.Path) -> list[dict[str, Any]]:
     with sqlite3.connect(db) as conn:
         conn.row_factory = sqlite3.Row
         return [dict(r) for r in conn.execute("SELECT * FROM usage ORDER BY id")]
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        b"Bearer sk-chat\x01app-0123456789",  # a control character
+        b"Bearer " + "sk-\u00e9t\u00e9".encode(),  # not ASCII
+        b"Bearer " + b"k" * 60_000,  # huge
+        b"Bearer",  # no token
+        b"Basic " + APP_KEY.encode(),  # the right key, the wrong scheme
+    ],
+    ids=["control", "non-ascii", "huge", "empty", "basic"],
+)
+async def test_hostile_keys_are_clear_refusals_never_a_500(
+    nursery: trio.Nursery, tmp_path: pathlib.Path, authorization: bytes
+) -> None:
+    stack = await callers_stack(nursery, tmp_path, "rpm: 5")
+    host, port = stack.base_url.removeprefix("http://").rsplit(":", 1)
+    body = b'{"model": "gemma3:4b", "messages": [{"role": "user", "content": "hi"}]}'
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"authorization: " + authorization + b"\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n" % len(body)
+    ) + body
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(request)
+            answer = b""
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+    status = int(answer.split(b" ", 2)[1])
+    assert status in (400, 401, 431), answer[:300]
+    secret = authorization.partition(b" ")[2][:32]
+    assert not secret or secret not in answer.partition(b"\r\n\r\n")[2]
+    assert not any(r.path == "/api/chat" for r in stack.ollama.requests)
