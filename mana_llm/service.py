@@ -137,6 +137,8 @@ async def _run(
                 await nursery.start(cache.run_writer)
             if gate is not None and gate.ledger is not None:  # the ledger's rows, in batches
                 await nursery.start(gate.ledger.run_writer)
+            if gate is not None and gate.store is not None:  # the limits' settlements
+                await nursery.start(gate.store.run)
             if watch_s and gate is not None and gate.keys is not None:
                 keys = gate.keys
                 await nursery.start(_watch_file, keys.path, watch_s, partial(reload_keys, keys))
@@ -162,8 +164,14 @@ async def _run(
 
 
 def _hooks(metrics: Metrics) -> Hooks:
+    shown: dict[str, float] = {}  # caller -> when its budget gauges were last set
+
     def admitted(caller: Caller, verdict: Verdict) -> None:  # the budget gauges
-        if caller.limits.budget is not None:
+        now = time.monotonic()  # at most 4 times a second per caller, and at every refusal
+        if caller.limits.budget is not None and (
+            verdict.refused is not None or now - shown.get(caller.name, -1.0) >= 0.25
+        ):
+            shown[caller.name] = now
             left = budget_left(caller.limits.budget, verdict.counts)
             for unit in ("tokens", "usd"):
                 if unit in left:

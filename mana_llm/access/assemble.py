@@ -14,8 +14,9 @@ import attrs
 from mana_llm.access.gate import Gate
 from mana_llm.access.keys import Caller, KeysFileError, KeyStore, KeyTable
 from mana_llm.access.ledger import Ledger, LedgerError
-from mana_llm.access.limits import LimitStore, SqlLimits, Verdict
+from mana_llm.access.limits import LimitStore, Verdict
 from mana_llm.access.prices import PricesError, reachable, read_prices
+from mana_llm.access.sql_limits import SqlLimits
 from mana_llm.settings import Settings, StartupError
 
 log = logging.getLogger("mana_llm.access")
@@ -82,8 +83,13 @@ def _keys(settings: Settings, hooks: Hooks) -> KeyStore | None:
 @asynccontextmanager
 async def _store(settings: Settings, hooks: Hooks) -> AsyncIterator[LimitStore]:
     if settings.limits_redis_url is None:
-        sql = SqlLimits(settings.limits_db)
-        log.info("limits: counters in %s (shared by this host's workers)", settings.limits_db)
+        shared = settings.worker is not None  # one of WORKERS > 1: the file is the count
+        sql = SqlLimits(settings.limits_db, shared=shared)
+        log.info(
+            "limits: counters %s, spend in %s",
+            "shared by this host's workers" if shared else "in this process",
+            settings.limits_db,
+        )
         try:
             yield sql
         finally:

@@ -13,6 +13,8 @@ one token per content chunk relayed, and the row says estimated. A cache hit cha
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import os
 import secrets
@@ -29,7 +31,9 @@ from mana_llm.access.prices import Prices
 from mana_llm.access.refusals import ModelNotAllowed, QuotaExceeded, RateLimited, RequestTooLarge
 from mana_llm.domain import ChatRequest, EmbeddingRequest, Usage
 
-ANONYMOUS = "anonymous"  # a MANA_LLM_API_KEYS key, or no key at all
+ANONYMOUS = "anonymous"
+PROCESS = f"{os.getpid()}-{secrets.token_hex(6)}"  # this process, among hosts and restarts
+_TICKETS = itertools.count()  # a MANA_LLM_API_KEYS key, or no key at all
 COMPLETION_ESTIMATE = 1024  # reserved for a request that sets no max_tokens
 PER_MESSAGE = 4
 PER_IMAGE = 765  # OpenAI's count for one 1024x1024 image at high detail
@@ -88,12 +92,24 @@ class Admission:
         return out
 
 
+_NAMES = {
+    kind: tuple(f"x-ratelimit-{what}-{kind}".encode() for what in ("limit", "remaining", "reset"))
+    for kind in ("requests", "tokens")
+}
+
+
 def _trio(kind: str, limit: int, remaining: int, reset_s: float) -> list[tuple[bytes, bytes]]:
+    names = _NAMES[kind]
     return [
-        (f"x-ratelimit-limit-{kind}".encode(), str(limit).encode()),
-        (f"x-ratelimit-remaining-{kind}".encode(), str(max(0, remaining)).encode()),
-        (f"x-ratelimit-reset-{kind}".encode(), duration(reset_s).encode()),
+        (names[0], b"%d" % limit),
+        (names[1], b"%d" % max(0, remaining)),
+        (names[2], _reset(round(reset_s, 3))),
     ]
+
+
+@functools.lru_cache(maxsize=4096)
+def _reset(seconds: float) -> bytes:
+    return duration(seconds).encode()
 
 
 def duration(seconds: float) -> str:
@@ -141,7 +157,7 @@ class Gate:
         completion = most if most is not None else COMPLETION_ESTIMATE
         tokens = prompt + completion
         usd = self.prices.dearest(reachable, prompt, completion)
-        ticket = f"{os.getpid()}-{secrets.token_hex(8)}"
+        ticket = f"{PROCESS}-{next(_TICKETS)}"  # unique: no system call per request
         ask = Ask(caller.name, caller.limits, ticket, self.wall(), tokens, usd, self.lease_s)
         for limit in ("tpm", "budget"):
             if too_large(ask, limit):
@@ -187,10 +203,22 @@ class Gate:
         if self.ledger is not None:
             self.ledger.record(row)
 
+    def settle_later(self, admission: Admission) -> bool:
+        """Settled without waiting (SQLite: applied, or queued for the next transaction);
+        False: `settle` must be awaited (Redis)."""
+        if admission.ask is None or admission.settled or self.store is None:
+            return True
+        charge = admission.charge or NOTHING
+        if self.store.settle_later(admission.ask, charge.tokens, charge.cost_usd):
+            admission.settled = True
+            return True
+        return False
+
     async def settle(self, admission: Admission) -> None:
         """The reservation replaced by what was used (once; the request's slot freed)."""
-        if admission.ask is None or admission.settled or self.store is None:
+        if self.settle_later(admission):
             return
+        assert admission.ask is not None and self.store is not None
         admission.settled = True
         charge = admission.charge or NOTHING
         await self.store.settle(admission.ask, charge.tokens, charge.cost_usd)

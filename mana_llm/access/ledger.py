@@ -12,20 +12,17 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import trio
+
+from mana_llm.codec import dumps
 
 log = logging.getLogger(__name__)
 
 FLUSH_S = 0.5
 MAX_PENDING = 100_000  # rows kept while the file cannot be written; beyond, the oldest go
-COLUMNS = (
-    "at", "caller", "requested", "resolved", "deployment", "endpoint", "stream",
-    "prompt_tokens", "completion_tokens", "estimated", "cost_usd", "cache_hit", "status",
-    "error_type", "duration_ms", "ttft_ms", "request_id",
-)  # fmt: skip
 MIGRATIONS = (
     # 1: the first schema
     """CREATE TABLE usage (
@@ -48,8 +45,9 @@ _GROUP_SQL = {
 }
 
 
-@attrs.frozen
-class UsageRow:
+class UsageRow(NamedTuple):
+    """One request, as the ledger keeps it (a tuple: handed to SQLite as it is)."""
+
     at: float  # when the request arrived, epoch seconds
     caller: str  # the keys file's name; `anonymous` for a MANA_LLM_API_KEYS key or no key
     requested: str | None  # the model or alias as sent
@@ -68,8 +66,13 @@ class UsageRow:
     ttft_ms: float | None
     request_id: str
 
-    def values(self) -> tuple[Any, ...]:
-        return attrs.astuple(self, recurse=False)
+
+COLUMNS = UsageRow._fields
+INSERT = (
+    f"INSERT INTO usage ({', '.join(COLUMNS)}) SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(COLUMNS)))
+    + " FROM json_each(?)"
+)
 
 
 class LedgerError(Exception):
@@ -166,14 +169,13 @@ class Ledger:
             log.warning("usage ledger: writing again")
 
     def _write(self, rows: Sequence[UsageRow]) -> None:
+        """Every row in one statement (the rows as one JSON array, `json_each`): SQLite runs
+        it in one step, so this thread lets go of the GIL once, not once per row (executemany
+        made the loop's thread and this one trade the GIL per row: 100us a request)."""
         assert self._db is not None
-        names = ", ".join(COLUMNS)
-        marks = ", ".join("?" for _ in COLUMNS)
         with self._db:
             self._db.execute("BEGIN")
-            self._db.executemany(
-                f"INSERT INTO usage ({names}) VALUES ({marks})", [r.values() for r in rows]
-            )
+            self._db.execute(INSERT, (dumps(rows).decode(),))
         self.written += len(rows)
 
 

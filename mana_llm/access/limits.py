@@ -15,9 +15,8 @@ what is used and reserved never passes a limit at admission. The overshoot is wh
 use beyond their reservation (ARCHITECTURE.md, "Admission"); settling replaces a reservation by
 the real usage, so it never lasts past the request.
 
-`SqlLimits` keeps the counters in SQLite (one file shared by the workers of a host, WAL mode,
-each admission one `BEGIN IMMEDIATE` transaction, run on a worker thread); `":memory:"` gives
-per-process counters (the fallback when Redis is unreachable, and the unit tests).
+`access/sql_limits.py` keeps the counters in SQLite (one file shared by the workers of a host;
+`:memory:`: per-process counters, the fallback when Redis is unreachable, and the unit tests);
 `access/redis_limits.py` runs the same rules as one Lua script in Redis.
 """
 
@@ -25,7 +24,7 @@ from __future__ import annotations
 
 import calendar
 import datetime
-import sqlite3
+import functools
 from typing import Protocol
 
 import attrs
@@ -82,7 +81,12 @@ class Verdict:
 
 def period_bounds(now: float, period: str) -> tuple[float, float]:
     """The UTC period holding `now`: its start and its end, in epoch seconds."""
-    day = datetime.datetime.fromtimestamp(now, datetime.UTC).date()
+    return _bounds(int(now // 86400), period)
+
+
+@functools.lru_cache(maxsize=64)
+def _bounds(days: int, period: str) -> tuple[float, float]:
+    day = datetime.date(1970, 1, 1) + datetime.timedelta(days=days)
     if period == "day":
         start = day
         end = day + datetime.timedelta(days=1)
@@ -131,14 +135,16 @@ def too_large(ask: Ask, limit: str) -> bool:
 
 def after(counts: Counts, ask: Ask) -> Counts:
     """The counters with `ask` admitted."""
-    return attrs.evolve(
-        counts,
-        requests=counts.requests + 1,
-        tokens=counts.tokens + ask.tokens,
-        newest=ask.now,
-        open=counts.open + 1,
-        reserved_tokens=counts.reserved_tokens + ask.tokens,
-        reserved_usd=counts.reserved_usd + ask.usd,
+    return Counts(  # built whole: attrs.evolve costs microseconds on every admission
+        counts.requests + 1,
+        counts.tokens + ask.tokens,
+        ask.now,
+        counts.open + 1,
+        counts.reserved_tokens + ask.tokens,
+        counts.reserved_usd + ask.usd,
+        counts.spent_tokens,
+        counts.spent_usd,
+        counts.spent_requests,
     )
 
 
@@ -160,149 +166,18 @@ class LimitStore(Protocol):
 
     async def settle(self, ask: Ask, tokens: int, usd: float) -> None: ...
 
+    def settle_later(self, ask: Ask, tokens: int, usd: float) -> bool:
+        """Settle without waiting when the store can (queued, or in memory): whether it did;
+        else `settle` must be awaited."""
+        ...
+
     async def spent(self, caller: str, period: str, now: float) -> Counts: ...
 
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """What the store does in the background for the service's life (started once)."""
+        ...
+
     async def aclose(self) -> None: ...
-
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS hits (
-    ticket TEXT PRIMARY KEY, caller TEXT NOT NULL, t REAL NOT NULL, tokens INTEGER NOT NULL,
-    usd REAL NOT NULL, open INTEGER NOT NULL, expires REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS hits_by_caller ON hits (caller, t);
-CREATE TABLE IF NOT EXISTS spent (
-    caller TEXT NOT NULL, period REAL NOT NULL, tokens INTEGER NOT NULL, usd REAL NOT NULL,
-    requests INTEGER NOT NULL, PRIMARY KEY (caller, period));
-"""
-COUNTS = """
-SELECT count(*) FILTER (WHERE t > :w), coalesce(sum(tokens) FILTER (WHERE t > :w), 0),
-       max(t) FILTER (WHERE t > :w),
-       count(*) FILTER (WHERE open AND expires > :now),
-       coalesce(sum(tokens) FILTER (WHERE open AND expires > :now), 0),
-       coalesce(sum(usd) FILTER (WHERE open AND expires > :now), 0.0)
-FROM hits WHERE caller = :caller
-"""
-
-
-@attrs.define(eq=False)
-class SqlLimits:
-    """The counters in SQLite: a file every worker of the host opens, or `:memory:`."""
-
-    path: str
-    name: str = "sqlite"
-    _db: sqlite3.Connection = attrs.field(init=False)
-    _lock: trio.CapacityLimiter = attrs.field(init=False, factory=lambda: trio.CapacityLimiter(1))
-
-    def __attrs_post_init__(self) -> None:
-        self._db = sqlite3.connect(
-            self.path, timeout=5.0, isolation_level=None, check_same_thread=False
-        )
-        if self.path != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-        if self.path == ":memory:":
-            self.name = "local"
-
-    async def _run(self, fn: object, *args: object) -> object:
-        if self.path == ":memory:":  # no file, no lock to wait for: on the loop
-            return fn(*args)  # type: ignore[operator]
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._lock)  # type: ignore[arg-type]
-
-    async def admit(self, ask: Ask) -> Verdict:
-        verdict = await self._run(self.admit_now, ask)
-        assert isinstance(verdict, Verdict)
-        return verdict
-
-    async def settle(self, ask: Ask, tokens: int, usd: float) -> None:
-        await self._run(self.settle_now, ask, tokens, usd)
-
-    async def spent(self, caller: str, period: str, now: float) -> Counts:
-        counts = await self._run(self.spent_now, caller, period, now)
-        assert isinstance(counts, Counts)
-        return counts
-
-    def admit_now(self, ask: Ask) -> Verdict:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            start, end = ask.period
-            w = ask.now - WINDOW_S
-            db.execute(
-                "DELETE FROM hits WHERE caller = ? AND t <= ? AND (NOT open OR expires <= ?)",
-                (ask.caller, w, ask.now),
-            )
-            counts = self._counts(ask.caller, w, ask.now, start)
-            refused = decide(ask, counts)
-            if refused is not None:
-                verdict = self._refusal(ask, counts, refused, w, end)
-            else:
-                db.execute(
-                    "INSERT INTO hits VALUES (?, ?, ?, ?, ?, 1, ?)",
-                    (ask.ticket, ask.caller, ask.now, ask.tokens, ask.usd, ask.now + ask.lease_s),
-                )
-                counts = after(counts, ask)
-                verdict = Verdict(None, counts=counts, period_end=end)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return with_resets(verdict, ask)
-
-    def _counts(self, caller: str, w: float, now: float, start: float) -> Counts:
-        row = self._db.execute(COUNTS, {"w": w, "now": now, "caller": caller}).fetchone()
-        spent = self._db.execute(
-            "SELECT tokens, usd, requests FROM spent WHERE caller = ? AND period = ?",
-            (caller, start),
-        ).fetchone() or (0, 0.0, 0)
-        return Counts(*row, *spent)
-
-    def _refusal(self, ask: Ask, counts: Counts, refused: str, w: float, end: float) -> Verdict:
-        if too_large(ask, refused):
-            return Verdict(refused, too_large=True, counts=counts, period_end=end)
-        if refused in ("rpm", "tpm"):
-            rows = self._db.execute(
-                "SELECT t, tokens FROM hits WHERE caller = ? AND t > ? ORDER BY t",
-                (ask.caller, w),
-            ).fetchall()
-            if refused == "rpm":
-                need = counts.requests + 1 - (ask.limits.rpm or 0)
-                wait = free_after([(t, 1) for t, _ in rows], need, ask.now)
-            else:
-                need = counts.tokens + ask.tokens - (ask.limits.tpm or 0)
-                wait = free_after([(t, n) for t, n in rows], need, ask.now)
-        elif refused == "max_parallel":
-            wait = 1.0  # when a request ends is not known: come back soon
-        else:
-            wait = end - ask.now
-        return Verdict(refused, retry_after_s=wait, counts=counts, period_end=end)
-
-    def settle_now(self, ask: Ask, tokens: int, usd: float) -> None:
-        start, _ = ask.period
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute(
-                "UPDATE hits SET tokens = ?, usd = ?, open = 0 WHERE ticket = ?",
-                (tokens, usd, ask.ticket),
-            )
-            db.execute(
-                "INSERT INTO spent VALUES (?, ?, ?, ?, 1) ON CONFLICT (caller, period) DO UPDATE"
-                " SET tokens = tokens + excluded.tokens, usd = usd + excluded.usd,"
-                " requests = requests + 1",
-                (ask.caller, start, tokens, usd),
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-
-    def spent_now(self, caller: str, period: str, now: float) -> Counts:
-        start, _ = period_bounds(now, period)
-        return self._counts(caller, now - WINDOW_S, now, start)
-
-    async def aclose(self) -> None:
-        self._db.close()
 
 
 def with_resets(verdict: Verdict, ask: Ask) -> Verdict:
@@ -310,4 +185,5 @@ def with_resets(verdict: Verdict, ask: Ask) -> Verdict:
     newest request in them."""
     newest = verdict.counts.newest
     reset = 0.0 if newest is None else max(0.0, newest + WINDOW_S - ask.now)
-    return attrs.evolve(verdict, reset_requests_s=reset, reset_tokens_s=reset)
+    v = verdict
+    return Verdict(v.refused, v.retry_after_s, v.too_large, v.counts, reset, reset, v.period_end)

@@ -202,6 +202,9 @@ class RedisLimits:
             return Verdict(refused, float(out[9]), counts=counts, period_end=end)
         return with_resets(Verdict(None, counts=after(counts, ask), period_end=end), ask)
 
+    def settle_later(self, ask: Ask, tokens: int, usd: float) -> bool:
+        return False  # one script, awaited
+
     async def settle(self, ask: Ask, tokens: int, usd: float) -> None:
         start, end = ask.period
         ttl = str(int(end - start + 7 * 86400))  # the period, and a week to read it
@@ -222,6 +225,9 @@ class RedisLimits:
             spent_usd=float(out[1]),
             spent_requests=int(out[5]),
         )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()  # every call is its own script: nothing in the background
 
     async def aclose(self) -> None:
         pass
@@ -272,6 +278,12 @@ class Fallback:
                 self.mode,
             )
 
+    def settle_later(self, ask: Ask, tokens: int, usd: float) -> bool:
+        if ask.ticket not in self._local_tickets:
+            return False
+        self._local_tickets.discard(ask.ticket)
+        return self.local.settle_later(ask, tokens, usd)
+
     async def settle(self, ask: Ask, tokens: int, usd: float) -> None:
         if ask.ticket in self._local_tickets:
             self._local_tickets.discard(ask.ticket)
@@ -290,6 +302,9 @@ class Fallback:
         except (trio.TooSlowError, coredis.exceptions.RedisError, OSError) as exc:
             self._failed(exc)
             return await self.local.spent(caller, period, now)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.local.run(task_status=task_status)
 
     async def aclose(self) -> None:
         await self.local.aclose()

@@ -100,7 +100,9 @@ class Access:
         admission = ctx.admission
         if admission is None or admission.ask is None:
             return
-        with trio.move_on_after(SETTLE_S, shield=True):
+        if self.gate.settle_later(admission):
+            return
+        with trio.move_on_after(SETTLE_S, shield=True):  # a store to wait for (Redis)
             await self.gate.settle(admission)
 
 

@@ -167,10 +167,10 @@ async def test_max_parallel_holds_under_concurrent_streams(
     once those end, the slots are free again."""
     stack = await callers_stack(nursery, tmp_path, "max_parallel: 3")
     release = trio.Event()
-    stack.ollama.script(
-        "/api/chat",
-        ollama_stream(ollama_line("Hi"), WaitFor(release), ollama_line(done=True)),
-    )
+    held = [  # the streams that reach the upstream are held until `release`
+        ollama_stream(ollama_line("Hi"), WaitFor(release), ollama_line(done=True)) for _ in range(3)
+    ]
+    stack.ollama.script("/api/chat", *held)
     statuses: list[int] = []
     refusals_back = trio.Event()
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from mana_llm.access.keys import Limits
-from mana_llm.access.limits import SqlLimits
+from mana_llm.access.keys import Budget, Limits
 from mana_llm.access.redis_limits import Fallback, RedisLimits
 from mana_llm.access.refusals import LimitsUnavailable
+from mana_llm.access.sql_limits import SqlLimits
 from tests.e2e.redis_server import RedisServer
 from tests.unit.test_limits import SCENARIOS, T0, Scenario, ask
 
@@ -25,6 +25,35 @@ async def test_sqlite_file_rules(scenario: Scenario, tmp_path: Path) -> None:
         await scenario(store, "svc")
     finally:
         await store.aclose()
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
+async def test_sqlite_file_alone_rules(scenario: Scenario, tmp_path: Path) -> None:
+    store = SqlLimits(str(tmp_path / "limits.sqlite"), shared=False)
+    try:
+        await scenario(store, "svc")
+    finally:
+        await store.aclose()
+
+
+async def test_alone_the_spend_outlives_a_restart(tmp_path: Path) -> None:
+    """WORKERS=1 counts in memory; the period's spend reaches the file (at the latest when the
+    service stops) and the next start reads it back."""
+    path = str(tmp_path / "limits.sqlite")
+    limits = Limits(budget=Budget(tokens=100, usd=None, period="day"))
+    first = SqlLimits(path, shared=False)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(first.run)
+            admitted = ask("svc", limits, 1, T0, tokens=10)
+            assert (await first.admit(admitted)).refused is None
+            await first.settle(admitted, 95, 0.0)
+            nursery.cancel_scope.cancel()  # the service stops: the spend is written
+    await first.aclose()
+    again = SqlLimits(path, shared=False)
+    assert (await again.admit(ask("svc", limits, 2, T0 + 1, tokens=10))).refused == "budget"
+    assert (await again.spent("svc", "day", T0 + 1)).spent_tokens == 95
+    await again.aclose()
 
 
 async def test_two_connections_share_one_file(tmp_path: Path) -> None:

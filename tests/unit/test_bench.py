@@ -16,6 +16,7 @@ import pytest
 BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench"
 SCRIPTS = [
     "balance.py",
+    "callers.py",
     "run.py",
     *(f"research/{p.name}" for p in sorted((BENCH / "research").glob("*.py"))),
 ]
@@ -32,7 +33,7 @@ def load(relative: str) -> ModuleType:
 
 def test_the_research_scripts_are_the_ones_the_readme_names() -> None:
     readme = (BENCH / "README.md").read_text()
-    assert SCRIPTS[2:] == [
+    assert SCRIPTS[3:] == [
         "research/app_cost.py",
         "research/conc_floor.py",
         "research/floor.py",

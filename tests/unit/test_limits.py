@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from mana_llm.access.keys import Budget, Limits
-from mana_llm.access.limits import Ask, LimitStore, SqlLimits, period_bounds
+from mana_llm.access.limits import Ask, LimitStore, period_bounds
+from mana_llm.access.sql_limits import SqlLimits
 
 T0 = 1_780_000_000.0  # a Tuesday, mid-month (UTC)
 Scenario = Callable[[LimitStore, str], Awaitable[None]]
