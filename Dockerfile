@@ -8,9 +8,13 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
  && pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
 COPY README.md LICENSE ./
 COPY mana_llm ./mana_llm
-RUN pip install --no-deps . && useradd --system --uid 10001 --home-dir /app mana
+RUN pip install --no-deps . && useradd --system --uid 10001 --home-dir /app mana \
+ && mkdir /app/data && chown mana /app/data
 COPY aliases.yaml hypercorn.toml ./
 USER mana
+# The usage ledger and the limits' counters: mount a volume here to keep them across restarts.
+ENV USAGE_DB=/app/data/mana-llm-usage.sqlite LIMITS_DB=/app/data/mana-llm-limits.sqlite
+VOLUME /app/data
 # OLLAMA_URL defaults to http://localhost:11434, which inside a container is the container
 # itself: point it at the host (`--add-host=host.docker.internal:host-gateway -e
 # OLLAMA_URL=http://host.docker.internal:11434`) or at an Ollama container.

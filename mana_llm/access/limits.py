@@ -12,8 +12,8 @@ What is counted, per caller, as one record per admitted request (its ticket):
   requests used, plus what open requests reserved.
 A request is admitted when every limit still holds with its reservation counted: the sum of
 what is used and reserved never passes a limit at admission. The overshoot is what requests
-use beyond their reservation (ARCHITECTURE.md, "Admission"); settling replaces a reservation by
-the real usage, so it never lasts past the request.
+use beyond their reservation (docs/ARCHITECTURE.md section 7, "Admission"); settling replaces
+a reservation by the real usage, so it never lasts past the request.
 
 `access/sql_limits.py` keeps the counters in SQLite (one file shared by the workers of a host;
 `:memory:`: per-process counters, the fallback when Redis is unreachable, and the unit tests);
