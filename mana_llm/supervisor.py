@@ -29,6 +29,7 @@ import trio
 from prometheus_client import multiprocess
 
 from mana_llm import readiness
+from mana_llm.access.assemble import preflight
 from mana_llm.server_config import hypercorn_config, reuse_port_socket
 from mana_llm.service import load_aliases
 from mana_llm.settings import Settings, StartupError
@@ -123,9 +124,10 @@ async def run(
     config_path: str | None = None,
 ) -> None:
     """Supervise settings.workers workers until they have all drained after a signal. What
-    would stop every worker from starting (the alias file, hypercorn.toml, the port) stops the
-    supervisor first, with one line."""
+    would stop every worker from starting (the alias file, the keys file, hypercorn.toml, the
+    port) stops the supervisor first, with one line."""
     load_aliases(settings)
+    preflight(settings)  # the keys file, the prices, the ledger
     hypercorn_config(settings, config_path)
     try:
         reserved = reuse_port_socket(_bind(settings))

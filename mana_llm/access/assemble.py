@@ -13,7 +13,7 @@ import attrs
 
 from mana_llm.access.gate import Gate
 from mana_llm.access.keys import Caller, KeysFileError, KeyStore, KeyTable
-from mana_llm.access.ledger import Ledger, LedgerError
+from mana_llm.access.ledger import Ledger, LedgerError, open_db
 from mana_llm.access.limits import LimitStore, Verdict
 from mana_llm.access.prices import PricesError, reachable, read_prices
 from mana_llm.access.sql_limits import SqlLimits
@@ -65,6 +65,21 @@ async def open_gate(
         store = None if keys is None else await stack.enter_async_context(_store(settings, hooks))
         lease_s = settings.request_timeout_s + 60.0
         yield Gate(keys, store, prices, ledger, lease_s, time.time, hooks.admitted)
+
+
+def preflight(settings: Settings) -> None:
+    """What would stop every worker (the keys file, the prices, the ledger's file), checked
+    once by the supervisor before it starts them: one line, exit 2."""
+    _keys(settings, Hooks(lambda table: None, lambda store: None, lambda caller, verdict: None))
+    try:
+        read_prices(settings.providers_path)
+    except PricesError as exc:
+        raise StartupError(str(exc)) from None
+    if settings.usage_db is not None:
+        try:
+            open_db(settings.usage_db).close()
+        except LedgerError as exc:
+            raise StartupError(f"USAGE_DB: {exc}") from None
 
 
 def _keys(settings: Settings, hooks: Hooks) -> KeyStore | None:

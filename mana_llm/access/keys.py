@@ -69,6 +69,7 @@ class Caller:
 class KeyTable:
     callers: Mapping[str, Caller]  # by name
     by_digest: Mapping[bytes, Caller]  # the SHA-256 of each key
+    _digests: Mapping[str, bytes] = attrs.field(init=False, factory=dict)  # name -> digest
 
     def find(self, token: str) -> Caller | None:
         """The caller whose key `token` is. The lookup is by the token's SHA-256 (a timing
@@ -76,12 +77,16 @@ class KeyTable:
         the match is then confirmed in constant time."""
         digest = hashlib.sha256(_raw(token)).digest()
         found = self.by_digest.get(digest)
-        if found is None:
+        if found is None or not hmac.compare_digest(self.digest_of[found.name], digest):
             return None
-        for known in self.by_digest:
-            if hmac.compare_digest(known, digest):
-                return self.by_digest[known]
-        return None  # pragma: no cover  (found above)
+        return found
+
+    @property
+    def digest_of(self) -> Mapping[str, bytes]:
+        return self._digests
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_digests", {c.name: d for d, c in self.by_digest.items()})
 
 
 EMPTY = KeyTable({}, {})

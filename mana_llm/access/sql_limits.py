@@ -113,7 +113,8 @@ class _Part:
             self.tokens -= entry[1]
             entry[2] = 0.0
             changed = True
-        if self.open and min(expiry for expiry, _, _ in self.open.values()) <= now:
+        # leases only grow, in the order requests came: the first open one ends first
+        if self.open and next(iter(self.open.values()))[0] <= now:
             for ticket in [t for t, (expiry, _, _) in self.open.items() if expiry <= now]:
                 self._close(ticket)
                 self.tickets.pop(ticket, None)
@@ -123,7 +124,7 @@ class _Part:
     def next_change(self) -> float | None:
         times = [self.window[0][0] + WINDOW_S] if self.window else []
         if self.open:
-            times.append(min(expiry for expiry, _, _ in self.open.values()))
+            times.append(next(iter(self.open.values()))[0])
         return min(times, default=None)
 
     def row(self) -> tuple[int, int, float | None, float | None, int, int, float]:

@@ -73,6 +73,8 @@ class Access:
             status < 400,
         )
         trace.charged = (charge.prompt_tokens, charge.completion_tokens, charge.cost_usd)
+        if self.gate.ledger is None:
+            return
         ttft = trace.first_token_at
         self.gate.record(
             UsageRow(

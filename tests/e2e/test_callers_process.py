@@ -301,12 +301,15 @@ async def test_a_stopped_redis_neither_hangs_nor_admits_silently(
         ("keys: [1, 2", "not valid YAML"),
     ],
 )
+@pytest.mark.parametrize("workers", ["1", "2"])  # 2: the supervisor says it, once
 def test_a_bad_keys_file_is_one_line_and_exit_2(
-    tmp_path: pathlib.Path, text: str, says: str
+    tmp_path: pathlib.Path, text: str, says: str, workers: str
 ) -> None:
     path = tmp_path / "keys.yaml"
     path.write_text(text, encoding="utf-8")
-    line = one_line_exit_2(KEYS_PATH=str(path), K="sk-key-0123456789", USAGE_DB="off")
+    line = one_line_exit_2(
+        KEYS_PATH=str(path), K="sk-key-0123456789", USAGE_DB="off", WORKERS=workers
+    )
     assert line.startswith(f"mana-llm: KEYS_PATH='{path}': ")
     assert says in line and len(line) < 400
     assert "sk-key-0123456789" not in line

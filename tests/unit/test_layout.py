@@ -67,7 +67,8 @@ ALLOWED: dict[str, set[str]] = {
     "mana_llm.signals": set(),
     "mana_llm.server_config": LEAVES,
     # the other composition root: it checks what service.run would refuse before any worker
-    "mana_llm.supervisor": LEAVES | {"mana_llm.server_config", "mana_llm.service"},
+    "mana_llm.supervisor": LEAVES
+    | {"mana_llm.server_config", "mana_llm.service", "mana_llm.access.assemble"},
 }
 # third-party packages and the only layers that may import them
 THIRD_PARTY = {
