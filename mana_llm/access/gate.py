@@ -20,7 +20,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -41,15 +41,17 @@ PER_IMAGE = 765  # OpenAI's count for one 1024x1024 image at high detail
 
 def prompt_estimate(request: ChatRequest | EmbeddingRequest) -> int:
     if isinstance(request, EmbeddingRequest):
-        return sum(len(text) for text in request.inputs) // 4 + len(request.inputs)
-    chars = sum(len(m.content or "") + len(m.reasoning or "") for m in request.messages)
-    chars += sum(len(str(tool)) for tool in request.tools)
-    images = sum(len(m.images) for m in request.messages)
+        return sum(map(len, request.inputs)) // 4 + len(request.inputs)
+    chars = images = 0
+    for m in request.messages:
+        chars += len(m.content or "") + len(m.reasoning or "")
+        images += len(m.images)
+    if request.tools:
+        chars += sum(len(str(tool)) for tool in request.tools)
     return chars // 4 + PER_MESSAGE * len(request.messages) + PER_IMAGE * images
 
 
-@attrs.frozen
-class Charge:
+class Charge(NamedTuple):
     """What a request used, as the ledger and the counters see it."""
 
     prompt_tokens: int
@@ -159,7 +161,11 @@ class Gate:
         usd = self.prices.dearest(reachable, prompt, completion)
         ticket = f"{PROCESS}-{next(_TICKETS)}"  # unique: no system call per request
         ask = Ask(caller.name, caller.limits, ticket, self.wall(), tokens, usd, self.lease_s)
-        for limit in ("tpm", "budget"):
+        budget = caller.limits.budget
+        large = tokens > caller.limits.smallest or (
+            budget is not None and budget.usd is not None and usd > budget.usd
+        )
+        for limit in ("tpm", "budget") if large else ():
             if too_large(ask, limit):
                 raise RequestTooLarge(
                     f"this request may use {tokens} tokens (its prompt's estimate and its"
@@ -168,7 +174,7 @@ class Gate:
                     limit=limit,
                     param="max_tokens",
                 )
-        verdict = await self.store.admit(ask)
+        verdict = self.store.admit_at_once(ask) or await self.store.admit(ask)
         admission.ask, admission.verdict = ask, verdict
         if self.on_admitted is not None:
             self.on_admitted(caller, verdict)

@@ -8,6 +8,7 @@ No key, hash or prefix of either ever leaves this module: a caller is its name."
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import hmac
 import re
@@ -46,10 +47,14 @@ class Limits:
     tpm: int | None = None
     max_parallel: int | None = None
     budget: Budget | None = None
+    any: bool = attrs.field(init=False)  # any limit at all (known once, read per request)
+    smallest: float = attrs.field(init=False)  # the fewest tokens a limit allows in all
 
-    @property
-    def any(self) -> bool:
-        return any(v is not None for v in (self.rpm, self.tpm, self.max_parallel, self.budget))
+    def __attrs_post_init__(self) -> None:
+        limits = (self.rpm, self.tpm, self.max_parallel, self.budget)
+        object.__setattr__(self, "any", any(v is not None for v in limits))
+        caps = [self.tpm, self.budget.tokens if self.budget else None]
+        object.__setattr__(self, "smallest", min((c for c in caps if c), default=float("inf")))
 
 
 @attrs.frozen
@@ -60,9 +65,19 @@ class Caller:
     models: tuple[str, ...] = ()  # globs on what the caller sends; () : any model
     limits: Limits = Limits()
     operator: bool = False  # may read /v1/keys/status
+    namespace: str = attrs.field(init=False, eq=False)  # its own cache namespace
+
+    def __attrs_post_init__(self) -> None:
+        digest = hashlib.sha256(self.name.encode()).hexdigest()[:24]
+        object.__setattr__(self, "namespace", "caller-" + digest)
 
     def allows(self, model: str) -> bool:
-        return not self.models or any(fnmatch.fnmatchcase(model, p) for p in self.models)
+        return not self.models or _allowed(self.models, model)
+
+
+@functools.lru_cache(maxsize=4096)
+def _allowed(patterns: tuple[str, ...], model: str) -> bool:
+    return any(fnmatch.fnmatchcase(model, p) for p in patterns)
 
 
 @attrs.frozen

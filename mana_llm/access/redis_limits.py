@@ -205,6 +205,9 @@ class RedisLimits:
     def settle_later(self, ask: Ask, tokens: int, usd: float) -> bool:
         return False  # one script, awaited
 
+    def admit_at_once(self, ask: Ask) -> Verdict | None:
+        return None
+
     async def settle(self, ask: Ask, tokens: int, usd: float) -> None:
         start, end = ask.period
         ttl = str(int(end - start + 7 * 86400))  # the period, and a week to read it
@@ -277,6 +280,9 @@ class Fallback:
                 how,
                 self.mode,
             )
+
+    def admit_at_once(self, ask: Ask) -> Verdict | None:
+        return None  # Redis first, always
 
     def settle_later(self, ask: Ask, tokens: int, usd: float) -> bool:
         if ask.ticket not in self._local_tickets:

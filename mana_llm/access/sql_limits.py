@@ -190,6 +190,9 @@ class SqlLimits:
             return self._admit(ask)
         return await self._call(self._admit, ask)
 
+    def admit_at_once(self, ask: Ask) -> Verdict | None:
+        return None if self.shared else self._admit(ask)
+
     async def settle(self, ask: Ask, tokens: int, usd: float) -> None:
         self.settle_later(ask, tokens, usd)
 

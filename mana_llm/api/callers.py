@@ -7,7 +7,6 @@ GET /v1/keys/status (operators)."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,11 +27,6 @@ from mana_llm.gateway import Route
 SETTLE_S = 5.0  # a settlement that cannot reach the store in time is left to the lease
 
 
-def namespace(caller: Caller) -> str:
-    """A keys-file caller's own cache namespace."""
-    return "caller-" + hashlib.sha256(caller.name.encode()).hexdigest()[:24]
-
-
 @attrs.define(eq=False)
 class Access:
     gate: Gate
@@ -41,7 +35,7 @@ class Access:
         return self.gate.identify(token)
 
     def namespace(self, caller: Caller) -> str:
-        return namespace(caller)
+        return caller.namespace
 
     async def admit(
         self, ctx: RequestContext, requested: str, route: Route, prompt: int, most: int | None
@@ -92,20 +86,22 @@ class Access:
                 cache_hit=trace.cache == "hit",
                 status=status,
                 error_type=trace.error if status >= 400 else None,
-                duration_ms=round((now - trace.started_at) * 1000, 3),
-                ttft_ms=None if ttft is None else round((ttft - trace.started_at) * 1000, 3),
+                duration_ms=(now - trace.started_at) * 1000,
+                ttft_ms=None if ttft is None else (ttft - trace.started_at) * 1000,
                 request_id=trace.request_id,
             )
         )
 
-    async def settle(self, ctx: RequestContext) -> None:
+    def settle_later(self, ctx: RequestContext) -> bool:
+        """Settled without waiting (nothing to settle, or SQLite); False: await `settle`."""
         admission = ctx.admission
-        if admission is None or admission.ask is None:
-            return
-        if self.gate.settle_later(admission):
+        return admission is None or self.gate.settle_later(admission)
+
+    async def settle(self, ctx: RequestContext) -> None:
+        if self.settle_later(ctx):
             return
         with trio.move_on_after(SETTLE_S, shield=True):  # a store to wait for (Redis)
-            await self.gate.settle(admission)
+            await self.gate.settle(ctx.admission)
 
 
 def limit_headers(ctx: RequestContext) -> list[tuple[bytes, bytes]]:

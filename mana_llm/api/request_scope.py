@@ -86,6 +86,8 @@ class AccessStep(Protocol):
 
     def finish(self, ctx: RequestContext, now: float, wall: float) -> None: ...
 
+    def settle_later(self, ctx: RequestContext) -> bool: ...
+
     async def settle(self, ctx: RequestContext) -> None: ...
 
 
@@ -248,8 +250,9 @@ def with_request_scope(
             if exchange.cut_by_drain:
                 await exchange.end_cut()
             exchange.finish()  # the exchange ended before its last byte: a disconnect, a failure
-            if access is not None and exchange.context is not None:
-                await access.settle(exchange.context)  # its upstream is closed: its slot freed
+            ended = exchange.context  # its upstream is closed: its slot is freed
+            if access is not None and ended is not None and not access.settle_later(ended):
+                await access.settle(ended)
             logs.request_id.reset(token)
 
     return asgi

@@ -35,6 +35,7 @@ def test_the_research_scripts_are_the_ones_the_readme_names() -> None:
     readme = (BENCH / "README.md").read_text()
     assert SCRIPTS[3:] == [
         "research/app_cost.py",
+        "research/callers_instructions.py",
         "research/conc_floor.py",
         "research/floor.py",
         "research/instructions.py",
