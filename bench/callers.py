@@ -41,6 +41,23 @@ KEYS = """keys:
 PRICES = 'prices:\n  "groq/bench": {input_per_mtok: 0.05, output_per_mtok: 0.08}\n'
 
 
+def base_env(up_port: int, scratch: str) -> dict[str, str]:
+    """What both gateways share: the fake upstream as groq, the prices file in `scratch`."""
+    with open(os.path.join(scratch, "providers.yaml"), "w") as f:
+        f.write(PRICES)
+    return {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "LOG_LEVEL": "WARNING",
+        "PROBE_INTERVAL": "86400",
+        "GROQ_API_KEY": "bench",
+        "GROQ_BASE_URL": f"http://127.0.0.1:{up_port}/v1",
+        "OLLAMA_URL": f"http://127.0.0.1:{up_port}",
+        "PROVIDERS_PATH": os.path.join(scratch, "providers.yaml"),
+        "CACHE_ENABLED": "0",
+    }
+
+
 def gateway_env(base: dict[str, str], mode: str, port: int, scratch: str) -> dict[str, str]:
     env = {**base, "PORT": str(port), "USAGE_DB": "off"}
     if mode == "keys":
@@ -88,19 +105,7 @@ def main() -> None:
         [sys.executable, os.path.join(HERE, "fake_upstream.py"), str(up_port), "20", "5"]
     )
     scratch = tempfile.mkdtemp(prefix="mana-bench-callers-")
-    with open(os.path.join(scratch, "providers.yaml"), "w") as f:
-        f.write(PRICES)
-    base = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "LOG_LEVEL": "WARNING",
-        "PROBE_INTERVAL": "86400",
-        "GROQ_API_KEY": "bench",
-        "GROQ_BASE_URL": f"http://127.0.0.1:{up_port}/v1",
-        "OLLAMA_URL": f"http://127.0.0.1:{up_port}",
-        "PROVIDERS_PATH": os.path.join(scratch, "providers.yaml"),
-        "CACHE_ENABLED": "0",
-    }
+    base = base_env(up_port, scratch)
     messages = [{"role": "user", "content": "hi"}]
     workloads = {
         "chat": json.dumps({"model": "groq/bench", "messages": messages}).encode(),

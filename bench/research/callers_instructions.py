@@ -59,20 +59,7 @@ def measure(mode: str, requests: int, reps: int, workdir: str) -> tuple[list[flo
     """Instructions per request of each rep, and the last rep's costs by C function."""
     up_port, port = free_ports(2)
     scratch = tempfile.mkdtemp(prefix="mana-bench-instr-")
-    with open(os.path.join(scratch, "providers.yaml"), "w") as f:
-        f.write(callers.PRICES)
-    base = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "LOG_LEVEL": "WARNING",
-        "PROBE_INTERVAL": "86400",
-        "GROQ_API_KEY": "bench",
-        "GROQ_BASE_URL": f"http://127.0.0.1:{up_port}/v1",
-        "OLLAMA_URL": f"http://127.0.0.1:{up_port}",
-        "PROVIDERS_PATH": os.path.join(scratch, "providers.yaml"),
-        "CACHE_ENABLED": "0",
-        "PYTHONHASHSEED": "0",
-    }
+    base = callers.base_env(up_port, scratch) | {"PYTHONHASHSEED": "0"}
     env = callers.gateway_env(base, mode, port, scratch)
     out = os.path.join(workdir, mode)
     grind = ["valgrind", "--tool=callgrind", "--dump-instr=no", "-q"]
