@@ -1,7 +1,7 @@
 """The limits' counters in SQLite, for the workers of one host (a file, WAL) or one process
 (`:memory:`: the fallback when Redis is unreachable, and the unit tests).
 
-Each worker keeps its own part of every caller's counters in memory (`_Part`: its requests in
+Each worker keeps its own part of every caller's counters in memory (`Part`: its requests in
 the window, with their times and tokens, and its open requests with their reservations and
 leases) and one row per caller in the shared file (`parts`): its totals, its oldest and newest
 request, when it wrote. An admission is one `BEGIN IMMEDIATE` transaction: this worker's row
@@ -29,15 +29,14 @@ import os
 import secrets
 import sqlite3
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
 
 import attrs
 import trio
 
+from mana_llm.access.counters import Part
 from mana_llm.access.limits import (
-    WINDOW_S,
     Ask,
     Counts,
     Verdict,
@@ -71,70 +70,6 @@ FROM parts WHERE caller = ? AND worker != ? AND updated > ? - lease
 
 
 @attrs.define(eq=False)
-class _Part:
-    """This worker's part of one caller's counters, with running sums (an admission costs the
-    same however many requests are in the window)."""
-
-    window: deque[list[float]] = attrs.field(factory=deque)  # [time, tokens, in window: 1|0]
-    tokens: float = 0.0  # in the window
-    tickets: dict[str, list[float]] = attrs.field(factory=dict)  # unsettled -> window entry
-    open: dict[str, tuple[float, int, float]] = attrs.field(factory=dict)  # expiry, tokens, usd
-    rtokens: int = 0  # reserved by the open requests
-    rusd: float = 0.0
-    lease_s: float = 0.0
-
-    def add(self, ticket: str, now: float, tokens: int, usd: float) -> None:
-        entry = [now, float(tokens), 1.0]
-        self.window.append(entry)
-        self.tokens += tokens
-        self.tickets[ticket] = entry
-        self.open[ticket] = (now + self.lease_s, tokens, usd)
-        self.rtokens += tokens
-        self.rusd += usd
-
-    def settle(self, ticket: str, tokens: int) -> None:
-        entry = self.tickets.pop(ticket, None)
-        if entry is not None and entry[2]:  # what it used counts in the window from now on
-            self.tokens += tokens - entry[1]
-            entry[1] = float(tokens)
-        self._close(ticket)
-
-    def _close(self, ticket: str) -> None:
-        found = self.open.pop(ticket, None)
-        if found is not None:
-            self.rtokens -= found[1]
-            self.rusd -= found[2]
-
-    def expire(self, now: float) -> bool:
-        """Whether anything left the window or outlived its lease."""
-        changed = False
-        while self.window and self.window[0][0] <= now - WINDOW_S:
-            entry = self.window.popleft()
-            self.tokens -= entry[1]
-            entry[2] = 0.0
-            changed = True
-        # leases only grow, in the order requests came: the first open one ends first
-        if self.open and next(iter(self.open.values()))[0] <= now:
-            for ticket in [t for t, (expiry, _, _) in self.open.items() if expiry <= now]:
-                self._close(ticket)
-                self.tickets.pop(ticket, None)
-            changed = True
-        return changed
-
-    def next_change(self) -> float | None:
-        times = [self.window[0][0] + WINDOW_S] if self.window else []
-        if self.open:
-            times.append(next(iter(self.open.values()))[0])
-        return min(times, default=None)
-
-    def row(self) -> tuple[int, int, float | None, float | None, int, int, float]:
-        window = self.window
-        first, newest = (window[0][0], window[-1][0]) if window else (None, None)
-        return (len(window), round(self.tokens), first, newest, len(self.open), self.rtokens,
-                max(0.0, self.rusd))  # fmt: skip
-
-
-@attrs.define(eq=False)
 class SqlLimits:
     path: str
     shared: bool = True  # False: this process alone serves the host (WORKERS=1, or :memory:)
@@ -144,7 +79,7 @@ class SqlLimits:
     _db: sqlite3.Connection = attrs.field(init=False)  # on the loop: never waits for the lock
     _waiting_db: sqlite3.Connection = attrs.field(init=False)  # on a thread: waits for it
     _lock: trio.CapacityLimiter = attrs.field(init=False, factory=lambda: trio.CapacityLimiter(1))
-    _parts: dict[str, _Part] = attrs.field(init=False, factory=dict)
+    _parts: dict[str, Part] = attrs.field(init=False, factory=dict)
     _pending: list[tuple[Ask, int, float]] = attrs.field(init=False, factory=list)
     _wake: trio.Event = attrs.field(init=False, factory=trio.Event)
     _current: sqlite3.Connection = attrs.field(init=False)  # the transaction's connection
@@ -271,15 +206,15 @@ class SqlLimits:
             raise
         return result
 
-    def _part(self, caller: str, lease_s: float) -> _Part:
+    def _part(self, caller: str, lease_s: float) -> Part:
         part = self._parts.get(caller)
         if part is None:
-            part = self._parts[caller] = _Part(lease_s=lease_s)
+            part = self._parts[caller] = Part(lease_s=lease_s)
         elif lease_s > part.lease_s:
             part.lease_s = lease_s
         return part
 
-    def _write(self, caller: str, part: _Part, now: float) -> None:
+    def _write(self, caller: str, part: Part, now: float) -> None:
         """This worker's row of `caller` is written before the transaction commits (shared:
         alone, nobody reads it)."""
         if self.shared:
