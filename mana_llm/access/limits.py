@@ -68,7 +68,6 @@ class Counts(NamedTuple):  # a tuple: built in one call per admission
 class Verdict(NamedTuple):  # a tuple: built in one call per admission
     refused: str | None  # None: admitted; else rpm | tpm | max_parallel | budget
     retry_after_s: float = 0.0
-    too_large: bool = False  # the request alone passes the limit: it can never be admitted
     counts: Counts = Counts()  # as they stand after this admission (when admitted)
     reset_requests_s: float = 0.0  # until the request window is empty
     reset_tokens_s: float = 0.0
@@ -187,4 +186,4 @@ def with_resets(verdict: Verdict, ask: Ask) -> Verdict:
     newest = verdict.counts.newest
     reset = 0.0 if newest is None else max(0.0, newest + WINDOW_S - ask.now)
     v = verdict
-    return Verdict(v.refused, v.retry_after_s, v.too_large, v.counts, reset, reset, v.period_end)
+    return Verdict(v.refused, v.retry_after_s, v.counts, reset, reset, v.period_end)

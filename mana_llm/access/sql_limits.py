@@ -44,7 +44,6 @@ from mana_llm.access.limits import (
     decide,
     free_after,
     period_bounds,
-    too_large,
     with_resets,
 )
 
@@ -263,8 +262,6 @@ class SqlLimits:
         )  # fmt: skip
 
     def _refusal(self, ask: Ask, counts: Counts, refused: str, end: float) -> Verdict:
-        if too_large(ask, refused):
-            return Verdict(refused, too_large=True, counts=counts, period_end=end)
         if refused in ("rpm", "tpm") and self._first is not None:
             wait = free_after([(self._first, 1)], 1, ask.now)  # the oldest leaves the window
         elif refused == "max_parallel":
