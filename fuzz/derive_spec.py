@@ -2,7 +2,7 @@
 
     python fuzz/derive_spec.py <path to the OpenAI openapi.yaml>
 
-Keeps the operations mana-llm serves (POST /chat/completions, POST /embeddings, GET /models,
+Keeps the operations mana-llm serves (POST /chat/completions, POST /responses, POST /embeddings, GET /models,
 GET /models/{model}) and every component they reference, with the server set to `/v1` so
 schemathesis can be pointed at any gateway. The result is self-contained.
 """
@@ -19,6 +19,7 @@ import yaml
 OPERATIONS = {
     "/chat/completions": ["post"],
     "/embeddings": ["post"],
+    "/responses": ["post"],
     "/models": ["get"],
     "/models/{model}": ["get"],
 }

@@ -1,5 +1,6 @@
 """The request fields hostile-input tests vary: every chat field the gateway reads or passes
-on, a message's fields, an embeddings request's fields."""
+on, a message's fields, an embeddings request's fields, a Responses request's fields and an
+input item's."""
 
 CHAT_FIELDS = [
     "model",
@@ -29,3 +30,25 @@ CHAT_FIELDS = [
 ]
 MESSAGE_FIELDS = ["role", "content", "name", "tool_calls", "tool_call_id", "reasoning_content"]
 EMBEDDING_FIELDS = ["model", "input", "encoding_format", "dimensions", "truncate", "keep_alive"]
+RESPONSES_FIELDS = [
+    "model",
+    "input",
+    "instructions",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "text",
+    "reasoning",
+    "max_output_tokens",
+    "temperature",
+    "top_p",
+    "metadata",
+    "user",
+    "stream",
+    "store",
+    "previous_response_id",
+    "background",
+    "include",
+    "extra_field",
+]
+ITEM_FIELDS = ["type", "role", "content", "call_id", "name", "arguments", "output", "id"]

@@ -4,7 +4,9 @@ concern.
 
 request_scope.py  the pipeline every exchange passes once: context, keys, CORS, status, metrics
 guard.py     gateway keys and CORS
-chat.py      POST /v1/chat/completions, /v1/embeddings (plain ASGI, `plain.py`, before Quart)
+chat.py      POST /v1/chat/completions, /v1/responses, /v1/embeddings (plain ASGI, `plain.py`,
+             before Quart); responses_request.py and responses_answer.py translate the
+             Responses API to and from the chat path
 models.py    GET /v1/models[/{model}]
 status.py    /health, /livez, /readyz, /v1/health, /v1/aliases, /metrics
 callers.py   the admission step (access/), /v1/usage, /v1/keys/status
@@ -19,7 +21,7 @@ from quart_trio import QuartTrio
 from mana_llm import errors
 from mana_llm.access.gate import Gate
 from mana_llm.api.callers import Access, register_callers
-from mana_llm.api.chat import CHAT_PATH, EMBEDDINGS_PATH, InferenceRoutes
+from mana_llm.api.chat import CHAT_PATH, EMBEDDINGS_PATH, RESPONSES_PATH, InferenceRoutes
 from mana_llm.api.failures import register_failures
 from mana_llm.api.guard import Guard
 from mana_llm.api.models import register_models
@@ -47,7 +49,7 @@ def create_app(
     app.config["RESPONSE_TIMEOUT"] = None  # our own deadlines bound every stream
     # POST on the inference routes never reaches Quart; their rules here keep Quart's answer
     # to any other method on them (405 with Allow, OPTIONS for a CORS preflight)
-    for path in (CHAT_PATH, EMBEDDINGS_PATH):
+    for path in (CHAT_PATH, RESPONSES_PATH, EMBEDDINGS_PATH):
         app.add_url_rule(path, path, _answered_in_front, methods=["POST"])
     register_models(app, gateway, metrics)
     register_status(app, gateway, metrics, lifecycle)

@@ -1,10 +1,13 @@
-"""POST /v1/chat/completions and /v1/embeddings, served as plain ASGI (`api/plain.py`): parse
-at the edge, resolve, ask the gateway, send what it answered (body, headers) and put what it
-did on the request's trace."""
+"""POST /v1/chat/completions, /v1/responses and /v1/embeddings, served as plain ASGI
+(`api/plain.py`): parse at the edge, resolve, ask the gateway, send what it answered (body,
+headers) and put what it did on the request's trace. A Responses request is translated into
+the chat request it stands for (`responses_request.py`) and takes the chat path, once; only
+its answer is framed differently (`responses_answer.py`)."""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import attrs
@@ -15,6 +18,9 @@ from mana_llm.api import sse, wire
 from mana_llm.api.callers import Access, limit_headers
 from mana_llm.api.plain import Call, Header, View, serve
 from mana_llm.api.request_scope import ASGIApp
+from mana_llm.api.responses_answer import Answer, from_completion, new_id
+from mana_llm.api.responses_request import parse_responses_request
+from mana_llm.api.responses_stream import ResponsesFrames
 from mana_llm.domain import Answered, CacheControl, ChatRequest
 from mana_llm.gateway import Gateway, Route
 from mana_llm.metrics import Metrics, RequestTrace
@@ -26,6 +32,7 @@ RESOLVED = b"x-mana-llm-resolved"
 ATTEMPTS = b"x-mana-llm-attempts"
 DEPLOYMENT = b"x-mana-llm-deployment"
 CHAT_PATH = "/v1/chat/completions"
+RESPONSES_PATH = "/v1/responses"
 EMBEDDINGS_PATH = "/v1/embeddings"
 
 
@@ -61,7 +68,11 @@ class InferenceRoutes:
     _views: dict[str, View] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._views = {CHAT_PATH: self.chat, EMBEDDINGS_PATH: self.embeddings}
+        self._views = {
+            CHAT_PATH: self.chat,
+            RESPONSES_PATH: self.responses,
+            EMBEDDINGS_PATH: self.embeddings,
+        }
 
     def asgi(self, fallback: ASGIApp) -> ASGIApp:
         views = self._views
@@ -87,7 +98,15 @@ class InferenceRoutes:
 
     async def chat(self, call: Call) -> None:
         call.context.trace.endpoint = "chat"  # counted as a chat even if unparsable
-        chat = wire.parse_chat_request(await self._read_json(call))
+        await self._chat(call, wire.parse_chat_request(await self._read_json(call)))
+
+    async def responses(self, call: Call) -> None:
+        """The chat request a Responses request becomes, answered as a `response`."""
+        call.context.trace.endpoint = "chat"  # metrics, limits and the ledger see a chat
+        asked = parse_responses_request(await self._read_json(call))
+        await self._chat(call, asked.chat, Answer(new_id("resp"), asked.echo, int(time.time())))
+
+    async def _chat(self, call: Call, chat: ChatRequest, answer: Answer | None = None) -> None:
         trace = call.context.begin(self.metrics, "chat", chat.stream)
         route = self._routed(trace, chat.model)
         if self.access is not None:  # the caller's admission, once, before the use case
@@ -97,20 +116,24 @@ class InferenceRoutes:
         limits = limit_headers(call.context)
         control = cache_control(call)
         keepalive_s = self.settings.stream_keepalive_s
+        frames = ResponsesFrames(answer, chat.model) if answer is not None else None
         if chat.stream and keepalive_s:
             pending = self._walk_beside(call, chat, route, control)
             send = await call.start_stream(limits)
-            await sse.relay_pending(send, pending, keepalive_s, chat.include_usage, trace)
+            await sse.relay_pending(send, pending, keepalive_s, chat.include_usage, trace, frames)
         elif chat.stream:
             streamed = await self.gateway.chat_stream(chat, control, route)
             trace.answered(streamed, stream=True)
             call.context.add_cleanup(streamed.result.aclose)  # closed even if never relayed
             send = await call.start_stream(answer_headers(streamed) + limits)
-            await sse.relay(send, streamed.result, chat.include_usage, trace)
+            await sse.relay(send, streamed.result, chat.include_usage, trace, frames=frames)
         else:
             answered = await self.gateway.chat(chat, control, route)
             trace.answered(answered, answered.result.usage)
-            await call.answer_json(answered.result.payload, answer_headers(answered) + limits)
+            payload = answered.result.payload
+            if answer is not None:
+                payload = from_completion(answer, payload)
+            await call.answer_json(payload, answer_headers(answered) + limits)
 
     def _walk_beside(
         self, call: Call, chat: ChatRequest, route: Route, control: CacheControl

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -44,20 +44,37 @@ def error_event(error: errors.GatewayError) -> bytes:
     return b"data: " + dumps(error_object(error)) + b"\n\n"
 
 
+class Frames(Protocol):
+    """Another API's events for the same chat stream (the Responses API's): what a read's
+    chunks become (b"": nothing to send), the last event of a complete answer, of a failure."""
+
+    def chunks(self, chunks: list[StreamChunk]) -> bytes: ...
+
+    def done(self) -> bytes: ...
+
+    def failed(self, error: errors.GatewayError) -> bytes: ...
+
+
 async def relay(
     send: BodySend,
     stream: AnswerStream,
     include_usage: bool,
     trace: RequestTrace,
     clock: Callable[[], float] = trio.current_time,
+    frames: Frames | None = None,
 ) -> None:
-    """The body of an SSE answer whose head is out; closes the stream however it ends."""
+    """The body of an SSE answer whose head is out; closes the stream however it ends.
+    Chat completion chunks as they come, or, given `frames`, the events they become."""
     more = send.more
     relayed = [0]  # chunks sent: what a charge estimates when the upstream gave no usage
 
     async def emit(chunks: list[StreamChunk]) -> None:
         relayed[0] += len(chunks)
-        if len(chunks) == 1 and chunks[0].usage is None:  # the common read: one content chunk
+        if frames is not None:
+            body = frames.chunks(chunks)
+            if not body:
+                return
+        elif len(chunks) == 1 and chunks[0].usage is None:  # the common read: one content chunk
             body = b"data: " + dumps(chunks[0].payload) + b"\n\n"
         else:
             events = [
@@ -74,16 +91,16 @@ async def relay(
         try:
             await stream.relay(emit)
         except errors.GatewayError as error:
-            last = _failed(trace, stream, error, clock)
+            last = _failed(trace, stream, error, clock, frames)
         except Exception:  # the root of this stream's relay: a bug must not look like an answer
             log.exception("stream relay failed")
             bug = errors.InternalError("the gateway failed relaying the stream")
-            last = _failed(trace, stream, bug, clock)
+            last = _failed(trace, stream, bug, clock, frames)
         else:
             trace.status = 200
             trace.usage = stream.usage
             trace.upstream_ended_at = clock()
-            last = DONE
+            last = DONE if frames is None else frames.done()
         trace.relayed = relayed[0]  # before the last send, which finishes the trace
         await send.end(last)
     finally:
@@ -96,11 +113,12 @@ def _failed(
     stream: AnswerStream,
     error: errors.GatewayError,
     clock: Callable[[], float],
+    frames: Frames | None,
 ) -> bytes:
     trace.fail(error)
     trace.usage = stream.usage
     trace.upstream_ended_at = clock()
-    return error_event(error)
+    return error_event(error) if frames is None else frames.failed(error)
 
 
 @attrs.define(eq=False)
@@ -127,6 +145,7 @@ async def relay_pending(
     keepalive_s: float,
     include_usage: bool,
     trace: RequestTrace,
+    frames: Frames | None = None,
 ) -> None:
     """SSE keep-alives while the walk looks for a first token (headers are already out, so
     proxies with idle timeouts keep the connection); then the committed stream, or a final
@@ -136,7 +155,7 @@ async def relay_pending(
     result = pending.result
     if isinstance(result, errors.GatewayError):
         trace.fail(result)
-        await send.end(error_event(result))
+        await send.end(error_event(result) if frames is None else frames.failed(result))
         return
     assert result is not None
-    await relay(send, result, include_usage, trace)
+    await relay(send, result, include_usage, trace, frames=frames)

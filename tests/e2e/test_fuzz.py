@@ -15,7 +15,7 @@ import trio
 from tests.e2e.stack import start_stack
 from tests.fakes.server import Handler, Reply, Request
 from tests.fakes.upstreams import openai_error
-from tests.fields import CHAT_FIELDS, MESSAGE_FIELDS
+from tests.fields import CHAT_FIELDS, ITEM_FIELDS, MESSAGE_FIELDS, RESPONSES_FIELDS
 
 SEED = 20261130
 COUNT = 400
@@ -77,6 +77,36 @@ def valid_chat(rng: random.Random) -> dict[str, Any]:
     }
 
 
+def hostile_responses(rng: random.Random) -> dict[str, Any]:
+    """A Responses request with one field, one input item's field or one part made hostile."""
+    part: dict[str, Any] = rng.choice(
+        [
+            {"type": "input_text", "text": "hi"},
+            {"type": "input_image", "image_url": "data:image/png;base64,AAAA"},
+        ]
+    )
+    item: dict[str, Any] = rng.choice(
+        [
+            {"type": "message", "role": "user", "content": [part]},
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c", "output": "x"},
+        ]
+    )
+    body: dict[str, Any] = {
+        "model": rng.choice(MODELS),
+        "input": [{"role": "user", "content": "hi"}, item],
+        "stream": rng.random() < 0.3,
+    }
+    roll = rng.random()
+    if roll < 0.5:
+        body[rng.choice(RESPONSES_FIELDS)] = hostile_value(rng)
+    elif roll < 0.8:
+        item[rng.choice(ITEM_FIELDS)] = hostile_value(rng)
+    else:
+        part[rng.choice(["type", "text", "image_url", "detail", "file_id"])] = hostile_value(rng)
+    return body
+
+
 def to_bytes(body: Any) -> bytes:
     # json.dumps escapes "\\ud800" in our strings as a literal backslash; undo that once so the
     # wire carries a real \ud800 escape, which JSON parsers decode to a lone surrogate
@@ -108,12 +138,15 @@ def one_request(rng: random.Random) -> tuple[str, str, bytes | None, dict[str, s
                 bytes(rng.randrange(256) for _ in range(rng.randint(1, 64))),
             ]
         )
-        return "POST", rng.choice(["/v1/chat/completions", "/v1/embeddings"]), raw, headers
+        paths = ["/v1/chat/completions", "/v1/embeddings", "/v1/responses"]
+        return "POST", rng.choice(paths), raw, headers
     if kind < 0.35:
         body: dict[str, Any] = {"model": rng.choice(MODELS), "input": ["a"]}
         field = rng.choice(["model", "input", "encoding_format", "dimensions", "truncate"])
         body[field] = hostile_value(rng)
         return "POST", "/v1/embeddings", to_bytes(body), headers
+    if kind < 0.55:
+        return "POST", "/v1/responses", to_bytes(hostile_responses(rng)), headers
     body = valid_chat(rng)
     if rng.random() < 0.5:
         body[rng.choice(CHAT_FIELDS)] = hostile_value(rng)
