@@ -32,7 +32,8 @@ _KNOWN = frozenset(
         "reasoning", "max_output_tokens", "temperature", "top_p", "metadata", "user", "stream",
         "store", "previous_response_id", "background", "conversation", "prompt", "include",
         "truncation", "service_tier", "prompt_cache_key", "safety_identifier", "stream_options",
-        "top_logprobs", "max_tool_calls", "prompt_cache_retention",
+        "top_logprobs", "max_tool_calls", "prompt_cache_retention", "prompt_cache_options",
+        "context_management", "moderation",
     }
 )  # fmt: skip
 # Passed to the chat body as they are: chat completions has the same field.
@@ -55,7 +56,7 @@ class ResponsesAsk:
 
 
 def parse_responses_request(body: JSON) -> ResponsesAsk:
-    unknown = sorted(key for key in body if key not in _KNOWN)
+    unknown = sorted(key for key, value in body.items() if key not in _KNOWN and value is not None)
     if unknown:
         raise bad(f"unknown parameter {unknown[0]!r} for /v1/responses", unknown[0])
     for key, why in _NEEDS_STATE.items():
