@@ -2,9 +2,10 @@
 
     python fuzz/derive_spec.py <path to the OpenAI openapi.yaml>
 
-Keeps the operations mana-llm serves (POST /chat/completions, POST /responses, POST /embeddings, GET /models,
-GET /models/{model}) and every component they reference, with the server set to `/v1` so
-schemathesis can be pointed at any gateway. The result is self-contained.
+Keeps the operations mana-llm serves (POST /chat/completions, POST /responses,
+POST /embeddings, GET /models, GET /models/{model}) and every component they reference,
+with the server set to `/v1` so schemathesis can be pointed at any gateway. The result is
+self-contained.
 """
 
 from __future__ import annotations

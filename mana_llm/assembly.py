@@ -21,9 +21,11 @@ from mana_llm.providers.ollama import OllamaProvider
 from mana_llm.providers.openai_compat import OpenAICompatProvider
 from mana_llm.providers.pool import Pool
 from mana_llm.providers.protocol import Provider
-from mana_llm.providers.upstream import Upstream, shown_url
+from mana_llm.providers.upstream import Transport, Upstream, shown_url
 from mana_llm.routing.balance import Deployment, Deployments
 from mana_llm.settings import Settings
+from mana_llm.telemetry.http import Propagating, Spanned
+from mana_llm.telemetry.setup import Tracing
 
 log = logging.getLogger("mana_llm.service")
 
@@ -32,11 +34,11 @@ def client(
     settings: Settings,
     provider: ProviderSettings,
     place: DeploymentSettings,
-    pool: Pool,
+    pool: Transport,
     images: ImageFetcher,
 ) -> Deployment:
-    """One deployment with its own client on its own connections: providers/ know one
-    upstream each and nothing of balancing."""
+    """One deployment with its own client on its own connections (`pool`, traced or not):
+    providers/ know one upstream each and nothing of balancing or traces."""
     upstream = Upstream(
         provider.at(place), pool, settings.connect_timeout_s, settings.max_upstream_response_bytes
     )
@@ -75,6 +77,7 @@ class Fleet:
 
     settings: Settings
     images: ImageFetcher
+    traced: bool = False  # requests carry the attempt span's traceparent
     tls: ssl.SSLContext = attrs.field(factory=httpx.create_ssl_context)
     groups: dict[str, Deployments] = attrs.field(factory=dict)
     _pools: dict[str, Pool] = attrs.field(factory=dict)
@@ -89,7 +92,8 @@ class Fleet:
     def _build(self, provider: ProviderSettings, place: DeploymentSettings) -> Deployment:
         pool = self._pools[place.name] = Pool(self.settings.max_connections, self.tls)
         self._built_from[place.name] = place
-        return client(self.settings, provider, place, pool, self.images)
+        carrier = Propagating(pool) if self.traced else pool
+        return client(self.settings, provider, place, carrier, self.images)
 
     def _retire(self, name: str) -> None:
         pool = self._pools.pop(name, None)
@@ -156,9 +160,12 @@ def http_transport(connections: int) -> httpx.AsyncHTTPTransport:
     return httpx.AsyncHTTPTransport(limits=limits, retries=0)
 
 
-def image_fetcher(settings: Settings, transport: httpx.AsyncHTTPTransport) -> ImageFetcher:
+def image_fetcher(
+    settings: Settings, transport: httpx.AsyncHTTPTransport, tracing: Tracing | None = None
+) -> ImageFetcher:
+    """Ollama's image fetches (each its own span when traces are on)."""
     return ImageFetcher(
-        transport,
+        transport if tracing is None else Spanned(transport, tracing.tracer),
         settings.image_fetch_max_bytes,
         settings.image_fetch_timeout_s,
         settings.image_fetch_allow_networks,
@@ -168,9 +175,11 @@ def image_fetcher(settings: Settings, transport: httpx.AsyncHTTPTransport) -> Im
 
 
 @asynccontextmanager
-async def open_fleet(settings: Settings, images: ImageFetcher) -> AsyncIterator[Fleet]:
+async def open_fleet(
+    settings: Settings, images: ImageFetcher, traced: bool = False
+) -> AsyncIterator[Fleet]:
     """The fleet for the service's life; every connection it opened closed at the end."""
-    fleet = Fleet(settings, images)
+    fleet = Fleet(settings, images, traced)
     try:
         yield fleet
     finally:

@@ -222,10 +222,13 @@ class AnswerStream(Protocol):
     `receive` returns the next chunks, [] once the answer is complete, and raises GatewayError
     when it fails after commit; `relay` pushes every chunk to `emit` the same way (and raises
     RequestTimeout when `emit` held the stream past the idle timeout); `usage` is known once
-    the upstream sent it."""
+    the upstream sent it, `finish_reason` once it said why it stopped."""
 
     @property
     def usage(self) -> Usage | None: ...
+
+    @property
+    def finish_reason(self) -> str | None: ...
 
     async def receive(self) -> list[StreamChunk]: ...
 

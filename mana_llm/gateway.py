@@ -41,6 +41,7 @@ from mana_llm.live_answer import LiveAnswer
 from mana_llm.providers.protocol import Provider
 from mana_llm.routing import operations
 from mana_llm.routing.aliases import AliasStore
+from mana_llm.routing.attempts import AttemptObserver
 from mana_llm.routing.balance import Balancer
 from mana_llm.routing.commit import CommittedStream, StreamPolicy
 from mana_llm.routing.fallback import Walker, one_deployment_each
@@ -68,6 +69,7 @@ class Gateway:
     wall_clock: Callable[[], float] = time.time
     cache: ResponseCache | None = None
     balancer: Balancer | None = None  # None: each provider is its own one deployment
+    attempts: AttemptObserver | None = None  # the traces' attempt spans (None: off)
     _walker: Walker = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -82,6 +84,7 @@ class Gateway:
             Budgets(settings.retry_budget),
             Budgets(settings.hedge_budget),
             balancer=self.balancer or one_deployment_each(self.providers, self.health),
+            observer=self.attempts,
         )
         self.balancer = self._walker.balancer  # given, or one deployment per provider
 

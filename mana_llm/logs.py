@@ -11,6 +11,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -25,10 +26,17 @@ def accept_request_id(given: str | None) -> str:
     return uuid.uuid4().hex
 
 
+# The current span's (trace id, span id) as hex, or None: set by telemetry/ when traces are on.
+span_ids: Callable[[], tuple[str, str] | None] | None = None
+
+
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = request_id.get()
+        ids = span_ids() if span_ids is not None else None
+        if ids is not None and not hasattr(record, "trace_id"):
+            record.trace_id, record.span_id = ids
         return True
 
 
@@ -44,6 +52,9 @@ class JSONFormatter(logging.Formatter):
         rid = getattr(record, "request_id", None)
         if rid:
             line["request_id"] = rid
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id:
+            line["trace_id"], line["span_id"] = trace_id, getattr(record, "span_id", None)
         worker = getattr(record, "worker", None)
         if worker is not None:
             line["worker"] = worker
@@ -64,6 +75,9 @@ class TextFormatter(logging.Formatter):
         rid = getattr(record, "request_id", None)
         if rid:
             text += f" request_id={rid}"
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id:
+            text += f" trace_id={trace_id} span_id={getattr(record, 'span_id', None)}"
         worker = getattr(record, "worker", None)
         if worker is not None:
             text += f" worker={worker}"

@@ -202,6 +202,13 @@ DECLARATIONS: tuple[
         "Calls to the shared limits store (Redis) that failed or timed out",
         ("store",),
     ),
+    (
+        "trace_spans_dropped",
+        Counter,
+        "mana_llm_trace_spans_dropped",
+        "Spans the trace exporter lost: its queue was full, or an export failed",
+        ("reason",),
+    ),
 )
 
 

@@ -63,6 +63,7 @@ class RequestTrace:
     upstream_ended_at: float | None = None
     first_token_at: float | None = None
     usage: Usage | None = None
+    finish_reason: str | None = None  # why the answer stopped, when it said (traces)
     status: int | None = None  # None at the end: the client went away
     error: str | None = None  # an ERROR_TYPES value
     active: str | None = None  # the `stream` label it is counted under in active_requests
@@ -139,6 +140,7 @@ class Metrics:
     caller_budget: Gauge = attrs.field(init=False)
     limit_refusals: Counter = attrs.field(init=False)
     limits_store_failures: Counter = attrs.field(init=False)
+    trace_spans_dropped: Counter = attrs.field(init=False)
     # each labelled child found once (`labels()` takes a lock and checks its values every call)
     _children: dict[tuple[Any, ...], Any] = attrs.field(init=False, factory=dict)
 
@@ -160,6 +162,8 @@ class Metrics:
             self.cache_requests.labels(result)
         for result in ("success", "error"):
             self.alias_reloads.labels(result)
+        for reason in ("queue_full", "export_failed"):
+            self.trace_spans_dropped.labels(reason)
 
     def exposition(self) -> CollectorRegistry:
         """What /metrics shows: this process's registry, or every worker's metrics summed."""

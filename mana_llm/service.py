@@ -38,6 +38,8 @@ from mana_llm.routing.probe import ProbeTargets, run_probe_loop
 from mana_llm.server_config import hypercorn_config
 from mana_llm.settings import Settings, SettingsError, StartupError
 from mana_llm.signals import run_signal_listener
+from mana_llm.telemetry import spans
+from mana_llm.telemetry.setup import open_tracing
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +102,11 @@ async def _run(
     for warning in settings.warnings():
         log.warning("%s", warning)
     async with (
+        open_tracing(settings, metrics) as tracing,
         http_transport(settings.image_fetch_concurrency) as image_transport,
-        open_fleet(settings, image_fetcher(settings, image_transport)) as fleet,
+        open_fleet(
+            settings, image_fetcher(settings, image_transport, tracing), tracing is not None
+        ) as fleet,
         open_cache(settings, metrics) as cache,
         open_gate(settings, _alias_targets(aliases), _hooks(metrics)) as gate,
     ):
@@ -113,8 +118,10 @@ async def _run(
         configured = [p for p in providers.values() if p.configured]
         owners = {d.name: name for name, group in groups.items() for d in group.deployments}
         metrics.start_providers([p.name for p in configured], owners)
-        gateway = Gateway(settings, providers, health, aliases, cache=cache, balancer=balancer)
-        app = create_app(gateway, settings, metrics, lifecycle, gate)
+        attempt_spans, server_spans = spans.hooks(tracing)
+        gateway = Gateway(settings, providers, health, aliases, cache=cache, balancer=balancer,
+                          attempts=attempt_spans)  # fmt: skip
+        app = create_app(gateway, settings, metrics, lifecycle, gate, server_spans)
         serving = trio.Event()  # set after the drain delay: hypercorn closes its listener
         targets = ProbeTargets(fleet.probed())
         redeploy = partial(_reload_deployments, fleet, reread, metrics, targets)

@@ -86,6 +86,13 @@ class Settings:
     limits_redis_url: str | None = attrs.field(default=None, repr=False)  # counters in Redis
     limits_on_store_failure: str = "local"  # Redis unreachable: local counters, or deny (503)
     limits_timeout_s: float = 0.5  # every call to the limits' Redis under this deadline
+    traces_exporter: str = "none"  # none | otlp | console (OTEL_TRACES_EXPORTER)
+    traces_endpoint: str = "http://localhost:4318/v1/traces"  # OTLP over HTTP/protobuf
+    service_name: str = "mana-llm"  # OTEL_SERVICE_NAME
+    resource_attributes: tuple[tuple[str, str], ...] = ()  # OTEL_RESOURCE_ATTRIBUTES
+    traces_sampler: str = "parentbased_always_on"  # OTEL_TRACES_SAMPLER
+    traces_sampler_arg: float = 1.0  # OTEL_TRACES_SAMPLER_ARG: the ratio of the ratio samplers
+    capture_message_content: bool = False  # prompts and answers on attempt spans (opt-in)
     env: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)  # for key_env
 
     def warnings(self) -> list[str]:
@@ -143,6 +150,7 @@ class Settings:
             **groups.cache(read),
             **groups.resilience(read),
             **groups.callers(read, env),
+            **groups.traces(read, env),
         )
 
 

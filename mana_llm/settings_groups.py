@@ -3,10 +3,11 @@ reads, by name. Every variable the gateway reads is named here or in settings.py
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from mana_llm.env_reader import EnvReader
+from mana_llm.env_reader import EnvReader, SettingsError
 
 MIB = 1024 * 1024
 
@@ -113,3 +114,61 @@ def callers(read: EnvReader, env: Mapping[str, str]) -> dict[str, Any]:
         ).lower(),
         "limits_timeout_s": read.seconds("LIMITS_TIMEOUT", 0.5),
     }
+
+
+SAMPLERS = (
+    "ALWAYS_ON",
+    "ALWAYS_OFF",
+    "TRACEIDRATIO",
+    "PARENTBASED_ALWAYS_ON",
+    "PARENTBASED_ALWAYS_OFF",
+    "PARENTBASED_TRACEIDRATIO",
+)
+
+
+def traces(read: EnvReader, env: Mapping[str, str]) -> dict[str, Any]:
+    """OpenTelemetry traces, from the standard OTEL_* variables (the OTel SDK configuration
+    spec's names and defaults); off unless an exporter or an OTLP endpoint is named."""
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if endpoint:
+        endpoint = read.check_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint)
+    elif env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip():  # the spec: base + /v1/traces
+        endpoint = read.url("OTEL_EXPORTER_OTLP_ENDPOINT", "") + "/v1/traces"
+    exporter = read.choice("OTEL_TRACES_EXPORTER", "OTLP" if endpoint else "NONE",
+                           ("NONE", "OTLP", "CONSOLE")).lower()  # fmt: skip
+    return {
+        "traces_exporter": exporter,
+        "traces_endpoint": endpoint or "http://localhost:4318/v1/traces",
+        "service_name": env.get("OTEL_SERVICE_NAME", "").strip() or "mana-llm",
+        "resource_attributes": _resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", "")),
+        "traces_sampler": read.choice(
+            "OTEL_TRACES_SAMPLER", "PARENTBASED_ALWAYS_ON", SAMPLERS
+        ).lower(),
+        "traces_sampler_arg": _sampler_arg(read),
+        "capture_message_content": read.flag(
+            "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", False
+        ),
+    }
+
+
+def _sampler_arg(read: EnvReader) -> float:
+    value = read.ratio("OTEL_TRACES_SAMPLER_ARG", 1.0)
+    if value > 1:
+        raise SettingsError(f"OTEL_TRACES_SAMPLER_ARG={value:g} must be a ratio from 0 to 1")
+    return value
+
+
+def _resource_attributes(raw: str) -> tuple[tuple[str, str], ...]:
+    """`key1=value1,key2=value2` (values percent-encoded), as the OTel spec writes them."""
+    pairs: list[tuple[str, str]] = []
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not key.strip().isprintable():
+            raise SettingsError(
+                f"OTEL_RESOURCE_ATTRIBUTES: {item.strip()!r} is not key=value"
+                " (pairs separated by commas)"
+            )
+        pairs.append((key.strip(), urllib.parse.unquote(value.strip())))
+    return tuple(pairs)

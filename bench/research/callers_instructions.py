@@ -61,12 +61,21 @@ def measure(mode: str, requests: int, reps: int, workdir: str) -> tuple[list[flo
     scratch = tempfile.mkdtemp(prefix="mana-bench-instr-")
     base = callers.base_env(up_port, scratch) | {"PYTHONHASHSEED": "0"}
     env = callers.gateway_env(base, mode, port, scratch)
-    out = os.path.join(workdir, mode)
+    return measure_env(mode, env, ROOT, up_port, requests, reps, workdir)
+
+
+def measure_env(
+    name: str, env: dict[str, str], cwd: str, up_port: int, requests: int, reps: int, workdir: str
+) -> tuple[list[float], Any]:
+    """`measure` for a gateway with environment `env` run from `cwd` (listening on env PORT,
+    its upstream the fake on `up_port`)."""
+    port = int(env["PORT"])
+    out = os.path.join(workdir, name)
     grind = ["valgrind", "--tool=callgrind", "--dump-instr=no", "-q"]
     grind.append(f"--callgrind-out-file={out}.%p")
     fake = os.path.join(BENCH, "fake_upstream.py")
     upstream = subprocess.Popen([sys.executable, fake, str(up_port), "20", "5"])
-    proc = subprocess.Popen([*grind, sys.executable, "-m", "mana_llm"], cwd=ROOT, env=env)
+    proc = subprocess.Popen([*grind, sys.executable, "-m", "mana_llm"], cwd=cwd, env=env)
     try:
         asyncio.run(wait_port(up_port))
         asyncio.run(wait_port(port, 300))

@@ -25,7 +25,7 @@ from mana_llm.api.chat import CHAT_PATH, EMBEDDINGS_PATH, RESPONSES_PATH, Infere
 from mana_llm.api.failures import register_failures
 from mana_llm.api.guard import Guard
 from mana_llm.api.models import register_models
-from mana_llm.api.request_scope import ASGIApp, with_request_scope
+from mana_llm.api.request_scope import ASGIApp, SpanStep, with_request_scope
 from mana_llm.api.status import register_status
 from mana_llm.gateway import Gateway
 from mana_llm.lifecycle import Lifecycle
@@ -39,9 +39,11 @@ def create_app(
     metrics: Metrics,
     lifecycle: Lifecycle,
     gate: Gate | None = None,
+    spans: SpanStep | None = None,
 ) -> ASGIApp:
     """The pipeline around the inference routes, Quart behind them for everything else;
-    `gate`: the callers' admission (None: no keys file, no ledger)."""
+    `gate`: the callers' admission (None: no keys file, no ledger); `spans`: the requests'
+    server spans (None: traces off)."""
     guard = Guard.from_settings(settings)
     access = Access(gate) if gate is not None else None
     app = QuartTrio("mana_llm")
@@ -56,7 +58,7 @@ def create_app(
     register_callers(app, access)
     register_failures(app, settings)
     routes = InferenceRoutes(gateway, settings, metrics, access).asgi(app)
-    return with_request_scope(routes, metrics, guard, lifecycle, access)
+    return with_request_scope(routes, metrics, guard, lifecycle, access, spans=spans)
 
 
 async def _answered_in_front() -> Response:

@@ -32,6 +32,9 @@ SSE_HEADERS: tuple[Header, ...] = (
 )
 
 
+DISCONNECTED = "client disconnected"  # the reason a client's going away cancels its work with
+
+
 class _ClientGone(Exception):
     """The client disconnected before its request body arrived."""
 
@@ -137,7 +140,7 @@ async def _watch_disconnect(call: Call) -> None:
     walk abandoned). hypercorn also says so inside the last send of a finished exchange."""
     while (await call.receive())["type"] != "http.disconnect":
         pass
-    call.context.nursery.cancel_scope.cancel()
+    call.context.nursery.cancel_scope.cancel(DISCONNECTED)
 
 
 def _too_large(max_bytes: int) -> errors.PayloadTooLarge:

@@ -91,6 +91,15 @@ class AccessStep(Protocol):
     async def settle(self, ctx: RequestContext) -> None: ...
 
 
+class SpanStep(Protocol):
+    """The request's server span (`telemetry/spans.ServerSpans`): begun as the exchange
+    starts (None: not traced), ended after its cleanups, from its trace."""
+
+    def begin(self, scope: Any, trace: RequestTrace) -> Any: ...
+
+    def end(self, span: Any, now: float) -> None: ...
+
+
 def context(scope: Any) -> RequestContext:
     found: RequestContext = scope[CONTEXT]
     return found
@@ -211,6 +220,7 @@ def with_request_scope(
     lifecycle: Lifecycle,
     access: AccessStep | None = None,
     clock: Callable[[], float] = trio.current_time,
+    spans: SpanStep | None = None,
 ) -> ASGIApp:
     """`app` (the plain routes in front of Quart) inside the pipeline."""
 
@@ -222,6 +232,7 @@ def with_request_scope(
         rid = logs.accept_request_id(_header(headers, b"x-request-id").decode("latin-1"))
         token = logs.request_id.set(rid)
         trace = RequestTrace(rid, clock())
+        span = spans.begin(scope, trace) if spans is not None else None
         bodiless = not any(  # a request without a body has all of it from the start
             k in (b"transfer-encoding", b"content-length") and v.strip() != b"0" for k, v in headers
         )
@@ -250,6 +261,8 @@ def with_request_scope(
             if exchange.cut_by_drain:
                 await exchange.end_cut()
             exchange.finish()  # the exchange ended before its last byte: a disconnect, a failure
+            if spans is not None and span is not None:
+                spans.end(span, clock())
             ended = exchange.context  # its upstream is closed: its slot is freed
             if access is not None and ended is not None and not access.settle_later(ended):
                 await access.settle(ended)

@@ -98,7 +98,7 @@ async def relay(
             last = _failed(trace, stream, bug, clock, frames)
         else:
             trace.status = 200
-            trace.usage = stream.usage
+            trace.usage, trace.finish_reason = stream.usage, stream.finish_reason
             trace.upstream_ended_at = clock()
             last = DONE if frames is None else frames.done()
         trace.relayed = relayed[0]  # before the last send, which finishes the trace

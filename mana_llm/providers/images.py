@@ -23,6 +23,7 @@ import trio
 
 from mana_llm import errors
 from mana_llm.domain import Image
+from mana_llm.providers.upstream import Transport
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -59,7 +60,7 @@ def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | Non
 
 @attrs.define(eq=False)
 class ImageFetcher:
-    transport: httpx.AsyncHTTPTransport  # its own pool: fetches never take providers' slots
+    transport: Transport  # its own pool: fetches never take providers' slots
     max_bytes: int = 10 * 1024 * 1024
     timeout_s: float = 10.0
     allow_networks: Sequence[str] = ()

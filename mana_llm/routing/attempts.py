@@ -4,7 +4,8 @@ failed try or skip (Failure, as AttemptRecords for callers), two entries racing 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from contextlib import AbstractContextManager
+from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 import trio
@@ -17,6 +18,24 @@ from mana_llm.providers.protocol import Provider
 T = TypeVar("T")
 Attempt = Callable[[Provider, Target], Awaitable[T]]
 CLEANUP_S = 1.0
+
+
+class Tried(Protocol):
+    """One try as an observer sees it end: its answer, or the failure the walk records."""
+
+    def ended(self, outcome: object) -> None: ...
+
+
+class AttemptObserver(Protocol):
+    """Watches a walk's tries (the traces' attempt spans, `telemetry/`): `trying` is entered
+    around each try on one deployment, in the try's own task (a hedge's too); `skipped` hears
+    an entry passed over without contact (not configured, every circuit open)."""
+
+    def trying(
+        self, attempt: Attempt[Any], deployment: Any, target: Target, hedge: bool
+    ) -> AbstractContextManager[Tried]: ...
+
+    def skipped(self, target: Target, error: GatewayError) -> None: ...
 
 
 @attrs.frozen

@@ -13,8 +13,8 @@ decided by whoever holds the winner (gateway.LiveAnswer), not here.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, NoReturn
 
 import attrs
 import trio
@@ -92,6 +92,11 @@ class CommittedStream:
     def governed(self, policy: StreamPolicy) -> CommittedStream:
         """The walk's winner, given its policy; this one is not to be read any more."""
         return CommittedStream(self.target, self._upstream, self._pending, policy)
+
+    @property
+    def head(self) -> Mapping[str, Any]:
+        """The first chunk's payload: the id and model the upstream named the answer by."""
+        return self._pending[0].payload if self._pending else {}
 
     @property
     def live(self) -> bool:

@@ -20,7 +20,16 @@ from mana_llm.domain import Answered, Target
 from mana_llm.errors import GatewayError
 from mana_llm.health.providers import CircuitState, ProviderHealthCache
 from mana_llm.providers.protocol import Provider
-from mana_llm.routing.attempts import Attempt, Failure, Found, Race, Walk, last_word, records
+from mana_llm.routing.attempts import (
+    Attempt,
+    AttemptObserver,
+    Failure,
+    Found,
+    Race,
+    Walk,
+    last_word,
+    records,
+)
 from mana_llm.routing.balance import Balancer, Deployment, Deployments
 from mana_llm.routing.commit import CommittedStream
 from mana_llm.routing.missing import MissingModels
@@ -41,6 +50,7 @@ class Walker:
     hedge_budgets: Budgets = attrs.field(factory=lambda: Budgets(0.1))
     missing: MissingModels = attrs.field(factory=MissingModels)
     balancer: Balancer = attrs.field()
+    observer: AttemptObserver | None = None  # the traces' attempt spans (None: off)
 
     @balancer.default
     def _one_deployment_each(self) -> Balancer:
@@ -94,6 +104,8 @@ class Walker:
                 skipped = skipped or self._skip_reason(provider, target)
                 if skipped is not None:
                     failures.append(Failure(target, skipped))
+                    if self.observer is not None:
+                        self.observer.skipped(target, skipped)
                     continue
                 partner = self._partner(targets, index) if hedge_after_s else None
                 if partner is None or hedge_after_s is None:
@@ -206,9 +218,11 @@ class Walker:
                     if error is None:  # refused before any try (a trial is another request's)
                         error = self._refusal(provider, target)
                         walk.failures.append(Failure(target, error))
+                        if self.observer is not None:
+                            self.observer.skipped(target, error)
                     break
                 started_at, last = self.clock(), deployment.name
-                outcome = await self._once(deployment, target, walk)
+                outcome = await self._once(deployment, target, walk, hedge)
                 if not isinstance(outcome, GatewayError):
                     return Found(outcome, started_at, target, deployment.name)
                 error = outcome
@@ -239,8 +253,17 @@ class Walker:
         return None
 
     async def _once(
-        self, deployment: Deployment, target: Target, walk: Walk[T]
+        self, deployment: Deployment, target: Target, walk: Walk[T], hedge: bool
     ) -> T | GatewayError:
+        """One try on one deployment, inside the observer's span when traces are on."""
+        if self.observer is None:
+            return await self._try(deployment, target, walk)
+        with self.observer.trying(walk.attempt, deployment, target, hedge) as tried:
+            outcome = await self._try(deployment, target, walk)
+            tried.ended(outcome)
+            return outcome
+
+    async def _try(self, deployment: Deployment, target: Target, walk: Walk[T]) -> T | GatewayError:
         """One try on one deployment, counted in flight, its outcome reported to its health."""
         answered = False
         error: GatewayError | None = None

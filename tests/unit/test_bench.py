@@ -18,6 +18,7 @@ SCRIPTS = [
     "balance.py",
     "callers.py",
     "run.py",
+    "traces.py",
     *(f"research/{p.name}" for p in sorted((BENCH / "research").glob("*.py"))),
 ]
 
@@ -33,13 +34,14 @@ def load(relative: str) -> ModuleType:
 
 def test_the_research_scripts_are_the_ones_the_readme_names() -> None:
     readme = (BENCH / "README.md").read_text()
-    assert SCRIPTS[3:] == [
+    assert SCRIPTS[4:] == [
         "research/app_cost.py",
         "research/callers_instructions.py",
         "research/conc_floor.py",
         "research/floor.py",
         "research/instructions.py",
         "research/path.py",
+        "research/traces_instructions.py",
         "research/workers_floor.py",
     ]
     for script in SCRIPTS:

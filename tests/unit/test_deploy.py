@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
 from mana_llm.metrics import Metrics
+from mana_llm.settings_groups import SAMPLERS
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
@@ -68,7 +69,7 @@ def gateway_variables() -> set[str]:
     source += (ROOT / "mana_llm/settings_groups.py").read_text()
     source += (ROOT / "mana_llm/provider_settings.py").read_text()
     levels = {"DEBUG", "INFO", "WARNING", "ERROR", "TEXT", "JSON", "LEAST_BUSY", "ROUND_ROBIN"}
-    levels |= {"LOCAL", "DENY"}
+    levels |= {"LOCAL", "DENY", "NONE", "OTLP", "CONSOLE", *SAMPLERS}
     return set(re.findall(r'"([A-Z][A-Z0-9_]{2,})"', source)) - levels - INTERNAL
 
 
@@ -135,7 +136,8 @@ def test_the_compose_files_point_at_the_real_image_port_and_variables() -> None:
     assert gateway["ports"] == ["3025:3025"]
     assert set(gateway["environment"]) <= gateway_variables()
     assert (ROOT / "deploy/compose" / gateway["build"]["context"] / "Dockerfile").is_file()
-    assert {"redis", "prometheus", "grafana"} <= set(full["services"])
+    assert {"redis", "prometheus", "grafana", "jaeger"} <= set(full["services"])
+    assert gateway["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
     for service in ("prometheus", "grafana"):
         for volume in full["services"][service]["volumes"]:
             assert (ROOT / "deploy/compose" / volume.split(":")[0]).is_file(), volume

@@ -64,6 +64,15 @@ ALLOWED: dict[str, set[str]] = {
     | {"mana_llm.gateway", "mana_llm.metrics", "mana_llm.api", "mana_llm.access"},
     # who calls: keys, limits, prices, the ledger; below the api, beside the gateway
     "mana_llm.access": LEAVES | {"mana_llm.access"},
+    # traces: observes the request (metrics.RequestTrace) and the walk's tries (routing), and
+    # wraps the providers' transports; nothing below imports it
+    "mana_llm.telemetry": LEAVES
+    | {
+        "mana_llm.telemetry",
+        "mana_llm.metrics",
+        "mana_llm.routing",
+        "mana_llm.providers.upstream",
+    },
     "mana_llm.signals": set(),
     "mana_llm.server_config": LEAVES,
     # the other composition root: it checks what service.run would refuse before any worker
@@ -72,7 +81,13 @@ ALLOWED: dict[str, set[str]] = {
 }
 # third-party packages and the only layers that may import them
 THIRD_PARTY = {
-    "httpx": ("mana_llm.providers", "mana_llm.service", "mana_llm.assembly"),
+    "httpx": (
+        "mana_llm.providers",
+        "mana_llm.service",
+        "mana_llm.assembly",
+        "mana_llm.telemetry.http",
+    ),
+    "opentelemetry": ("mana_llm.telemetry",),
     "quart": ("mana_llm.api",),
     "quart_trio": ("mana_llm.api",),
     "werkzeug": ("mana_llm.api",),
