@@ -1,15 +1,21 @@
-"""What traces cost: the same requests through a gateway with traces off and one with traces on
-(every request sampled, its spans exported over OTLP/HTTP to a sink in this process), side by
-side in one run; with `--before REV`, a third gateway run from that revision (a git worktree:
-the code before traces existed) shows what "off" costs.
+"""What traces cost: the same requests through gateways side by side in one run:
+
+- `off`: no OTEL_* variable;
+- `on`: every request sampled, its spans exported to an in-process sink (`sink_gateway.py`:
+  the provider, the batch processor and its thread as configured, an exporter that keeps
+  nothing): what traces cost the gateway itself;
+- `otlp`: the same, exported by the OTLP/HTTP exporter to a collector in this bench's process
+  (a thread that takes every export): the above plus the exporter's protobuf encoding;
+- with `--before REV`, `before`: the code of that revision (a git worktree, before traces
+  existed), to show what `off` costs.
 
     python bench/traces.py [--seconds 1] [--conc 1] [--reps 8] [--before REV]
 
 For each workload (a non-streaming and a streaming chat to a fast fake upstream) and each
 concurrency, the gateways are loaded in turn for `--seconds`, `--reps` times each
-(interleaved slices see the same noisy machine): the gateway's CPU per request (its
-exporter's thread included) and its p50 latency, and the ratios on/off and off/before (the
-targets: on at most +15%, off at most +2%). Everything runs on 127.0.0.1 and stops by itself.
+(interleaved slices see the same noisy machine): the gateway's CPU per request (every thread
+of it) and its p50 latency, and the ratios to `off` (the targets: `on` at most +15% at c=1,
+`off` at most +2% over `before`). Everything runs on 127.0.0.1 and stops by itself.
 """
 
 from __future__ import annotations
@@ -80,24 +86,24 @@ def worktree(rev: str | None) -> Iterator[str | None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+GATEWAY = [sys.executable, "-m", "mana_llm"]
+SINK_GATEWAY = [sys.executable, os.path.join(HERE, "sink_gateway.py")]
+Run = tuple[dict[str, str], str, list[str]]  # environment, directory, command
+
+
 def environments(
     base: dict[str, str], scratch: str, traces_url: str, before: str | None
-) -> dict[str, tuple[dict[str, str], str]]:
-    """Each gateway's environment and the directory it runs from."""
-    ports = free_ports(3)
+) -> dict[str, Run]:
+    """Each gateway's environment, the directory it runs from and its command."""
+    ports = free_ports(4)
+    traced = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": traces_url, "OTEL_TRACES_SAMPLER": "always_on"}
     runs = {
-        "off": (callers.gateway_env(base, "none", ports[0], scratch), ROOT),
-        "on": (
-            callers.gateway_env(base, "none", ports[1], scratch)
-            | {
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": traces_url,
-                "OTEL_TRACES_SAMPLER": "always_on",
-            },
-            ROOT,
-        ),
+        "off": (callers.gateway_env(base, "none", ports[0], scratch), ROOT, GATEWAY),
+        "on": (callers.gateway_env(base, "none", ports[1], scratch) | traced, ROOT, SINK_GATEWAY),
+        "otlp": (callers.gateway_env(base, "none", ports[2], scratch) | traced, ROOT, GATEWAY),
     }
     if before is not None:  # `python -m` finds the package in the directory it runs from
-        runs["before"] = (callers.gateway_env(base, "none", ports[2], scratch), before)
+        runs["before"] = (callers.gateway_env(base, "none", ports[3], scratch), before, GATEWAY)
     return runs
 
 
@@ -125,17 +131,18 @@ def main() -> None:
     with sink() as traces_url, worktree(args.before) as before:
         runs = environments(callers.base_env(up_port, scratch), scratch, traces_url, before)
         gateways = {
-            mode: subprocess.Popen([sys.executable, "-m", "mana_llm"], cwd=cwd, env=env)
-            for mode, (env, cwd) in runs.items()
+            mode: subprocess.Popen(command, cwd=cwd, env=env)
+            for mode, (env, cwd, command) in runs.items()
         }
         try:
             asyncio.run(wait_port(up_port))
-            ports = {mode: int(env["PORT"]) for mode, (env, _) in runs.items()}
+            ports = {mode: int(env["PORT"]) for mode, (env, _, _) in runs.items()}
             for port in ports.values():
                 asyncio.run(wait_port(port))
             pids = {mode: gateway.pid for mode, gateway in gateways.items()}
-            print(f"{'workload':<12} " + " ".join(f"{m + ' cpu ms/req':>18}" for m in ports)
-                  + f" {'on/off':>7} {'off/before':>10} {'p50 ms on/off':>14}")  # fmt: skip
+            print(f"{'workload':<12} " + " ".join(f"{m + ' ms/req':>14}" for m in ports)
+                  + f" {'on/off':>7} {'otlp/off':>8} {'off/before':>10}"
+                  + f" {'p50 ms off/on/otlp':>20}")  # fmt: skip
             for name, body in workloads.items():
                 for conc in (int(c) for c in args.conc.split(",")):
                     totals = callers.interleaved(ports, pids, body, conc, args.reps, args.seconds)
@@ -144,9 +151,10 @@ def main() -> None:
                     p50 = {m: pct(r["lat"], 0.5) for m, r in totals.items()}
                     off_before = f"{cpu['off'] / cpu['before']:.3f}" if "before" in cpu else "-"
                     print(f"{name + f' c={conc}':<12} "
-                          + " ".join(f"{cpu[m]:>18.3f}" for m in ports)
-                          + f" {cpu['on'] / cpu['off']:>7.3f} {off_before:>10}"
-                          + f" {p50['on']:>6.2f}/{p50['off']:<7.2f}")  # fmt: skip
+                          + " ".join(f"{cpu[m]:>14.3f}" for m in ports)
+                          + f" {cpu['on'] / cpu['off']:>7.3f} {cpu['otlp'] / cpu['off']:>8.3f}"
+                          + f" {off_before:>10}"
+                          + f" {p50['off']:>6.2f}/{p50['on']:.2f}/{p50['otlp']:.2f}")  # fmt: skip
             print(f"the sink took {_Sink.exports} exports")
         finally:
             for gateway in gateways.values():

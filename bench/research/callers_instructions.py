@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -65,17 +66,24 @@ def measure(mode: str, requests: int, reps: int, workdir: str) -> tuple[list[flo
 
 
 def measure_env(
-    name: str, env: dict[str, str], cwd: str, up_port: int, requests: int, reps: int, workdir: str
+    name: str,
+    env: dict[str, str],
+    cwd: str,
+    up_port: int,
+    requests: int,
+    reps: int,
+    workdir: str,
+    args: Sequence[str] = ("-m", "mana_llm"),
 ) -> tuple[list[float], Any]:
-    """`measure` for a gateway with environment `env` run from `cwd` (listening on env PORT,
-    its upstream the fake on `up_port`)."""
+    """`measure` for a gateway with environment `env` run from `cwd` as `python *args`
+    (listening on env PORT, its upstream the fake on `up_port`)."""
     port = int(env["PORT"])
     out = os.path.join(workdir, name)
     grind = ["valgrind", "--tool=callgrind", "--dump-instr=no", "-q"]
     grind.append(f"--callgrind-out-file={out}.%p")
     fake = os.path.join(BENCH, "fake_upstream.py")
     upstream = subprocess.Popen([sys.executable, fake, str(up_port), "20", "5"])
-    proc = subprocess.Popen([*grind, sys.executable, "-m", "mana_llm"], cwd=cwd, env=env)
+    proc = subprocess.Popen([*grind, sys.executable, *args], cwd=cwd, env=env)
     try:
         asyncio.run(wait_port(up_port))
         asyncio.run(wait_port(port, 300))

@@ -1,7 +1,7 @@
-"""What traces cost, in instructions: the gateway with traces off, with traces on (every
-request sampled, exported over OTLP/HTTP to a sink in this process; the exporter's thread is
-counted), and with `--before REV` the code of that revision (before traces existed), each
-under valgrind's callgrind, the same non-streaming requests one at a time over one
+"""What traces cost, in instructions: the gateways of `bench/traces.py` (`off`; `on`, every
+request sampled, exported to an in-process sink; `otlp`, the same through the OTLP/HTTP
+exporter, its thread counted; with `--before REV`, the code of that revision), each under
+valgrind's callgrind, the same non-streaming requests one at a time over one
 connection, counted around the load only (`callers_instructions.py` does the same for keys).
 
     python bench/research/traces_instructions.py [--requests 60] [--reps 2] [--before REV]
@@ -41,14 +41,16 @@ def main() -> None:
         up_port = free_ports(1)[0]
         scratch = tempfile.mkdtemp(prefix="mana-bench-instr-")
         base = callers.base_env(up_port, scratch) | {"PYTHONHASHSEED": "0"}
-        for mode, (env, cwd) in traces.environments(base, scratch, traces_url, before).items():
+        gateways = traces.environments(base, scratch, traces_url, before)
+        for mode, (env, cwd, command) in gateways.items():
             runs, _ = callers_instructions.measure_env(
-                mode, env, cwd, up_port, args.requests, args.reps, workdir
+                mode, env, cwd, up_port, args.requests, args.reps, workdir, command[1:]
             )
             per_request[mode] = min(runs)  # the first rep runs colder
     shown = ", ".join(f"{mode} {n / 1e6:.3f}M" for mode, n in per_request.items())
     print(f"instructions per request: {shown}")
-    print(f"on/off {per_request['on'] / per_request['off']:.3f}", end="")
+    off = per_request["off"]
+    print(f"on/off {per_request['on'] / off:.3f}, otlp/off {per_request['otlp'] / off:.3f}", end="")
     if "before" in per_request:
         print(f", off/before {per_request['off'] / per_request['before']:.3f}", end="")
     print()

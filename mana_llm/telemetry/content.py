@@ -18,7 +18,7 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
-from mana_llm.domain import ChatRequest, Usage
+from mana_llm.domain import ChatRequest, Target, Usage
 from mana_llm.routing.operations import Buffered, Stream
 
 MAX_PART_CHARS = 4096
@@ -46,12 +46,17 @@ def request_attributes(chat: ChatRequest | None, attempt: Any) -> dict[str, Any]
     return found
 
 
-def response_attributes(span: Span, payload: Mapping[str, Any], usage: Usage | None) -> None:
-    """The answer's id, model, finish reasons and token counts."""
+def response_attributes(
+    span: Span, payload: Mapping[str, Any], usage: Usage | None, target: Target
+) -> None:
+    """The answer's id, its model when the upstream named another than was asked for, finish
+    reasons and token counts, set at once (each `set_attribute` takes the span's lock)."""
+    found: dict[str, Any] = {}
     if isinstance(payload.get("id"), str):
-        span.set_attribute("gen_ai.response.id", payload["id"])
-    if isinstance(payload.get("model"), str):
-        span.set_attribute("gen_ai.response.model", payload["model"])
+        found["gen_ai.response.id"] = payload["id"]
+    model = payload.get("model")
+    if isinstance(model, str) and model not in (target.resolved, target.model):
+        found["gen_ai.response.model"] = model
     choices = payload.get("choices")
     reasons = [
         c["finish_reason"]
@@ -59,21 +64,21 @@ def response_attributes(span: Span, payload: Mapping[str, Any], usage: Usage | N
         if isinstance(c, Mapping) and isinstance(c.get("finish_reason"), str)
     ]
     if reasons:
-        span.set_attribute("gen_ai.response.finish_reasons", reasons)
+        found["gen_ai.response.finish_reasons"] = reasons
     if usage is not None:
-        _usage(span, usage)
+        found["gen_ai.usage.input_tokens"] = usage.prompt_tokens
+        found["gen_ai.usage.output_tokens"] = usage.completion_tokens
+    span.set_attributes(found)
 
 
 def stream_attributes(span: Span, usage: Usage | None, finish_reason: str | None) -> None:
+    found: dict[str, Any] = {}
     if finish_reason is not None:
-        span.set_attribute("gen_ai.response.finish_reasons", [finish_reason])
+        found["gen_ai.response.finish_reasons"] = [finish_reason]
     if usage is not None:
-        _usage(span, usage)
-
-
-def _usage(span: Span, usage: Usage) -> None:
-    span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
-    span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
+        found["gen_ai.usage.input_tokens"] = usage.prompt_tokens
+        found["gen_ai.usage.output_tokens"] = usage.completion_tokens
+    span.set_attributes(found)
 
 
 def _text(text: str) -> str:

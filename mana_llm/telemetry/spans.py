@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -105,13 +106,10 @@ class ServerSpans:
         attributes: dict[str, Any] = {
             "http.request.method": method,
             "url.scheme": scope.get("scheme", "http"),
-            "url.path": path,
             "server.address": server[0] or "",
         }
         if route is not None:
             attributes["http.route"] = route
-        if server[1] is not None:
-            attributes["server.port"] = server[1]
         if "user-agent" in carrier:
             attributes["user_agent.original"] = carrier["user-agent"][:256]
         name = f"{method} {route}" if route else method
@@ -126,13 +124,14 @@ class ServerSpans:
     def end(self, request: RequestSpan, now: float) -> None:
         trace, span = request.trace, request.span
         status = trace.status if trace.status is not None else 499
-        span.set_attribute("http.response.status_code", status)
+        fields = _describe(span, trace)
+        fields["http.response.status_code"] = status
         error = trace.error if trace.status is not None else DISCONNECTED
         if error is not None:
-            span.set_attribute("error.type", error)
+            fields["error.type"] = error
+        span.set_attributes(fields)
         if status >= 500 or trace.status is None:
             span.set_status(Status(StatusCode.ERROR, error))
-        _describe(span, trace, request.tries)
         if trace.first_token_at is not None:
             span.add_event("mana_llm.first_token", timestamp=request.at(trace.first_token_at))
         if trace.hedge in ("won", "lost"):
@@ -146,35 +145,37 @@ def _winner(trace: RequestTrace) -> str:
     return "hedge" if trace.hedge == "won" else "first"
 
 
-def _describe(span: Span, trace: RequestTrace, tries: int) -> None:
-    """What the request asked and what answered it, on its server span."""
-    fields: dict[str, Any] = {
-        "mana_llm.model": trace.model,
-        "mana_llm.resolved": trace.resolved,
-        "mana_llm.deployment": trace.deployment,
-        "mana_llm.cache": trace.cache,
-        "mana_llm.caller": trace.caller,
-        "mana_llm.hedge": trace.hedge,
-        "mana_llm.stream": trace.stream if trace.model is not None else None,
-    }
+def _describe(span: Span, trace: RequestTrace) -> dict[str, Any]:
+    """What only the gateway knows of the request, for its server span: the alias asked for,
+    what the cache did (and, for a hit, which model's answer it was: no attempt says so),
+    the caller, a hedge. Each attribute is paid for twice (on the request path and in the
+    exporter's encoding), so what an attempt span already says is not repeated here."""
+    fields: dict[str, Any] = {}
     if trace.model is not None and trace.model.startswith("mana/"):
         fields["mana_llm.alias"] = trace.model
-    if trace.model is not None:
-        fields["mana_llm.attempts"] = tries
-    span.set_attributes({k: v for k, v in fields.items() if v is not None})
+    if trace.cache is not None and trace.cache != "bypass":
+        fields["mana_llm.cache"] = trace.cache
+        if trace.cache == "hit" and trace.resolved is not None:
+            fields["mana_llm.resolved"] = trace.resolved
+    if trace.caller is not None:
+        fields["mana_llm.caller"] = trace.caller
+    if trace.hedge is not None:
+        fields["mana_llm.hedge"] = trace.hedge
+    return fields
 
 
 # --- attempts ---------------------------------------------------------------------------
 
 
-def _server(deployment: Any) -> dict[str, Any]:
-    """`server.address` and `server.port` of the deployment's base URL (never its path, which
+@functools.lru_cache(maxsize=256)
+def _server(base_url: str) -> tuple[tuple[str, Any], ...]:
+    """`server.address` and `server.port` of a deployment's base URL (never its path, which
     some providers put keys in)."""
-    parsed = urllib.parse.urlsplit(getattr(deployment, "base_url", "") or "")
+    parsed = urllib.parse.urlsplit(base_url)
     if not parsed.hostname:
-        return {}
+        return ()
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    return {"server.address": parsed.hostname, "server.port": port}
+    return (("server.address", parsed.hostname), ("server.port", port))
 
 
 @attrs.define(eq=False)
@@ -197,8 +198,7 @@ class AttemptSpans:
             "gen_ai.provider.name": REGISTRY.get(target.provider, target.provider),
             "gen_ai.request.model": target.resolved,
             "mana_llm.deployment": deployment.name,
-            "mana_llm.hedged": hedge,
-            **_server(deployment),
+            **dict(_server(getattr(deployment, "base_url", "") or "")),
             **content.request_attributes(chat, attempt),
             **_place(request, target, hedge),
         }
@@ -232,7 +232,7 @@ class AttemptSpans:
 
 def _place(request: RequestSpan | None, target: Target, hedge: bool) -> dict[str, Any]:
     """The try's place in the walk: its index, and whether it retries the same entry, falls
-    back from another (and why), or races beside one (a hedge)."""
+    back from another (and why), or races beside one (a hedge); none of that for a first."""
     if request is None:
         return {"mana_llm.attempt": 0}
     index, last = request.tries, request.last
@@ -245,9 +245,8 @@ def _place(request: RequestSpan | None, target: Target, hedge: bool) -> dict[str
         place["mana_llm.caller"] = trace.caller
     if hedge:
         place["mana_llm.attempt.kind"] = "hedge"
-    elif last is None:
-        place["mana_llm.attempt.kind"] = "first"
-    else:
+        place["mana_llm.hedged"] = True
+    elif last is not None:  # the first try of a walk says nothing more
         place["mana_llm.attempt.kind"] = "retry" if last[0] == target else "fallback"
         place["mana_llm.fallback.reason"] = last[1]
     return place
@@ -275,7 +274,7 @@ class _Tried:
             self._committed(outcome)
             return
         if isinstance(outcome, ChatResponse):
-            content.response_attributes(span, outcome.payload, outcome.usage)
+            content.response_attributes(span, outcome.payload, outcome.usage, self.target)
             if self.capture:
                 content.record_output(span, outcome.payload)
         elif isinstance(outcome, EmbeddingResponse) and outcome.usage is not None:
@@ -289,7 +288,7 @@ class _Tried:
         span.set_attribute(
             "gen_ai.response.time_to_first_chunk", trio.current_time() - self.started_at
         )
-        content.response_attributes(span, stream.head, None)
+        content.response_attributes(span, stream.head, None, self.target)
         if stream.live:
             stream.hold(self._stream_closed)
         else:  # a buffered answer: already whole

@@ -79,22 +79,14 @@ async def test_a_fallback_chain_is_a_server_span_over_one_client_span_per_attemp
     assert r.status_code == 200
     server, attempts = tree(spans)
     assert server.name == "POST /v1/chat/completions"
-    assert server.attributes | {"server.port": 0} == {
+    assert server.attributes == {
         "http.request.method": "POST",
         "http.route": "/v1/chat/completions",
         "url.scheme": "http",
-        "url.path": "/v1/chat/completions",
         "server.address": "127.0.0.1",
-        "server.port": 0,
         "user_agent.original": "tests/1.0",
         "http.response.status_code": 200,
-        "mana_llm.model": CHAIN,
         "mana_llm.alias": CHAIN,
-        "mana_llm.resolved": "ollama/gemma3:4b",
-        "mana_llm.deployment": "ollama-1",
-        "mana_llm.cache": "bypass",
-        "mana_llm.stream": False,
-        "mana_llm.attempts": 2,
     }
     skipped = server.event("mana_llm.circuit_refusal")
     assert skipped == {
@@ -106,7 +98,8 @@ async def test_a_fallback_chain_is_a_server_span_over_one_client_span_per_attemp
     assert groq.kind == ollama.kind == "CLIENT"
     assert groq.status == 2 and groq.attributes["error.type"] == "upstream_error"
     assert groq.attributes["gen_ai.provider.name"] == "groq"
-    assert groq.attributes["mana_llm.attempt.kind"] == "first"
+    assert groq.attributes["mana_llm.attempt"] == 0
+    assert "mana_llm.attempt.kind" not in groq.attributes  # the first try of the walk
     common = {
         "gen_ai.operation.name": "chat",
         "gen_ai.request.max_tokens": 50,
@@ -114,7 +107,6 @@ async def test_a_fallback_chain_is_a_server_span_over_one_client_span_per_attemp
         "gen_ai.request.top_p": 0.9,
         "gen_ai.request.stream": False,
         "mana_llm.alias": CHAIN,
-        "mana_llm.hedged": False,
     }
     assert common.items() <= groq.attributes.items()
     assert common.items() <= ollama.attributes.items()
@@ -123,7 +115,6 @@ async def test_a_fallback_chain_is_a_server_span_over_one_client_span_per_attemp
         **common,
         "gen_ai.provider.name": "ollama",
         "gen_ai.request.model": "ollama/gemma3:4b",
-        "gen_ai.response.model": "ollama/gemma3:4b",
         "gen_ai.response.id": "x",
         "gen_ai.response.finish_reasons": ["stop"],
         "gen_ai.usage.input_tokens": 7,
@@ -372,7 +363,7 @@ async def test_a_hedge_is_a_span_beside_the_silent_one_and_the_winner_is_said(
         spans = await receiver.wait_for(3)
     assert r.headers["x-mana-llm-resolved"] == "ollama/gemma3:4b"
     server, [silent, hedge] = tree(spans)
-    assert silent.attributes["mana_llm.attempt.kind"] == "first"
+    assert silent.attributes["mana_llm.attempt"] == 0 and "mana_llm.hedged" not in silent.attributes
     assert silent.attributes["error.type"] == "cancelled" and silent.status == 2
     assert hedge.attributes["mana_llm.attempt.kind"] == "hedge"
     assert hedge.attributes["mana_llm.hedged"] is True and hedge.status != 2
@@ -437,3 +428,20 @@ async def test_embeddings_attempts_are_embeddings_spans(nursery: trio.Nursery) -
     assert attempt.name == "embeddings ollama/nomic-embed-text"
     assert attempt.attributes["gen_ai.operation.name"] == "embeddings"
     assert attempt.attributes["gen_ai.usage.input_tokens"] == 3
+
+
+async def test_a_cache_hit_is_a_server_span_alone_naming_the_answer(
+    nursery: trio.Nursery,
+) -> None:
+    receiver = await start_receiver(nursery)
+    stack = await traced_stack(nursery, receiver)
+    body = chat("groq/llama-3.1-8b-instant", temperature=0)
+    with trio.fail_after(10):
+        await stack.chat(body)
+        hit = await stack.chat(body)
+        spans = await receiver.wait_for(3)
+    assert hit.headers["x-mana-llm-cache"] == "HIT"
+    servers = [s for s in spans if s.kind == "SERVER"]
+    assert [s.attributes.get("mana_llm.cache") for s in servers] == ["miss", "hit"]
+    assert servers[1].attributes["mana_llm.resolved"] == "groq/llama-3.1-8b-instant"
+    assert not [s for s in spans if s.parent_id == servers[1].span_id]  # no attempt ran

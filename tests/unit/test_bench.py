@@ -48,7 +48,9 @@ def test_the_research_scripts_are_the_ones_the_readme_names() -> None:
         assert f"bench/{script}" in readme, script
 
 
-@pytest.mark.parametrize("script", ["fake_upstream.py", "floor_relays.py", *SCRIPTS])
+@pytest.mark.parametrize(
+    "script", ["fake_upstream.py", "floor_relays.py", "sink_gateway.py", *SCRIPTS]
+)
 def test_every_bench_module_imports(script: str) -> None:
     module = load(script)
     if script in SCRIPTS:
