@@ -2,7 +2,9 @@
 attributes, semantic-conventions-genai docs/gen-ai/client-inference.md), and, only with
 OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true, the messages themselves as the
 conventions' opt-in event `gen_ai.client.inference.operation.details` with
-`gen_ai.input.messages` / `gen_ai.output.messages` (JSON: role and parts).
+`gen_ai.input.messages` / `gen_ai.output.messages` (role and parts, as JSON strings: span
+events in OpenTelemetry Python take no nested values, the case the conventions allow a JSON
+string for).
 
 Captured content is bounded: each text part is cut to MAX_PART_CHARS characters (ending in
 `…[truncated]`), and only the last MAX_MESSAGES messages of the input are kept. Images are
@@ -29,7 +31,9 @@ DETAILS = "gen_ai.client.inference.operation.details"
 
 def request_attributes(chat: ChatRequest | None, attempt: Any) -> dict[str, Any]:
     """The request's parameters the conventions name, where the caller set them."""
-    found: dict[str, Any] = {"gen_ai.request.stream": isinstance(attempt, Stream | Buffered)}
+    found: dict[str, Any] = {}
+    if isinstance(attempt, Stream | Buffered):  # "if and only if the request is streaming"
+        found["gen_ai.request.stream"] = True
     if chat is None:
         return found
     for key, value in (

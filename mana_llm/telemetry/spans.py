@@ -302,6 +302,8 @@ class _Tried:
             content.stream_attributes(self.span, trace.usage, trace.finish_reason)
             if trace.status is None or trace.status >= 400:
                 error = trace.error if trace.status is not None else DISCONNECTED
+                # the conventions: a generation that ended abnormally reports `error`
+                self.span.set_attribute("gen_ai.response.finish_reasons", ["error"])
                 self._fail(error or "cancelled", "the stream ended without its answer")
                 return
         self._end()
