@@ -24,10 +24,7 @@ class Propagating:
     inner: Transport
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        carrier: dict[str, str] = {}
-        PROPAGATOR.inject(carrier)
-        for name, value in carrier.items():
-            request.headers[name] = value
+        PROPAGATOR.inject(request.headers)  # the default setter: headers[name] = value
         return await self.inner.handle_async_request(request)
 
     async def aclose(self) -> None:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import functools
 import time
 import urllib.parse
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import attrs
@@ -184,10 +182,8 @@ class AttemptSpans:
 
     tracing: Tracing
 
-    @contextmanager
-    def trying(
-        self, attempt: Any, deployment: Any, target: Target, hedge: bool
-    ) -> Iterator[_Tried]:
+    def trying(self, attempt: Any, deployment: Any, target: Target, hedge: bool) -> _Tried:
+        """The try's span, current while the try runs (`_Tried` is the context manager)."""
         request = otel_context.get_value(REQUEST)
         request = request if isinstance(request, RequestSpan) else None
         operation = "embeddings" if isinstance(attempt, Embed) else "chat"
@@ -209,15 +205,7 @@ class AttemptSpans:
             request.span.add_event("mana_llm.hedge_started", {"mana_llm.target": target.resolved})
         if self.tracing.capture_content and chat is not None:
             content.record_input(span, chat, operation, attributes["gen_ai.provider.name"])
-        tried = _Tried(span, request, target, self.tracing.capture_content, trio.current_time())
-        token = otel_context.attach(set_span_in_context(span))
-        try:
-            yield tried
-        except BaseException as exc:
-            tried.cancelled(exc)
-            raise
-        finally:
-            otel_context.detach(token)
+        return _Tried(span, request, target, self.tracing.capture_content, trio.current_time())
 
     def skipped(self, target: Target, error: errors.GatewayError) -> None:
         """An entry passed over without contact: an event on the request's span."""
@@ -262,6 +250,18 @@ class _Tried:
     capture: bool
     started_at: float
     done: bool = False
+    token: object = None
+
+    def __enter__(self) -> _Tried:
+        self.token = otel_context.attach(set_span_in_context(self.span))
+        return self
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        try:
+            if exc is not None:
+                self.cancelled(exc)
+        finally:
+            otel_context.detach(self.token)  # type: ignore[arg-type]
 
     def ended(self, outcome: object) -> None:
         span = self.span
