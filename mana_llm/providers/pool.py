@@ -16,7 +16,8 @@ from the busy ones and checks only the one it hands out.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 
 import httpx
 
@@ -73,8 +74,11 @@ class Pool:
         finally:
             if response is None:  # failed or cancelled: its slot is free again
                 self._in_flight[index] -= 1
-        response.stream = _Held(response.stream, self._in_flight, index)
+        response.stream = Released(response.stream, partial(self._free, index))
         return response
+
+    def _free(self, index: int) -> None:
+        self._in_flight[index] -= 1
 
     async def aclose(self) -> None:
         for shard in self._shards:
@@ -88,20 +92,17 @@ class Pool:
         await self.aclose()
 
 
-class _Held(httpx.AsyncByteStream):
-    """A response's body that gives its shard's slot back when it is closed (once). Iterating
-    is the transport's own iterator: no layer on the per-read path."""
+class Released(httpx.AsyncByteStream):
+    """A response's body that calls `release` when it is closed (once): the pool gives its
+    shard's slot back, a traced fetch ends its span. Iterating is the transport's own
+    iterator: no layer on the per-read path."""
 
     def __init__(
-        self,
-        stream: httpx.AsyncByteStream | httpx.SyncByteStream,
-        in_flight: list[int],
-        index: int,
+        self, stream: httpx.AsyncByteStream | httpx.SyncByteStream, release: Callable[[], object]
     ) -> None:
         assert isinstance(stream, httpx.AsyncByteStream)
         self._stream = stream
-        self._in_flight = in_flight
-        self._index: int | None = index
+        self._release: Callable[[], object] | None = release
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._stream.__aiter__()
@@ -110,6 +111,6 @@ class _Held(httpx.AsyncByteStream):
         try:
             await self._stream.aclose()
         finally:
-            if self._index is not None:
-                self._in_flight[self._index] -= 1
-                self._index = None
+            release, self._release = self._release, None
+            if release is not None:
+                release()

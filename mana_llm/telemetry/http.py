@@ -6,13 +6,13 @@ Transport`): the providers know nothing of traces."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
 import httpx
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
+from mana_llm.providers.pool import Released
 from mana_llm.providers.upstream import Transport
 from mana_llm.telemetry.spans import PROPAGATOR
 
@@ -60,25 +60,5 @@ class Spanned:
         if response.status_code >= 400:
             span.set_attribute("error.type", str(response.status_code))
             span.set_status(Status(StatusCode.ERROR))
-        response.stream = _Ending(response.stream, span)
+        response.stream = Released(response.stream, span.end)  # the span ends with the body
         return response
-
-
-class _Ending(httpx.AsyncByteStream):
-    """A response body that ends its span when it is closed (once)."""
-
-    def __init__(self, stream: httpx.AsyncByteStream | httpx.SyncByteStream, span: Span) -> None:
-        assert isinstance(stream, httpx.AsyncByteStream)
-        self._stream = stream
-        self._span: Span | None = span
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._stream.__aiter__()
-
-    async def aclose(self) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            if self._span is not None:
-                self._span.end()
-                self._span = None

@@ -72,6 +72,7 @@ ALLOWED: dict[str, set[str]] = {
         "mana_llm.metrics",
         "mana_llm.routing",
         "mana_llm.providers.upstream",
+        "mana_llm.providers.pool",
     },
     "mana_llm.signals": set(),
     "mana_llm.server_config": LEAVES,
