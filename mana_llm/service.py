@@ -102,7 +102,7 @@ async def _run(
     for warning in settings.warnings():
         log.warning("%s", warning)
     async with (
-        open_tracing(settings, metrics) as tracing,
+        open_tracing(settings, metrics, lifecycle) as tracing,
         http_transport(settings.image_fetch_concurrency) as image_transport,
         open_fleet(
             settings, image_fetcher(settings, image_transport, tracing), tracing is not None
@@ -269,7 +269,9 @@ async def _drain_after(
     exchange still open is cut and told so (a stream's final error event); hypercorn's own
     deadline comes `server_config.CUT_GRACE_S` later, so those last words reach the clients."""
     await stop.wait()
-    lifecycle.begin_drain()
+    lifecycle.begin_drain(
+        trio.current_time() + settings.drain_delay_s + settings.graceful_timeout_s
+    )
     if settings.drain_delay_s:
         log.info("draining: accepting for %gs more (DRAIN_DELAY)", settings.drain_delay_s)
         await trio.sleep(settings.drain_delay_s)

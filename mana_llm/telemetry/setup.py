@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import Tracer
 
+from mana_llm.lifecycle import Lifecycle
 from mana_llm.metrics import Metrics
 from mana_llm.settings import Settings
 
@@ -139,8 +140,12 @@ def describe(settings: Settings) -> str:
 
 
 @asynccontextmanager
-async def open_tracing(settings: Settings, metrics: Metrics) -> AsyncIterator[Tracing | None]:
-    """The worker's tracing for the service's life (None when off), flushed at the end."""
+async def open_tracing(
+    settings: Settings, metrics: Metrics, lifecycle: Lifecycle
+) -> AsyncIterator[Tracing | None]:
+    """The worker's tracing for the service's life (None when off), flushed at the end within
+    what is left of the drain's budget (DRAIN_DELAY + GRACEFUL_TIMEOUT after SIGTERM: the
+    orchestrator's grace period is sized on it), GRACEFUL_TIMEOUT when no drain ran."""
     log.info("%s", describe(settings))
     if settings.traces_exporter == "none":
         yield None
@@ -156,4 +161,5 @@ async def open_tracing(settings: Settings, metrics: Metrics) -> AsyncIterator[Tr
         yield tracing
     finally:
         with trio.CancelScope(shield=True):
-            await tracing.close(settings.graceful_timeout_s)
+            left = lifecycle.drain_left_s(trio.current_time(), settings.graceful_timeout_s)
+            await tracing.close(left)
