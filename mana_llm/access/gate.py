@@ -13,7 +13,6 @@ one token per content chunk relayed, and the row says estimated. A cache hit cha
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import os
@@ -105,22 +104,25 @@ def _trio(kind: str, limit: int, remaining: int, reset_s: float) -> list[tuple[b
     return [
         (names[0], b"%d" % limit),
         (names[1], b"%d" % max(0, remaining)),
-        (names[2], _reset(round(reset_s, 3))),
+        (names[2], _duration(max(0, int(reset_s * 1000 + 0.5)))),
     ]
 
 
-@functools.lru_cache(maxsize=4096)
-def _reset(seconds: float) -> bytes:
-    return duration(seconds).encode()
+def _duration(ms: int) -> bytes:
+    """`duration` from whole milliseconds, in integers only (no float formatting: this is on
+    every answer to a limited caller)."""
+    if ms < 1000:
+        return b"%dms" % ms
+    minutes, rest = divmod(ms, 60_000)
+    whole, frac = divmod(rest, 1000)
+    text = b"%d.%03d" % (whole, frac) if frac else b"%d" % whole
+    text = text.rstrip(b"0") if frac else text
+    return b"%dm%ss" % (minutes, text) if minutes else text + b"s"
 
 
 def duration(seconds: float) -> str:
     """As OpenAI writes them: `17ms`, `1s`, `8.64s`, `6m0s`."""
-    if seconds < 1:
-        return f"{max(0, round(seconds * 1000))}ms"
-    minutes, rest = divmod(round(seconds, 3), 60)
-    text = f"{rest:.3f}".rstrip("0").rstrip(".")
-    return f"{int(minutes)}m{text}s" if minutes else f"{text}s"
+    return _duration(max(0, int(seconds * 1000 + 0.5))).decode()
 
 
 @attrs.define(eq=False)

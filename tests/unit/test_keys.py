@@ -101,7 +101,15 @@ def test_unpriced_cloud_models_a_usd_budget_can_reach() -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(0.017, "17ms"), (1, "1s"), (8.64, "8.64s"), (60, "1m0s"), (360.5, "6m0.5s")],
+    [
+        (0.017, "17ms"),
+        (0.9995, "1s"),
+        (1, "1s"),
+        (8.64, "8.64s"),
+        (60, "1m0s"),
+        (61.25, "1m1.25s"),
+        (360.5, "6m0.5s"),
+    ],
 )
 def test_durations_as_openai_writes_them(seconds: float, text: str) -> None:
     assert duration(seconds) == text
