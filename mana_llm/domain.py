@@ -18,6 +18,9 @@ import attrs
 from mana_llm.errors import AttemptRecord
 
 JSON = dict[str, Any]
+# the reason a request's work is cancelled with when its client goes away (trio's
+# `Cancelled.reason`: the traces tell a client gone from a deadline or a lost race by it)
+CLIENT_GONE = "client disconnected"
 T = TypeVar("T")
 U = TypeVar("U")
 

@@ -2,7 +2,7 @@
 (`api/plain.py`): parse at the edge, resolve, ask the gateway, send what it answered (body,
 headers) and put what it did on the request's trace. A Responses request is translated into
 the chat request it stands for (`responses_request.py`) and takes the chat path, once; only
-its answer is framed differently (`responses_answer.py`)."""
+its answer is framed differently (`responses_answer.py`, a stream by `responses_stream.py`)."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from mana_llm.api.render import error_headers, error_object
 from mana_llm.api.request_scope import RequestContext, context
 from mana_llm.api.sse import BodySend
 from mana_llm.codec import dumps
+from mana_llm.domain import CLIENT_GONE
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,6 @@ SSE_HEADERS: tuple[Header, ...] = (
     (b"x-accel-buffering", b"no"),
     (b"content-type", b"text/event-stream"),
 )
-
-
-DISCONNECTED = "client disconnected"  # the reason a client's going away cancels its work with
 
 
 class _ClientGone(Exception):
@@ -140,7 +138,7 @@ async def _watch_disconnect(call: Call) -> None:
     walk abandoned). hypercorn also says so inside the last send of a finished exchange."""
     while (await call.receive())["type"] != "http.disconnect":
         pass
-    call.context.nursery.cancel_scope.cancel(DISCONNECTED)
+    call.context.nursery.cancel_scope.cancel(CLIENT_GONE)
 
 
 def _too_large(max_bytes: int) -> errors.PayloadTooLarge:

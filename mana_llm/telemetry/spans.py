@@ -35,7 +35,7 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from mana_llm import errors, logs
-from mana_llm.domain import ChatResponse, EmbeddingResponse, Target
+from mana_llm.domain import CLIENT_GONE, ChatResponse, EmbeddingResponse, Target
 from mana_llm.metrics import RequestTrace
 from mana_llm.routing.commit import CommittedStream
 from mana_llm.routing.operations import Embed
@@ -315,7 +315,7 @@ class _Tried:
             return
         if getattr(exc, "source", None) == "deadline":
             self._fail("upstream_timeout", "the attempt's deadline passed")
-        elif getattr(exc, "reason", None) == "client disconnected":
+        elif getattr(exc, "reason", None) == CLIENT_GONE:
             self._fail(DISCONNECTED, "the client went away")
         else:
             self._fail("cancelled" if isinstance(exc, trio.Cancelled) else "internal", repr(exc))
