@@ -20,6 +20,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
+from mana_llm import telemetry
 from mana_llm.access.assemble import Hooks, open_gate, reload_callers, reload_keys
 from mana_llm.access.gate import budget_left
 from mana_llm.access.keys import Caller
@@ -38,7 +39,6 @@ from mana_llm.routing.probe import ProbeTargets, run_probe_loop
 from mana_llm.server_config import hypercorn_config
 from mana_llm.settings import Settings, SettingsError, StartupError
 from mana_llm.signals import run_signal_listener
-from mana_llm.telemetry import spans
 from mana_llm.telemetry.setup import open_tracing
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ async def _run(
         configured = [p for p in providers.values() if p.configured]
         owners = {d.name: name for name, group in groups.items() for d in group.deployments}
         metrics.start_providers([p.name for p in configured], owners)
-        attempt_spans, server_spans = spans.hooks(tracing)
+        attempt_spans, server_spans = telemetry.hooks(tracing)
         gateway = Gateway(settings, providers, health, aliases, cache=cache, balancer=balancer,
                           attempts=attempt_spans)  # fmt: skip
         app = create_app(gateway, settings, metrics, lifecycle, gate, server_spans)
