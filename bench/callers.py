@@ -72,6 +72,20 @@ def gateway_env(base: dict[str, str], mode: str, port: int, scratch: str) -> dic
     return env
 
 
+_MESSAGES = [{"role": "user", "content": "hi"}]
+WORKLOADS = {  # a non-streaming and a streaming chat (20 chunks from the fake upstream)
+    "chat": json.dumps({"model": "groq/bench", "messages": _MESSAGES}).encode(),
+    "stream": json.dumps({"model": "groq/bench", "messages": _MESSAGES, "stream": True}).encode(),
+}
+
+
+def fake_upstream() -> tuple[int, subprocess.Popen[bytes]]:
+    """The fast fake upstream on a free port (20 chunks, 5 ms apart), and its process."""
+    port = free_ports(1)[0]
+    command = [sys.executable, os.path.join(HERE, "fake_upstream.py"), str(port), "20", "5"]
+    return port, subprocess.Popen(command)
+
+
 def interleaved(
     ports: dict[str, int], pids: dict[str, int], body: bytes, conc: int, slices: int, slice_s: float
 ) -> dict[str, dict[str, Any]]:
@@ -100,19 +114,10 @@ def main() -> None:
     parser.add_argument("--conc", default="1,64")
     parser.add_argument("--reps", type=int, default=8, help="slices against each gateway")
     args = parser.parse_args()
-    up_port = free_ports(1)[0]
-    upstream = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "fake_upstream.py"), str(up_port), "20", "5"]
-    )
+    up_port, upstream = fake_upstream()
     scratch = tempfile.mkdtemp(prefix="mana-bench-callers-")
     base = base_env(up_port, scratch)
-    messages = [{"role": "user", "content": "hi"}]
-    workloads = {
-        "chat": json.dumps({"model": "groq/bench", "messages": messages}).encode(),
-        "stream": json.dumps(
-            {"model": "groq/bench", "messages": messages, "stream": True}
-        ).encode(),
-    }
+    workloads = WORKLOADS
     try:
         asyncio.run(wait_port(up_port))
         print(

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import http.server
-import json
 import os
 import shutil
 import subprocess
@@ -116,18 +115,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=8, help="slices against each gateway")
     parser.add_argument("--before", default=None, help="a git revision to run a third gateway from")
     args = parser.parse_args()
-    up_port = free_ports(1)[0]
-    upstream = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "fake_upstream.py"), str(up_port), "20", "5"]
-    )
+    up_port, upstream = callers.fake_upstream()
     scratch = tempfile.mkdtemp(prefix="mana-bench-traces-")
-    messages = [{"role": "user", "content": "hi"}]
-    workloads = {
-        "chat": json.dumps({"model": "groq/bench", "messages": messages}).encode(),
-        "stream": json.dumps(
-            {"model": "groq/bench", "messages": messages, "stream": True}
-        ).encode(),
-    }
+    workloads = callers.WORKLOADS
     with sink() as traces_url, worktree(args.before) as before:
         runs = environments(callers.base_env(up_port, scratch), scratch, traces_url, before)
         gateways = {
