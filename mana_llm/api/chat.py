@@ -7,7 +7,6 @@ its answer is framed differently (`responses_answer.py`, a stream by `responses_
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import attrs
@@ -104,7 +103,9 @@ class InferenceRoutes:
         """The chat request a Responses request becomes, answered as a `response`."""
         call.context.trace.endpoint = "chat"  # metrics, limits and the ledger see a chat
         asked = parse_responses_request(await self._read_json(call))
-        await self._chat(call, asked.chat, Answer(new_id("resp"), asked.echo, int(time.time())))
+        await self._chat(
+            call, asked.chat, Answer(new_id("resp"), asked.echo, int(self.gateway.wall_clock()))
+        )
 
     async def _chat(self, call: Call, chat: ChatRequest, answer: Answer | None = None) -> None:
         trace = call.context.begin(self.metrics, "chat", chat.stream)

@@ -20,6 +20,8 @@ import trio
 
 from tests.e2e.stack import Stack, start_stack
 from tests.e2e.test_callers import APP_KEY, CHAT, bearer, callers_stack, ledger_rows
+from tests.e2e.test_fidelity import PNG as PNG_BYTES
+from tests.e2e.test_fidelity import WEATHER as CHAT_WEATHER
 from tests.fakes.server import Cut
 from tests.fakes.upstreams import openai_chunk, openai_completion, openai_error, openai_stream
 
@@ -35,17 +37,10 @@ EVENTS = {
     for name, schema in DEFS.items()
     if name.startswith("Response") and name.endswith("Event")
 }
-WEATHER: Any = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Weather for a city",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-    },
-}
-PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+# the chat tests' tool and image, as the Responses API takes them (a flat function tool; an
+# image as a data URI string)
+WEATHER: Any = {"type": "function", **CHAT_WEATHER["function"]}
+PNG = base64.b64encode(PNG_BYTES).decode()
 GROQ = "groq/llama-3.1-8b-instant"
 CHAIN = "mana/fast-text"  # groq/llama-3.1-8b-instant, together (not configured), ollama
 

@@ -6,7 +6,6 @@ collector."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import pathlib
@@ -19,6 +18,7 @@ import trio
 
 from tests.e2e.otlp import Receiver, Span, start_receiver
 from tests.e2e.stack import Stack, aliases_file, closed_port_url, stack_env, start_stack
+from tests.e2e.test_fidelity import PNG
 from tests.e2e.test_process import gateway_process, one_line_exit_2
 from tests.fakes.server import FakeServer, Reply, Request, Stall
 from tests.fakes.upstreams import FakeOllama, FakeOpenAI, ollama_line, ollama_stream, openai_error
@@ -26,9 +26,6 @@ from tests.fakes.upstreams import FakeOllama, FakeOpenAI, ollama_line, ollama_st
 CHAIN = "mana/fast-text"  # groq, together (not configured), ollama/gemma3:4b
 PARENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN = "00f067aa0ba902b7"
-PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
-)
 
 
 @pytest.fixture(autouse=True)
