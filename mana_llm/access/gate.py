@@ -13,6 +13,7 @@ one token per content chunk relayed, and the row says estimated. A cache hit cha
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -25,7 +26,15 @@ import attrs
 
 from mana_llm.access.keys import Caller, KeyStore
 from mana_llm.access.ledger import Ledger, UsageRow
-from mana_llm.access.limits import Ask, Counts, LimitStore, Verdict, period_bounds, too_large
+from mana_llm.access.limits import (
+    Ask,
+    Counts,
+    LimitStore,
+    Verdict,
+    period_bounds,
+    period_of,
+    too_large,
+)
 from mana_llm.access.prices import Prices
 from mana_llm.access.refusals import ModelNotAllowed, QuotaExceeded, RateLimited, RequestTooLarge
 from mana_llm.domain import ChatRequest, EmbeddingRequest, Usage
@@ -86,28 +95,30 @@ class Admission:
         counts = verdict.counts
         if limits.rpm is not None:
             out += _trio(
-                "requests", limits.rpm, limits.rpm - counts.requests, verdict.reset_requests_s
+                REQUESTS, limits.rpm, limits.rpm - counts.requests, verdict.reset_requests_s
             )
         if limits.tpm is not None:
-            out += _trio("tokens", limits.tpm, limits.tpm - counts.tokens, verdict.reset_tokens_s)
+            out += _trio(TOKENS, limits.tpm, limits.tpm - counts.tokens, verdict.reset_tokens_s)
         return out
 
 
-_NAMES = {
-    kind: tuple(f"x-ratelimit-{what}-{kind}".encode() for what in ("limit", "remaining", "reset"))
+REQUESTS, TOKENS = (
+    tuple(f"x-ratelimit-{what}-{kind}".encode() for what in ("limit", "remaining", "reset"))
     for kind in ("requests", "tokens")
-}
+)
 
 
-def _trio(kind: str, limit: int, remaining: int, reset_s: float) -> list[tuple[bytes, bytes]]:
-    names = _NAMES[kind]
+def _trio(
+    names: tuple[bytes, ...], limit: int, remaining: int, reset_s: float
+) -> list[tuple[bytes, bytes]]:
     return [
         (names[0], b"%d" % limit),
-        (names[1], b"%d" % max(0, remaining)),
-        (names[2], _duration(max(0, int(reset_s * 1000 + 0.5)))),
+        (names[1], b"%d" % remaining if remaining > 0 else b"0"),
+        (names[2], _duration(int(reset_s * 1000 + 0.5)) if reset_s > 0 else b"0ms"),
     ]
 
 
+@functools.lru_cache(maxsize=256)  # an admitted request's reset is always the window's
 def _duration(ms: int) -> bytes:
     """`duration` from whole milliseconds, in integers only (no float formatting: this is on
     every answer to a limited caller)."""
@@ -162,7 +173,10 @@ class Gate:
         tokens = prompt + completion
         usd = self.prices.dearest(reachable, prompt, completion)
         ticket = f"{PROCESS}-{next(_TICKETS)}"  # unique: no system call per request
-        ask = Ask(caller.name, caller.limits, ticket, self.wall(), tokens, usd, self.lease_s)
+        now, limits = self.wall(), caller.limits
+        ask = Ask(
+            caller.name, limits, ticket, now, tokens, usd, self.lease_s, period_of(limits, now)
+        )
         budget = caller.limits.budget
         large = tokens > caller.limits.smallest or (
             budget is not None and budget.usd is not None and usd > budget.usd

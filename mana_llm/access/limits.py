@@ -44,11 +44,7 @@ class Ask(NamedTuple):  # a tuple: built in one call per admission
     tokens: int  # reserved: the prompt estimate and max_tokens (or the estimate)
     usd: float  # reserved: those tokens at the dearest price the request may reach
     lease_s: float  # an open request holds its slot at most this long
-
-    @property
-    def period(self) -> tuple[float, float]:
-        budget = self.limits.budget
-        return period_bounds(self.now, budget.period if budget is not None else "month")
+    period: tuple[float, float]  # the budget's period holding `now` (`period_of`)
 
 
 class Counts(NamedTuple):  # a tuple: built in one call per admission
@@ -72,6 +68,12 @@ class Verdict(NamedTuple):  # a tuple: built in one call per admission
     reset_requests_s: float = 0.0  # until the request window is empty
     reset_tokens_s: float = 0.0
     period_end: float = 0.0
+
+
+def period_of(limits: Limits, now: float) -> tuple[float, float]:
+    """The period a caller's spend is counted in at `now` (a month when it has no budget)."""
+    budget = limits.budget
+    return period_bounds(now, budget.period if budget is not None else "month")
 
 
 def period_bounds(now: float, period: str) -> tuple[float, float]:
@@ -128,9 +130,10 @@ def too_large(ask: Ask, limit: str) -> bool:
     return False
 
 
-def after(counts: Counts, ask: Ask) -> Counts:
-    """The counters with `ask` admitted."""
-    return Counts(
+def admitted(counts: Counts, ask: Ask) -> Verdict:
+    """`ask` admitted on `counts`: the counters with it added. The windows are empty again
+    (OpenAI's `x-ratelimit-reset-*`) a minute after the newest request in them: this one."""
+    counts = Counts(
         counts.requests + 1,
         counts.tokens + ask.tokens,
         ask.now,
@@ -141,6 +144,7 @@ def after(counts: Counts, ask: Ask) -> Counts:
         counts.spent_usd,
         counts.spent_requests,
     )
+    return Verdict(None, 0.0, counts, WINDOW_S, WINDOW_S, ask.period[1])
 
 
 def free_after(times: list[tuple[float, int]], need: int, now: float) -> float:
@@ -178,12 +182,3 @@ class LimitStore(Protocol):
         ...
 
     async def aclose(self) -> None: ...
-
-
-def with_resets(verdict: Verdict, ask: Ask) -> Verdict:
-    """When the windows are empty again (OpenAI's `x-ratelimit-reset-*`): a minute after the
-    newest request in them."""
-    newest = verdict.counts.newest
-    reset = 0.0 if newest is None else max(0.0, newest + WINDOW_S - ask.now)
-    v = verdict
-    return Verdict(v.refused, v.retry_after_s, v.counts, reset, reset, v.period_end)

@@ -29,9 +29,8 @@ from mana_llm.access.limits import (
     Counts,
     LimitStore,
     Verdict,
-    after,
+    admitted,
     period_bounds,
-    with_resets,
 )
 from mana_llm.access.refusals import LimitsUnavailable
 
@@ -200,7 +199,7 @@ class RedisLimits:
         refused = out[0] or None
         if refused is not None:
             return Verdict(refused, float(out[9]), counts=counts, period_end=end)
-        return with_resets(Verdict(None, counts=after(counts, ask), period_end=end), ask)
+        return admitted(counts, ask)
 
     def settle_later(self, ask: Ask, tokens: int, usd: float) -> bool:
         return False  # one script, awaited

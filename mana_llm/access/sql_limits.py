@@ -40,11 +40,10 @@ from mana_llm.access.limits import (
     Ask,
     Counts,
     Verdict,
-    after,
+    admitted,
     decide,
     free_after,
     period_bounds,
-    with_resets,
 )
 
 SETTLE_S = 0.05
@@ -142,9 +141,10 @@ class SqlLimits:
 
     async def spent(self, caller: str, period: str, now: float) -> Counts:
         start, _ = period_bounds(now, period)
+        part = self._part(caller, 0.0)
         if not self.shared:
-            return self._counts(caller, now, start)
-        return await self._call(self._counts, caller, now, start)
+            return self._counts(caller, now, start, part)
+        return await self._call(self._counts, caller, now, start, part)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Queued settlements written within SETTLE_S; this worker's rows rewritten when one
@@ -225,34 +225,30 @@ class SqlLimits:
                 self._write(caller, part, now)
 
     def _admit(self, ask: Ask) -> Verdict:
+        part = self._part(ask.caller, ask.lease_s)
         start, end = ask.period
-        budget = ask.limits.budget is not None
-        counts = self._counts(ask.caller, ask.now, start, ask.lease_s, budget)
+        counts = self._counts(ask.caller, ask.now, start, part, ask.limits.budget is not None)
         refused = decide(ask, counts)
         if refused is not None:
             return self._refusal(ask, counts, refused, end)
-        part = self._part(ask.caller, ask.lease_s)
         part.add(ask.ticket, ask.now, ask.tokens, ask.usd)
         self._write(ask.caller, part, ask.now)
-        return with_resets(Verdict(None, counts=after(counts, ask), period_end=end), ask)
+        return admitted(counts, ask)
 
     def _counts(
-        self, caller: str, now: float, start: float, lease_s: float = 0.0, with_spent: bool = True
+        self, caller: str, now: float, start: float, part: Part, with_spent: bool = True
     ) -> Counts:
         """The caller's counters at `now`: this worker's part (its row written anew when it
         changed) and, shared, the other workers' rows."""
-        part = self._part(caller, lease_s)
         if part.expire(now):
             self._write(caller, part, now)
         mine = part.row()
-        others: tuple[int, int, float | None, float | None, int, int, float] = (
-            0, 0, None, None, 0, 0, 0.0
-        )  # fmt: skip
-        spent: tuple[int, float, int] = (0, 0.0, 0)
-        if self.shared:
-            others = self._current.execute(OTHERS, (caller, self.worker, now)).fetchone()
-        if with_spent:  # a budget's, or /v1/usage's
-            spent = self._spent_at(caller, start)
+        # a budget's, or /v1/usage's
+        spent = self._spent_at(caller, start) if with_spent else (0, 0.0, 0)
+        if not self.shared:  # this worker's part is the whole count
+            self._first = mine[2]
+            return Counts(mine[0], mine[1], mine[3], mine[4], mine[5], mine[6], *spent)
+        others = self._current.execute(OTHERS, (caller, self.worker, now)).fetchone()
         firsts = [t for t in (mine[2], others[2]) if t is not None]
         newest = max((t for t in (mine[3], others[3]) if t is not None), default=None)
         self._first = min(firsts, default=None)

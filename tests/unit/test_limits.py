@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from mana_llm.access.keys import Budget, Limits
-from mana_llm.access.limits import Ask, LimitStore, period_bounds
+from mana_llm.access.limits import Ask, LimitStore, period_bounds, period_of
 from mana_llm.access.sql_limits import SqlLimits
 
 T0 = 1_780_000_000.0  # a Tuesday, mid-month (UTC)
@@ -16,7 +16,7 @@ Scenario = Callable[[LimitStore, str], Awaitable[None]]
 
 
 def ask(caller: str, limits: Limits, n: int, now: float, tokens: int = 10, usd: float = 0.0) -> Ask:
-    return Ask(caller, limits, f"{caller}-{n}", now, tokens, usd, 600.0)
+    return Ask(caller, limits, f"{caller}-{n}", now, tokens, usd, 600.0, period_of(limits, now))
 
 
 async def rpm_sliding_window(store: LimitStore, caller: str) -> None:
