@@ -9,6 +9,8 @@ written). Every worker of a host may write the same file. The schema is versione
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -16,8 +18,6 @@ from typing import Any, NamedTuple
 
 import attrs
 import trio
-
-from mana_llm.codec import dumps
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,14 @@ class UsageRow(NamedTuple):
 
 
 COLUMNS = UsageRow._fields
-INSERT = (
-    f"INSERT INTO usage ({', '.join(COLUMNS)}) SELECT "
-    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(COLUMNS)))
-    + " FROM json_each(?)"
-)
+MAX_CHUNK = 200  # rows per INSERT statement
+
+
+@functools.lru_cache(maxsize=8)
+def insert(rows: int) -> str:
+    """One INSERT of `rows` rows."""
+    one = f"({', '.join('?' * len(COLUMNS))})"
+    return f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES {', '.join([one] * rows)}"
 
 
 class LedgerError(Exception):
@@ -118,9 +121,13 @@ class Ledger:
     _db: sqlite3.Connection | None = None
     written: int = 0
     _failing: bool = False
+    _chunk: int = 1
 
     def open(self) -> None:
         self._db = open_db(self.path)
+        # as many rows as the SQLite build allows variables in one statement (999 before 3.32)
+        variables = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._chunk = max(1, min(MAX_CHUNK, variables // len(COLUMNS)))
 
     def record(self, row: UsageRow) -> None:
         self._rows.append(row)
@@ -169,13 +176,17 @@ class Ledger:
             log.warning("usage ledger: writing again")
 
     def _write(self, rows: Sequence[UsageRow]) -> None:
-        """Every row in one statement (the rows as one JSON array, `json_each`): SQLite runs
-        it in one step, so this thread lets go of the GIL once, not once per row (executemany
-        made the loop's thread and this one trade the GIL per row: 100us a request)."""
+        """The rows in INSERTs of up to `_chunk` rows each, values bound as they are: SQLite
+        runs each in one step, so this thread lets go of the GIL once per chunk, not once per
+        row (executemany made the loop's thread and this one trade the GIL per row: 100us a
+        request; rows as one JSON array through `json_each` cost twice these per row)."""
         assert self._db is not None
+        chunk = self._chunk
         with self._db:
             self._db.execute("BEGIN")
-            self._db.execute(INSERT, (dumps(rows).decode(),))
+            for start in range(0, len(rows), chunk):
+                part = rows[start : start + chunk]
+                self._db.execute(insert(len(part)), tuple(itertools.chain.from_iterable(part)))
         self.written += len(rows)
 
 

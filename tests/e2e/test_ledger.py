@@ -13,7 +13,15 @@ import sys
 import pytest
 import trio
 
-from mana_llm.access.ledger import Ledger, LedgerError, UsageRow, open_db, summarize
+from mana_llm.access.ledger import (
+    COLUMNS,
+    MAX_CHUNK,
+    Ledger,
+    LedgerError,
+    UsageRow,
+    open_db,
+    summarize,
+)
 
 NOW = 1_780_000_000.0
 
@@ -49,6 +57,18 @@ async def test_the_writer_writes_batches_and_the_rest_when_it_stops(tmp_path: pa
         {"caller": "b", "requests": 1, "prompt_tokens": 30, "completion_tokens": 3,
          "cost_usd": 0.003, "errors": 0, "estimated": 0},
     ]  # fmt: skip
+
+
+def test_a_batch_longer_than_a_statement_keeps_every_row_and_value(
+    tmp_path: pathlib.Path,
+) -> None:
+    rows = [row(f"c{n % 3}", "m", n, error="upstream_error" if n % 5 == 0 else None)
+            for n in range(2 * MAX_CHUNK + 7)]  # fmt: skip
+    rows[1] = rows[1]._replace(deployment="gpu-a", stream=True, estimated=True, ttft_ms=12.5)
+    write(tmp_path / "usage.sqlite", rows)
+    with sqlite3.connect(tmp_path / "usage.sqlite") as db:
+        stored = db.execute(f"SELECT {', '.join(COLUMNS)} FROM usage ORDER BY id").fetchall()
+    assert stored == [tuple(r) for r in rows]  # bools stored as 0/1, which compare equal
 
 
 def test_the_schema_is_versioned(tmp_path: pathlib.Path) -> None:
