@@ -43,8 +43,8 @@ class Part:
 
     def settle(self, ticket: str, tokens: int) -> None:
         number = self.tickets.pop(ticket, None)
-        if number is not None and number - self.gone >= self.head:  # still in the window:
-            i = number - self.gone  # what it used counts there from now on
+        i = -1 if number is None else number - self.gone
+        if i >= self.head:  # still in the window: what it used counts there from now on
             self.tokens += tokens - self.costs[i]
             self.costs[i] = tokens
         self._close(ticket)
@@ -59,10 +59,10 @@ class Part:
         """Whether anything left the window or outlived its lease."""
         changed = False
         times, head, edge = self.times, self.head, now - WINDOW_S
-        if head < len(times) and times[head] <= edge:
-            while head < len(times) and times[head] <= edge:
-                self.tokens -= self.costs[head]
-                head += 1
+        while head < len(times) and times[head] <= edge:
+            self.tokens -= self.costs[head]
+            head += 1
+        if head > self.head:
             self.head, changed = head, True
             if head >= COMPACT_AT and head * 2 >= len(times):  # amortised: O(1) a request
                 del times[:head], self.costs[:head]
