@@ -9,7 +9,8 @@ Quart's routes alike, so that each step of it is done once, here:
   stream's status is known at its end), `Connection: close` when the body has not all arrived;
 - the end, however it came: the nursery cancelled, every cleanup run (no task and no upstream
   connection left behind: a streaming answer owns an open upstream even if its body was never
-  sent), the trace finished once (its metrics and its log line);
+  sent), the trace finished once (its metrics and its log line), the context dropped from the
+  scope (nothing of the exchange is left for the cycle collector);
 - the drain deadline (`Lifecycle.cut_open_exchanges`): an exchange still open ends as the
   gateway's own doing, 503 `server_shutting_down`: a JSON error when nothing was sent yet, the
   final error event (no `[DONE]`) of a stream.
@@ -266,6 +267,11 @@ def with_request_scope(
             ended = exchange.context  # its upstream is closed: its slot is freed
             if access is not None and ended is not None and not access.settle_later(ended):
                 await access.settle(ended)
+            # the scope held the context and the context the exchange's whole state, in a
+            # cycle: cut, it is all freed now by reference counting, not by the cycle
+            # collector every few requests (tests/e2e/test_garbage.py)
+            scope.pop(CONTEXT, None)
+            exchange.context = exchange.head = None
             logs.request_id.reset(token)
 
     return asgi
