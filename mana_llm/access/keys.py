@@ -85,15 +85,24 @@ class KeyTable:
     callers: Mapping[str, Caller]  # by name
     by_digest: Mapping[bytes, Caller]  # the SHA-256 of each key
     _digests: Mapping[str, bytes] = attrs.field(init=False, factory=dict)  # name -> digest
+    # the keys already found, as sent: a caller's next request is one dict lookup, not a hash
+    # (only keys of the table, so bounded by it; gone with the table on reload)
+    _found: dict[str, Caller] = attrs.field(init=False, factory=dict)
 
     def find(self, token: str) -> Caller | None:
-        """The caller whose key `token` is. The lookup is by the token's SHA-256 (a timing
-        difference can tell at most where a digest differs, which says nothing of the key);
-        the match is then confirmed in constant time."""
+        """The caller whose key `token` is. A new key is looked up by its SHA-256 (a timing
+        difference can tell at most where a digest differs, which says nothing of the key),
+        the match then confirmed in constant time. A key found before is looked up as it is:
+        its string is compared only to one whose hash (keyed by a secret of this process) is
+        the same, so timing tells nothing of a key the client does not already have."""
+        known = self._found.get(token)
+        if known is not None:
+            return known
         digest = hashlib.sha256(_raw(token)).digest()
         found = self.by_digest.get(digest)
         if found is None or not hmac.compare_digest(self.digest_of[found.name], digest):
             return None
+        self._found[token] = found
         return found
 
     @property

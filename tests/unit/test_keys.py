@@ -25,6 +25,9 @@ def test_a_caller_is_found_by_its_key_and_only_by_it() -> None:
     assert table.find(KEY) == table.callers["a"]
     assert table.find("sk-b-0123456789") == table.callers["b"]
     assert table.find(KEY + " ") is None and table.find("") is None
+    for _ in range(2):  # found again, from the keys already found; a near key still not
+        assert table.find(KEY) == table.callers["a"]
+        assert table.find(KEY[:-1]) is None and table.find(KEY.upper()) is None
     assert table.callers["a"].allows("mana/fast-text")
     assert not table.callers["a"].allows("groq/llama")
     budget = table.callers["b"].limits.budget
