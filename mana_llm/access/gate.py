@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from mana_llm.access.keys import Caller, KeyStore
+from mana_llm.access.keys import Caller, KeyStore, Limits
 from mana_llm.access.ledger import Ledger, UsageRow
 from mana_llm.access.limits import (
     Ask,
@@ -32,7 +32,6 @@ from mana_llm.access.limits import (
     LimitStore,
     Verdict,
     period_bounds,
-    period_of,
     too_large,
 )
 from mana_llm.access.prices import Prices
@@ -145,6 +144,7 @@ class Gate:
     lease_s: float  # an open request's slot outlives a dead worker at most this long
     wall: Callable[[], float] = time.time
     on_admitted: Callable[[Caller, Verdict], None] | None = None  # the budget gauges
+    _periods: dict[str, tuple[float, float]] = attrs.field(init=False, factory=dict)  # current
 
     def identify(self, token: str) -> Caller | None:
         if self.keys is None:
@@ -174,9 +174,8 @@ class Gate:
         usd = self.prices.dearest(reachable, prompt, completion)
         ticket = f"{PROCESS}-{next(_TICKETS)}"  # unique: no system call per request
         now, limits = self.wall(), caller.limits
-        ask = Ask(
-            caller.name, limits, ticket, now, tokens, usd, self.lease_s, period_of(limits, now)
-        )
+        period = self._period(limits, now)
+        ask = Ask(caller.name, limits, ticket, now, tokens, usd, self.lease_s, period)
         budget = caller.limits.budget
         large = tokens > caller.limits.smallest or (
             budget is not None and budget.usd is not None and usd > budget.usd
@@ -197,6 +196,14 @@ class Gate:
         if verdict.refused is not None:
             raise _refusal(caller, ask, verdict, admission.headers())
         return admission
+
+    def _period(self, limits: Limits, now: float) -> tuple[float, float]:
+        """`period_of`, worked out once per period, not per request."""
+        kind = limits.budget.period if limits.budget is not None else "month"
+        bounds = self._periods.get(kind)
+        if bounds is None or not bounds[0] <= now < bounds[1]:
+            bounds = self._periods[kind] = period_bounds(now, kind)
+        return bounds
 
     def charge(
         self,

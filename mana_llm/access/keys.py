@@ -8,7 +8,6 @@ No key, hash or prefix of either ever leaves this module: a caller is its name."
 from __future__ import annotations
 
 import fnmatch
-import functools
 import hashlib
 import hmac
 import re
@@ -21,6 +20,7 @@ import yaml
 PERIODS = ("day", "week", "month")
 MAX_FILE_BYTES = 1024 * 1024  # a keys file is a table of callers, not a data set
 MAX_MODEL_PATTERNS = 256
+MAX_ALLOWED = 4096  # models a caller's allow-list answers are kept for
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 HEX64 = re.compile(r"[0-9a-f]{64}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -66,18 +66,22 @@ class Caller:
     limits: Limits = Limits()
     operator: bool = False  # may read /v1/keys/status
     namespace: str = attrs.field(init=False, eq=False)  # its own cache namespace
+    # what `allows` answered, by model sent (bounded: the models are what clients send)
+    _allowed: dict[str, bool] = attrs.field(init=False, eq=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
         digest = hashlib.sha256(self.name.encode()).hexdigest()[:24]
         object.__setattr__(self, "namespace", "caller-" + digest)
 
     def allows(self, model: str) -> bool:
-        return not self.models or _allowed(self.models, model)
-
-
-@functools.lru_cache(maxsize=4096)
-def _allowed(patterns: tuple[str, ...], model: str) -> bool:
-    return any(fnmatch.fnmatchcase(model, p) for p in patterns)
+        if not self.models:
+            return True
+        known = self._allowed.get(model)
+        if known is None:
+            known = any(fnmatch.fnmatchcase(model, p) for p in self.models)
+            if len(self._allowed) < MAX_ALLOWED:
+                self._allowed[model] = known
+        return known
 
 
 @attrs.frozen

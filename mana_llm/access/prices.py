@@ -29,11 +29,15 @@ class Price:
 
 
 FREE = Price(0.0, 0.0)
+MAX_RATES = 4096
 
 
 @attrs.frozen
 class Prices:
     table: Mapping[str, Price] = attrs.field(factory=dict)
+    # each model's rates per million tokens, (input, output), known after its first request: a
+    # request's reservation and charge are one lookup each (an unpriced model: 0, 0)
+    _rates: dict[str, tuple[float, float]] = attrs.field(init=False, factory=dict)
 
     def of(self, resolved: str) -> Price | None:
         """Its price; Ollama's models are free unless priced; None: an unpriced cloud model."""
@@ -43,13 +47,28 @@ class Prices:
         provider, sep, _ = resolved.partition("/")
         return FREE if (provider == "ollama" or not sep) else None
 
+    def _rate(self, resolved: str) -> tuple[float, float]:
+        rate = self._rates.get(resolved)
+        if rate is None:
+            price = self.of(resolved) or FREE
+            rate = (price.input_per_mtok, price.output_per_mtok)
+            if len(self._rates) < MAX_RATES:  # models are what routes name: few
+                self._rates[resolved] = rate
+        return rate
+
     def cost(self, resolved: str | None, prompt_tokens: int, completion_tokens: int) -> float:
-        price = self.of(resolved) if resolved else None
-        return price.cost(prompt_tokens, completion_tokens) if price is not None else 0.0
+        if not resolved:
+            return 0.0
+        rate = self._rates.get(resolved) or self._rate(resolved)
+        return (prompt_tokens * rate[0] + completion_tokens * rate[1]) / 1e6
 
     def dearest(self, reachable: Iterable[str], prompt_tokens: int, completion: int) -> float:
         """What a request may cost at most, over the models it may reach."""
-        return max((self.cost(m, prompt_tokens, completion) for m in reachable), default=0.0)
+        most = 0.0
+        for model in reachable:
+            rate = self._rates.get(model) or self._rate(model)
+            most = max(most, prompt_tokens * rate[0] + completion * rate[1])
+        return most / 1e6
 
     def unpriced(self, caller: Caller, models: Iterable[str]) -> list[str]:
         """The models a `usd`-budgeted caller may reach that have no price."""

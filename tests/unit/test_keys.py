@@ -4,16 +4,22 @@ OpenAI's duration format."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Coroutine
+from typing import Any, TypeVar, cast
 
 import pytest
 
 from mana_llm.access.gate import Admission, Gate, duration, prompt_estimate
-from mana_llm.access.keys import Caller, KeysFileError, KeyStore, parse_keys
+from mana_llm.access.keys import Budget, Caller, KeysFileError, KeyStore, Limits, parse_keys
+from mana_llm.access.limits import period_of
 from mana_llm.access.prices import Prices, parse_prices, reachable
+from mana_llm.access.refusals import QuotaExceeded
+from mana_llm.access.sql_limits import SqlLimits
 from mana_llm.domain import ChatRequest, Message, Usage
 
 KEY = "sk-service-0123456789"
 DIGEST = hashlib.sha256(KEY.encode()).hexdigest()
+T = TypeVar("T")
 
 
 def test_a_caller_is_found_by_its_key_and_only_by_it() -> None:
@@ -116,3 +122,70 @@ def test_unpriced_cloud_models_a_usd_budget_can_reach() -> None:
 )
 def test_durations_as_openai_writes_them(seconds: float, text: str) -> None:
     assert duration(seconds) == text
+
+
+def drive(coroutine: Coroutine[Any, Any, T]) -> T:
+    """A coroutine that never waits (the in-memory store), run to its end."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return cast(T, done.value)
+    raise AssertionError("it waited")
+
+
+def in_memory(now: list[float]) -> Gate:
+    return Gate(
+        None, SqlLimits(":memory:", shared=False), Prices(), None, 60.0, wall=lambda: now[0]
+    )
+
+
+@pytest.mark.parametrize("kind", [None, "day", "week", "month"])
+def test_an_admission_counts_in_the_period_that_holds_it(kind: str | None) -> None:
+    """The period is worked out once and kept until it ends: every request still lands in the
+    one holding it, the budget renewed at its end (the first second of the next is new)."""
+    budget = Budget(tokens=100, usd=None, period=kind) if kind else None
+    caller = Caller("a", limits=Limits(rpm=1000, budget=budget))
+    now = [1_780_000_000.0]  # a Tuesday, mid-month (UTC)
+    gate = in_memory(now)
+    start, end = period_of(caller.limits, now[0])
+    for at in (now[0], end - 0.001, end, end + 86400 * 40):
+        now[0] = at
+        admission = drive(gate.admit(caller, "m", ["groq/m"], 10, 40))
+        assert admission.ask is not None and admission.ask.period == period_of(caller.limits, at)
+    if kind is not None:  # 60 tokens a request, 100 a period: the second is refused
+        now[0] = start + 1
+        gate = in_memory(now)
+        first = drive(gate.admit(caller, "m", ["groq/m"], 20, 40))
+        gate.charge(first, "groq/m", Usage(20, 40), 0, False, True)
+        assert gate.settle_later(first)  # spent: it outlives the request's lease
+        with pytest.raises(QuotaExceeded):
+            drive(gate.admit(caller, "m", ["groq/m"], 20, 40))
+        now[0] = end - 0.001
+        with pytest.raises(QuotaExceeded):
+            drive(gate.admit(caller, "m", ["groq/m"], 20, 40))
+        now[0] = end
+        assert drive(gate.admit(caller, "m", ["groq/m"], 20, 40)).verdict is not None
+
+
+def test_the_dearest_reachable_price_is_reserved_and_the_answering_one_charged() -> None:
+    prices = parse_prices(
+        {
+            "groq/m": {"input_per_mtok": 1, "output_per_mtok": 2},
+            "ollama/big": {"input_per_mtok": 3},
+        },
+        "f",
+    )
+    for _ in range(2):  # the second time from the rates already known
+        assert prices.dearest(["ollama/g", "groq/m"], 1000, 500) == (1000 + 2 * 500) / 1e6
+        assert prices.dearest(["ollama/big", "groq/m"], 1000, 500) == 3 * 1000 / 1e6
+        assert prices.dearest(["together/x"], 1000, 500) == 0.0 and prices.dearest([], 9, 9) == 0
+        assert prices.cost("groq/m", 7, 3) == prices.table["groq/m"].cost(7, 3)
+        assert prices.cost("ollama/g", 7, 3) == prices.cost(None, 7, 3) == 0.0
+
+
+def test_an_allow_list_answers_the_same_from_what_it_already_answered() -> None:
+    caller = Caller("a", models=("mana/*", "groq/llama-?"))
+    for _ in range(2):
+        assert caller.allows("mana/fast-text") and caller.allows("groq/llama-3")
+        assert not caller.allows("groq/llama-31") and not caller.allows("ollama/x")
+    assert Caller("b").allows("anything")
