@@ -11,7 +11,7 @@ from array import array
 
 import attrs
 
-from mana_llm.access.limits import WINDOW_S
+from mana_llm.access.limits import WINDOW_S, Counts
 
 COMPACT_AT = 4096  # requests gone from the window before the arrays drop them
 
@@ -80,6 +80,13 @@ class Part:
         if self.open:
             times.append(next(iter(self.open.values()))[0])
         return min(times, default=None)
+
+    def counts(self, spent: tuple[int, float, int]) -> Counts:
+        """The part as the whole count (a worker alone), with the period's `spent`."""
+        times, head = self.times, self.head
+        newest = times[-1] if head < len(times) else None
+        return Counts(len(times) - head, round(self.tokens), newest, len(self.open), self.rtokens,
+                      max(0.0, self.rusd), *spent)  # fmt: skip
 
     def row(self) -> tuple[int, int, float | None, float | None, int, int, float]:
         times, head = self.times, self.head

@@ -225,14 +225,17 @@ class SqlLimits:
                 self._write(caller, part, now)
 
     def _admit(self, ask: Ask) -> Verdict:
-        part = self._part(ask.caller, ask.lease_s)
+        part = self._parts.get(ask.caller)
+        if part is None or part.lease_s < ask.lease_s:
+            part = self._part(ask.caller, ask.lease_s)
         start, end = ask.period
         counts = self._counts(ask.caller, ask.now, start, part, ask.limits.budget is not None)
         refused = decide(ask, counts)
         if refused is not None:
             return self._refusal(ask, counts, refused, end)
         part.add(ask.ticket, ask.now, ask.tokens, ask.usd)
-        self._write(ask.caller, part, ask.now)
+        if self.shared:
+            self._write(ask.caller, part, ask.now)
         return admitted(counts, ask)
 
     def _counts(
@@ -240,14 +243,15 @@ class SqlLimits:
     ) -> Counts:
         """The caller's counters at `now`: this worker's part (its row written anew when it
         changed) and, shared, the other workers' rows."""
-        if part.expire(now):
+        if part.expire(now) and self.shared:
             self._write(caller, part, now)
-        mine = part.row()
         # a budget's, or /v1/usage's
         spent = self._spent_at(caller, start) if with_spent else (0, 0.0, 0)
         if not self.shared:  # this worker's part is the whole count
-            self._first = mine[2]
-            return Counts(mine[0], mine[1], mine[3], mine[4], mine[5], mine[6], *spent)
+            times, head = part.times, part.head
+            self._first = times[head] if head < len(times) else None
+            return part.counts(spent)
+        mine = part.row()
         others = self._current.execute(OTHERS, (caller, self.worker, now)).fetchone()
         firsts = [t for t in (mine[2], others[2]) if t is not None]
         newest = max((t for t in (mine[3], others[3]) if t is not None), default=None)
@@ -267,16 +271,20 @@ class SqlLimits:
         return Verdict(refused, retry_after_s=wait, counts=counts, period_end=end)
 
     def _settle(self, ask: Ask, tokens: int, usd: float) -> None:
-        part = self._part(ask.caller, ask.lease_s)
+        part = self._parts.get(ask.caller) or self._part(ask.caller, ask.lease_s)
         part.settle(ask.ticket, tokens)
-        self._write(ask.caller, part, ask.now)
-        start, _ = ask.period
+        start = ask.period[0]
         if self.shared:
+            self._write(ask.caller, part, ask.now)
             self._add_spent(ask.caller, start, tokens, usd, 1)
             return
-        self._spent_at(ask.caller, start)  # known before it grows
+        key = (ask.caller, start)
+        if key not in self._spent:
+            self._spent_at(ask.caller, start)  # known before it grows
         for table in (self._spent, self._spent_due):
-            values = table.setdefault((ask.caller, start), [0, 0.0, 0])
+            values = table.get(key)
+            if values is None:
+                values = table[key] = [0, 0.0, 0]
             values[0] += tokens
             values[1] += usd
             values[2] += 1
