@@ -91,7 +91,7 @@ class KeyTable:
     _digests: Mapping[str, bytes] = attrs.field(init=False, factory=dict)  # name -> digest
     # the keys already found, as sent: a caller's next request is one dict lookup, not a hash
     # (only keys of the table, so bounded by it; gone with the table on reload)
-    _found: dict[str, Caller] = attrs.field(init=False, factory=dict)
+    _found: dict[str, Caller] = attrs.field(init=False, eq=False, factory=dict)
 
     def find(self, token: str) -> Caller | None:
         """The caller whose key `token` is. A new key is looked up by its SHA-256 (a timing

@@ -37,7 +37,7 @@ class Prices:
     table: Mapping[str, Price] = attrs.field(factory=dict)
     # each model's rates per million tokens, (input, output), known after its first request: a
     # request's reservation and charge are one lookup each (an unpriced model: 0, 0)
-    _rates: dict[str, tuple[float, float]] = attrs.field(init=False, factory=dict)
+    _rates: dict[str, tuple[float, float]] = attrs.field(init=False, eq=False, factory=dict)
 
     def of(self, resolved: str) -> Price | None:
         """Its price; Ollama's models are free unless priced; None: an unpriced cloud model."""
